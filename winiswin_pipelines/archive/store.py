@@ -1,0 +1,143 @@
+"""Cold storage behind one interface: a local folder (the default) or S3 / Cloudflare R2.
+
+Objects are addressed by keys like `table=klines/date=2023-04-05/part-00000.parquet`; every
+upload carries a SHA-256 checksum that `head` reports back, so a copy can be verified before the
+hot rows are deleted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from boto3.s3.transfer import TransferConfig
+
+_CHUNK = 8 * 1024 * 1024
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    uri: str
+    size: int
+    sha256: str | None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ColdStore(Protocol):
+    def uri(self, key: str) -> str: ...
+    def put_file(self, path: Path, key: str, sha256: str) -> StoredObject: ...
+    def head(self, key: str) -> StoredObject | None: ...
+    def download(self, key: str, path: Path) -> None: ...
+    def list_keys(self, prefix: str = "") -> list[str]: ...
+    def delete(self, key: str) -> None: ...
+
+
+class LocalColdStore:
+    """Objects as files under `root`; the checksum lives in a `<file>.sha256` sidecar."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def uri(self, key: str) -> str:
+        return self._path(key).resolve().as_uri()
+
+    def put_file(self, path: Path, key: str, sha256: str) -> StoredObject:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(path, partial)
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        Path(str(target) + ".sha256").write_text(sha256)
+        partial.replace(target)  # atomic: a reader never sees half an object
+        return self.head(key)
+
+    def head(self, key: str) -> StoredObject | None:
+        target = self._path(key)
+        if not target.is_file():
+            return None
+        sidecar = Path(str(target) + ".sha256")
+        checksum = sidecar.read_text().strip() if sidecar.exists() else None
+        return StoredObject(key, self.uri(key), target.stat().st_size, checksum)
+
+    def download(self, key: str, path: Path) -> None:
+        shutil.copyfile(self._path(key), path)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        if not self.root.exists():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix) and not k.endswith((".sha256", ".partial")))
+
+    def delete(self, key: str) -> None:
+        for path in (self._path(key), Path(str(self._path(key)) + ".sha256")):
+            path.unlink(missing_ok=True)
+
+
+class S3ColdStore:
+    """Objects in an S3 or R2 bucket under `prefix`, SHA-256 sent explicitly with every upload."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = ""):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def put_file(self, path: Path, key: str, sha256: str) -> StoredObject:
+        extra = {"Metadata": {"sha256": sha256}}
+        if Path(path).stat().st_size < MULTIPART_THRESHOLD:
+            # Single PUT: S3 (and R2) check the body against the checksum we send.
+            with open(path, "rb") as body:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=body,
+                    ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(), **extra,
+                )
+        else:
+            config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
+            self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=config)
+        return self.head(key)
+
+    def head(self, key: str) -> StoredObject | None:
+        try:
+            meta = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return StoredObject(key, self.uri(key), meta["ContentLength"], meta.get("Metadata", {}).get("sha256"))
+
+    def download(self, key: str, path: Path) -> None:
+        self.client.download_file(self.bucket, self._key(key), str(path))
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        keys: list[str] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            keys += [item["Key"][strip:] for item in page.get("Contents", [])]
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

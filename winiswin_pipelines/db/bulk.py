@@ -1,0 +1,167 @@
+"""Bulk writes: binary COPY into a staging table, de-duplicate, one INSERT ... ON CONFLICT.
+
+This is the one bulk writer of the project; every importer upserts through `copy_upsert`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection, text
+
+from winiswin_pipelines.db.models import DAILY_PARTITIONED_TABLES, Base
+from winiswin_pipelines.db.partitions import ensure_daily_partitions
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What one upsert did: staged = inserted + updated + unchanged + duplicates."""
+
+    staged: int
+    inserted: int
+    updated: int
+    unchanged: int
+    duplicates: int
+
+    def __add__(self, other: UpsertResult) -> UpsertResult:
+        return UpsertResult(*(a + b for a, b in zip(self._values(), other._values(), strict=True)))
+
+    def _values(self) -> tuple[int, ...]:
+        return (self.staged, self.inserted, self.updated, self.unchanged, self.duplicates)
+
+
+EMPTY_RESULT = UpsertResult(0, 0, 0, 0, 0)
+_JSONB_OID = 3802
+
+
+def copy_upsert(
+    conn: Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    conflict_columns: Sequence[str],
+    update_columns: Sequence[str] | None = None,
+) -> UpsertResult:
+    """Upsert `rows` (tuples in `columns` order) into `table` inside the caller's transaction.
+
+    Within the batch the last row of a key wins (earlier ones count as duplicates). Rows equal to
+    what is stored are left untouched (counted as unchanged), so re-running a load changes nothing.
+    `update_columns` defaults to every non-key column; `updated_at` is refreshed on real updates.
+    Daily partitions of partitioned tables are created for the days the rows fall on.
+    """
+    raw = conn.connection.driver_connection
+    stage = f"_stage_{table}"
+    table_columns = Base.metadata.tables[table].columns
+    updates = list(update_columns if update_columns is not None else [c for c in columns if c not in conflict_columns])
+    ident = sql.Identifier
+    col_list = sql.SQL(", ").join(map(ident, columns))
+    with raw.cursor() as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(stage)))
+        cur.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                ident(stage), col_list, ident(table)
+            )
+        )
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN _ord bigserial").format(ident(stage)))
+        oids = _column_oids(cur, stage, columns)
+        jsonb_positions = [i for i, oid in enumerate(oids) if oid == _JSONB_OID]
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(ident(stage), col_list)) as copy:
+            copy.set_types(oids)
+            for row in _wrap_json(rows, jsonb_positions):
+                copy.write_row(row)
+        staged = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(ident(stage))).fetchone()[0]
+    if table in DAILY_PARTITIONED_TABLES:
+        _ensure_partitions_for_stage(conn, table, stage)
+    inserted, affected, distinct = _merge(conn, table, stage, columns, conflict_columns, updates, table_columns)
+    return UpsertResult(
+        staged=staged, inserted=inserted, updated=affected - inserted,
+        unchanged=distinct - affected, duplicates=staged - distinct,
+    )
+
+
+def _column_oids(cur, stage: str, columns: Sequence[str]) -> list[int]:
+    # Binary COPY needs each column's exact type: read it from the staging table itself.
+    found = dict(
+        cur.execute(
+            "SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0",
+            (stage,),
+        ).fetchall()
+    )
+    return [found[c] for c in columns]
+
+
+def _wrap_json(rows: Iterable[Sequence[Any]], positions: list[int]) -> Iterator[Sequence[Any]]:
+    if not positions:
+        yield from rows
+        return
+    for row in rows:
+        row = list(row)
+        for i in positions:
+            if row[i] is not None:
+                row[i] = Jsonb(row[i])
+        yield row
+
+
+def _ensure_partitions_for_stage(conn: Connection, table: str, stage: str) -> None:
+    column = DAILY_PARTITIONED_TABLES[table]
+    days = conn.execute(text(f'SELECT DISTINCT ("{column}" AT TIME ZONE \'UTC\')::date FROM "{stage}"')).scalars()
+    ensure_daily_partitions(conn, table, [d for d in days if d is not None])
+
+
+def _merge(conn, table, stage, columns, conflict_columns, updates, table_columns) -> tuple[int, int, int]:
+    ident = sql.Identifier
+    cols = sql.SQL(", ").join(map(ident, columns))
+    keys = sql.SQL(", ").join(map(ident, conflict_columns))
+    if updates:
+        assignments = [sql.SQL("{} = EXCLUDED.{}").format(ident(c), ident(c)) for c in updates]
+        if "updated_at" in table_columns and "updated_at" not in updates:
+            assignments.append(sql.SQL("updated_at = now()"))
+        changed = sql.SQL("({}) IS DISTINCT FROM ({})").format(
+            sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in updates),
+            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(ident(c)) for c in updates),
+        )
+        action = sql.SQL("DO UPDATE SET {} WHERE {}").format(sql.SQL(", ").join(assignments), changed)
+    else:
+        action = sql.SQL("DO NOTHING")
+    # All CTEs see one snapshot: `existing` counts the keys already stored before this insert.
+    statement = sql.SQL(
+        "WITH batch AS (SELECT DISTINCT ON ({keys}) {cols} FROM {stage} ORDER BY {keys}, _ord DESC), "
+        "existing AS (SELECT count(*) AS n FROM batch JOIN {table} USING ({keys})), "
+        "merged AS (INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM batch ON CONFLICT ({keys}) {action} "
+        "RETURNING 1) "
+        "SELECT (SELECT count(*) FROM batch) - (SELECT n FROM existing), (SELECT count(*) FROM merged), "
+        "(SELECT count(*) FROM batch)"
+    ).format(keys=keys, cols=cols, stage=ident(stage), table=ident(table), action=action)
+    with conn.connection.driver_connection.cursor() as cur:
+        inserted, affected, distinct = cur.execute(statement).fetchone()
+    return inserted, affected, distinct
+
+
+def dataframe_rows(frame: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+    """Rows of `frame` as tuples for `copy_upsert`: NaN/NaT become NULL, timestamps aware datetimes."""
+    converted = []
+    for name in columns:
+        series = frame[name]
+        if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(series):
+            values = [None if pd.isna(v) else v.to_pydatetime() for v in series]
+        elif pd.api.types.is_float_dtype(series):
+            values = [None if math.isnan(v) else v for v in series.tolist()]
+        else:
+            values = [None if _is_missing(v) else v for v in series.tolist()]
+        converted.append(values)
+    return zip(*converted, strict=True)
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NaT:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return False

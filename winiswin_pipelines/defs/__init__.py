@@ -1,0 +1,1 @@
+"""One module per area, each exposing `defs = dg.Definitions(...)` (merged by definitions.py)."""

@@ -1,0 +1,39 @@
+"""Environment variables, in one place. Nothing else reads os.environ directly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = PACKAGE_DIR.parent
+SAMPLE_DATA_DIR = PACKAGE_DIR / "sample_data"
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """An environment variable, with empty strings treated as unset."""
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def database_url() -> str | None:
+    """`DATABASE_URL`; None means: use the embedded PostgreSQL server."""
+    return env("DATABASE_URL")
+
+
+def state_dir() -> Path:
+    """Project-local folder for generated state (embedded PostgreSQL, spools, cold storage)."""
+    return Path(env("WINISWIN_STATE_DIR") or PROJECT_DIR / ".state").resolve()
+
+
+def cold_storage_dir() -> Path:
+    """The local cold-storage folder used when no `BUCKET_NAME` is set."""
+    return Path(env("COLD_STORAGE_DIR") or state_dir() / "cold_storage").resolve()
+
+
+def aws_access_key() -> str | None:
+    return env("AWS_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID")
+
+
+def aws_secret_access_key() -> str | None:
+    return env("AWS_SECRET_ACCESS_KEY")

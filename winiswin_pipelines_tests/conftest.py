@@ -1,0 +1,136 @@
+"""Test fixtures: a real PostgreSQL server, a fresh database per test, a real S3 server on loopback.
+
+The server is DATABASE_URL's when it is set (each test gets its own database on it), else an
+embedded server started for the session in a temporary folder. Each test database is a copy of a
+template migrated once to head, so a fresh database costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import dagster as dg
+import psycopg
+import pytest
+from moto.server import ThreadedMotoServer
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from winiswin_pipelines.db.embedded import EmbeddedPostgres
+from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.db.url import normalize_database_url
+
+# Durability is not under test when a whole server is thrown away after the session.
+_FAST_SERVER = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+def _connect(url: URL, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        dbname=url.database, autocommit=True, **kwargs,
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Generated state (spools, local cold storage) goes to a temporary folder, not the project's."""
+    state = tmp_path_factory.mktemp("state")
+    previous = os.environ.get("WINISWIN_STATE_DIR")
+    os.environ["WINISWIN_STATE_DIR"] = str(state)
+    yield state
+    if previous is None:
+        os.environ.pop("WINISWIN_STATE_DIR", None)
+    else:
+        os.environ["WINISWIN_STATE_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+    """URL of a maintenance database on a real PostgreSQL server."""
+    if os.environ.get("DATABASE_URL"):
+        yield normalize_database_url(os.environ["DATABASE_URL"])
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), server_options=_FAST_SERVER)
+    info = server.ensure_running()
+    yield info.url("postgres")
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_server: URL) -> Iterator[str]:
+    name = f"winiswin_template_{uuid.uuid4().hex[:8]}"
+    with _connect(pg_server) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    manager = DatabaseManager(pg_server.set(database=name).render_as_string(hide_password=False))
+    manager.dispose()
+    yield name
+    with _connect(pg_server) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def create_test_database(pg_server: URL, template: str | None) -> str:
+    name = f"winiswin_test_{uuid.uuid4().hex[:12]}"
+    with _connect(pg_server) as conn:
+        statement = "CREATE DATABASE {} TEMPLATE {}" if template else "CREATE DATABASE {}"
+        identifiers = [sql.Identifier(name)] + ([sql.Identifier(template)] if template else [])
+        conn.execute(sql.SQL(statement).format(*identifiers))
+    return name
+
+
+def drop_test_database(pg_server: URL, name: str) -> None:
+    with _connect(pg_server) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(pg_server: URL, template_database: str) -> Iterator[str]:
+    """A fresh database at the newest schema, as a DATABASE_URL string (with password)."""
+    name = create_test_database(pg_server, template_database)
+    yield pg_server.set(database=name).render_as_string(hide_password=False)
+    drop_test_database(pg_server, name)
+
+
+@pytest.fixture
+def empty_database_url(pg_server: URL) -> Iterator[str]:
+    """A fresh database with no schema at all."""
+    name = create_test_database(pg_server, None)
+    yield pg_server.set(database=name).render_as_string(hide_password=False)
+    drop_test_database(pg_server, name)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[DatabaseManager]:
+    manager = DatabaseManager(database_url)
+    yield manager
+    manager.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-protocol HTTP server (moto) on loopback; credentials are set for boto3."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the loopback S3 server."""
+    name = f"winiswin-test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def dagster_instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
