@@ -24,6 +24,11 @@ def is_partition_name(name: str) -> bool:
     return bool(_PARTITION_SUFFIX.search(name))
 
 
+def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    """Alembic filter: daily partitions are data created at run time, not schema to compare."""
+    return not (type_ == "table" and name is not None and is_partition_name(name))
+
+
 def _lock(conn: Connection, table: str) -> None:
     # Serialises partition DDL per table across processes, until the transaction ends.
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(f"partitions:{table}".encode())})

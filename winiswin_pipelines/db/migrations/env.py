@@ -6,14 +6,9 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from winiswin_pipelines.db.models import Base
-from winiswin_pipelines.db.partitions import is_partition_name
+from winiswin_pipelines.db.partitions import include_name
 
 config = context.config
-
-
-def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
-    # Daily partitions are data, created at run time, not schema: keep them out of comparisons.
-    return not (type_ == "table" and name is not None and is_partition_name(name))
 
 
 def run_migrations(connection) -> None:

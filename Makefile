@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set up .venv, start the
+# embedded PostgreSQL (unless DATABASE_URL is set) and bring the schema to head.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME := $(CURDIR)/.state/dagster_home
+
+.PHONY: setup run test dev db-start db-stop clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+	@mkdir -p $(DAGSTER_HOME) && ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m winiswin_pipelines.db start
+
+run: setup
+	$(PY) -m winiswin_pipelines.sample_run
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+# The Dagster UI (webserver and daemon) on 127.0.0.1:3000; Ctrl-C stops everything.
+dev: setup
+	exec $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+db-start: setup
+
+db-stop:
+	$(PY) -m winiswin_pipelines.db stop
+
+clean: db-stop
+	rm -rf .state

@@ -1,0 +1,96 @@
+"""The Dagster shell: definitions load, the instance stores runs in PostgreSQL, resources work."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from sqlalchemy import create_engine, text
+
+from winiswin_pipelines.archive.store import LocalColdStore, S3ColdStore, sha256_file
+from winiswin_pipelines.definitions import defs
+from winiswin_pipelines.resources import ColdStorageResource, PostgresResource, build_resources
+from winiswin_pipelines.settings import PROJECT_DIR
+
+
+def test_definitions_are_loadable_with_the_shared_resources() -> None:
+    dg.Definitions.validate_loadable(defs)
+    assert {"postgres", "cold_storage"} <= set(defs.resources)
+
+
+def test_resources_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUCKET_NAME", "winiswin-cold")
+    monkeypatch.setenv("S3_PREFIX", "prod")
+    monkeypatch.setenv("AWS_ACCESS_KEY", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-example")
+    resources = build_resources()
+    cold = resources["cold_storage"]
+    assert isinstance(cold.bucket_name, dg.EnvVar) and cold.bucket_name.env_var_name == "BUCKET_NAME"
+    assert cold.s3.aws_access_key_id.env_var_name == "AWS_ACCESS_KEY"
+    monkeypatch.delenv("BUCKET_NAME")
+    assert build_resources()["cold_storage"].bucket_name == ""
+
+
+def test_postgres_resource_gives_the_process_wide_manager(database_url: str) -> None:
+    resource = PostgresResource(database_url=database_url)
+    assert resource.manager is resource.manager
+    with resource.manager.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM trades")).scalar_one() == 0
+
+
+def test_dagster_instance_stores_runs_in_postgres(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+
+    @dg.asset
+    def probe() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"ok": True})
+
+    with dg.DagsterInstance.get() as instance:
+        result = dg.materialize([probe], instance=instance)
+        assert result.success
+        assert instance.get_run_by_id(result.run_id).is_success
+    dagster_url = database_url.rsplit("/", 1)[0] + "/dagster"
+    engine = create_engine(dagster_url.replace("postgresql+psycopg://", "postgresql+psycopg2://"))
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM runs WHERE run_id = :id"), {"id": result.run_id})
+        assert stored.scalar_one() == 1
+    engine.dispose()
+
+
+def _round_trip(store, tmp_path: Path) -> None:
+    source = tmp_path / "object.bin"
+    source.write_bytes(b"winiswin" * 1000)
+    checksum = sha256_file(source)
+    assert checksum == hashlib.sha256(source.read_bytes()).hexdigest()
+    stored = store.put_file(source, "table=klines/date=2023-04-05/part-00000.parquet", checksum)
+    assert (stored.size, stored.sha256) == (8000, checksum)
+    assert store.list_keys("table=klines/") == ["table=klines/date=2023-04-05/part-00000.parquet"]
+    copy = tmp_path / "copy.bin"
+    store.download(stored.key, copy)
+    assert copy.read_bytes() == source.read_bytes()
+    store.delete(stored.key)
+    assert store.head(stored.key) is None and store.list_keys() == []
+
+
+def test_local_cold_store_round_trip(tmp_path: Path) -> None:
+    _round_trip(LocalColdStore(tmp_path / "cold"), tmp_path)
+
+
+def test_s3_cold_store_round_trip_on_the_loopback_s3_server(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
+    resource = ColdStorageResource(bucket_name=s3_bucket, prefix="archive")
+    resource = ColdStorageResource(
+        bucket_name=s3_bucket, prefix="archive", s3=resource.s3.model_copy(update={"endpoint_url": s3_endpoint})
+    )
+    store = resource.store()
+    assert isinstance(store, S3ColdStore)
+    _round_trip(store, tmp_path)
+    assert store.uri("x") == f"s3://{s3_bucket}/archive/x"
