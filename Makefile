@@ -26,7 +26,7 @@ test: setup
 
 # The Dagster UI (webserver and daemon) on 127.0.0.1:3000; Ctrl-C stops everything.
 dev: setup
-	exec $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	exec $(PY) -m winiswin_pipelines.dev
 
 db-start: setup
 

@@ -37,3 +37,8 @@ def aws_access_key() -> str | None:
 
 def aws_secret_access_key() -> str | None:
     return env("AWS_SECRET_ACCESS_KEY")
+
+
+def legacy_dir() -> Path:
+    """`WINISWIN_LEGACY_DIR`: the legacy bot's folder to migrate (default `data/` in the working directory)."""
+    return Path(env("WINISWIN_LEGACY_DIR") or "data").resolve()

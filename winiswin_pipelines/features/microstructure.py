@@ -1,0 +1,217 @@
+"""Order-book microstructure features per book snapshot, pure numpy.
+
+Per snapshot at exchange time t (all UTC), from the book at t and earlier snapshots only:
+
+- `mid = (bid + ask) / 2`; `spread_pct = (ask - bid) / mid`.
+- `obi = (bid_qty - ask_qty) / (bid_qty + ask_qty)` at level 1, in [-1, 1].
+- `obi_depth`: the same over the top `depth_levels` levels, level i weighted 1/i.
+- `microprice`: the size-weighted mid `(bid * ask_qty + ask * bid_qty) / (bid_qty + ask_qty)`
+  (= mid + spread/2 * obi; Stoikov's model-based micro-price needs a fitted model).
+- `hour_sin`, `hour_cos`: UTC time of day on the unit circle (one turn per 24 h, to the nanosecond).
+- `dow_sin`, `dow_cos`: UTC day of week (Monday = 0) on the unit circle (one turn per 7 days).
+- `ofi`: order-flow imbalance of Cont, Kukanov and Stoikov (2014) at level 1, summed over the
+  snapshots in (t - ofi_window, t]; each term compares a snapshot with the one before it:
+  e = 1{b >= b'} qb - 1{b <= b'} qb' - 1{a <= a'} qa + 1{a >= a'} qa'.
+- `ret_short = mid(t) / mid(t') - 1`, t' the last snapshot at or before t - return_horizon.
+- `realized_vol = sqrt(sum of squared log mid returns)` between consecutive snapshots in
+  (t - vol_window, t] (a fraction over the window, not annualised).
+
+Defined behaviour at the edges:
+
+- Zero volume on both sides (level 1, or all depth levels): `obi` / `obi_depth` are 0 (no imbalance
+  to measure) and `microprice` is the mid.
+- Missing levels (fewer levels than `depth_levels`, NaN price or size): they add no volume.
+- Locked book (ask == bid): valid, `spread_pct` is 0 (`book_state` "locked").
+- Crossed book (ask < bid) or a side without a price ("one_sided"): not a usable book. Every
+  book-derived feature is NaN and the snapshot takes no part in the flow features (`ofi`,
+  `ret_short`, `realized_vol`) of later snapshots; the time features are still computed.
+- Windowed features need the window to be observed: they are NaN unless a usable snapshot exists at
+  or before t - window (so a day's first rows need the previous day's snapshots as warm-up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+NS_PER_DAY = 86_400 * 10**9
+# 1970-01-01 was a Thursday: Monday = 0 makes it day 3.
+_EPOCH_WEEKDAY = 3
+BOOK_STATES = ("ok", "locked", "crossed", "one_sided")
+FEATURE_COLUMNS = (
+    "mid", "microprice", "obi", "obi_depth", "spread_pct", "hour_sin", "hour_cos", "dow_sin", "dow_cos",
+    "ofi", "ret_short", "realized_vol",
+)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    depth_levels: int = 10
+    ofi_window: pd.Timedelta = pd.Timedelta(seconds=10)
+    return_horizon: pd.Timedelta = pd.Timedelta(seconds=10)
+    vol_window: pd.Timedelta = pd.Timedelta(seconds=60)
+
+    @property
+    def warmup(self) -> pd.Timedelta:
+        """How much history before a snapshot its features can read."""
+        return max(self.ofi_window, self.return_horizon, self.vol_window)
+
+
+@dataclass(frozen=True)
+class BookArrays:
+    """Snapshots of one symbol in time order; level arrays are (n, levels), level 1 in column 0, NaN if absent."""
+
+    ts: np.ndarray  # int64 nanoseconds since the epoch, UTC, strictly increasing
+    bid_px: np.ndarray
+    bid_qty: np.ndarray
+    ask_px: np.ndarray
+    ask_qty: np.ndarray
+
+    def __post_init__(self) -> None:
+        shapes = {a.shape for a in (self.bid_px, self.bid_qty, self.ask_px, self.ask_qty)}
+        if len(shapes) != 1 or len(self.ts.shape) != 1 or next(iter(shapes)) [:1] != self.ts.shape:
+            raise ValueError(f"book arrays must be (n, levels) with n = len(ts); got {sorted(shapes)} and {self.ts.shape}")
+        if len(self.ts) > 1 and not (np.diff(self.ts) > 0).all():
+            position = int(np.argmax(np.diff(self.ts) <= 0)) + 1
+            raise ValueError(f"snapshot times must be strictly increasing; row {position} is not")
+
+
+def compute_features(book: BookArrays, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
+    """The features of every snapshot of `book`, plus `ts` (UTC) and `book_state`, in input order."""
+    bid, ask = book.bid_px[:, 0], book.ask_px[:, 0]
+    bid_qty, ask_qty = _volume(book.bid_qty[:, 0], bid), _volume(book.ask_qty[:, 0], ask)
+    state = _book_state(bid, ask)
+    usable = state <= 1
+    mid = np.where(usable, (bid + ask) / 2, np.nan)
+    level_qty = bid_qty + ask_qty
+    safe_qty = np.where(level_qty > 0, level_qty, 1.0)
+    obi = np.where(level_qty > 0, (bid_qty - ask_qty) / safe_qty, 0.0)
+    microprice = np.where(level_qty > 0, (bid * ask_qty + ask * bid_qty) / safe_qty, mid)
+    columns = {
+        "ts": pd.DatetimeIndex(book.ts.view("M8[ns]")).tz_localize("UTC"),
+        "mid": mid,
+        "microprice": np.where(usable, microprice, np.nan),
+        "obi": np.where(usable, obi, np.nan),
+        "obi_depth": np.where(usable, _depth_imbalance(book, config.depth_levels), np.nan),
+        "spread_pct": (ask - bid) / mid,
+        **_time_features(book.ts),
+        **_flow_features(book, usable, mid, bid_qty, ask_qty, config),
+        "book_state": pd.Categorical.from_codes(state, BOOK_STATES),
+    }
+    return pd.DataFrame(columns)
+
+
+def _volume(qty: np.ndarray, price: np.ndarray) -> np.ndarray:
+    # A level with no price or no size holds no volume (qty + 0 * price is NaN when either is missing).
+    volume = qty + 0.0 * price
+    volume[~np.isfinite(volume)] = 0.0
+    return volume
+
+
+def _book_state(bid: np.ndarray, ask: np.ndarray) -> np.ndarray:
+    two_sided = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask > 0)
+    state = np.where(ask > bid, 0, np.where(ask == bid, 1, 2))
+    return np.where(two_sided, state, 3).astype(np.int8)
+
+
+def _depth_imbalance(book: BookArrays, levels: int) -> np.ndarray:
+    n_levels = min(levels, book.bid_px.shape[1])
+    weights = 1.0 / np.arange(1, n_levels + 1)
+    bid = np.einsum("ij,j->i", _volume(book.bid_qty[:, :n_levels], book.bid_px[:, :n_levels]), weights)
+    ask = np.einsum("ij,j->i", _volume(book.ask_qty[:, :n_levels], book.ask_px[:, :n_levels]), weights)
+    total = bid + ask
+    return np.where(total > 0, (bid - ask) / np.where(total > 0, total, 1.0), 0.0)
+
+
+_WEEK_ANGLES = np.arange(7) * (2 * np.pi / 7)
+_DOW_SIN, _DOW_COS = np.sin(_WEEK_ANGLES), np.cos(_WEEK_ANGLES)
+
+
+def _time_features(ts: np.ndarray) -> dict[str, np.ndarray]:
+    day_angle = (ts % NS_PER_DAY) * (2 * np.pi / NS_PER_DAY)
+    weekday = (ts // NS_PER_DAY + _EPOCH_WEEKDAY) % 7
+    return {
+        "hour_sin": np.sin(day_angle), "hour_cos": np.cos(day_angle),
+        "dow_sin": _DOW_SIN[weekday], "dow_cos": _DOW_COS[weekday],
+    }
+
+
+def _flow_features(
+    book: BookArrays, usable: np.ndarray, mid: np.ndarray, bid_qty: np.ndarray, ask_qty: np.ndarray,
+    config: FeatureConfig,
+) -> dict[str, np.ndarray]:
+    """OFI, short return and realised volatility over the usable snapshots, scattered back to all rows."""
+    rows = slice(None) if usable.all() else np.flatnonzero(usable)
+    ts, m = book.ts[rows], mid[rows]
+    bid, ask = book.bid_px[rows, 0], book.ask_px[rows, 0]
+    qb, qa = bid_qty[rows], ask_qty[rows]
+    flow = np.zeros(len(ts))
+    flow[1:] = (
+        (bid[1:] >= bid[:-1]) * qb[1:] - (bid[1:] <= bid[:-1]) * qb[:-1]
+        - (ask[1:] <= ask[:-1]) * qa[1:] + (ask[1:] >= ask[:-1]) * qa[:-1]
+    )
+    squared = np.zeros(len(ts))
+    squared[1:] = np.log(m[1:] / m[:-1]) ** 2
+    window_start = _WindowStarts(ts)
+    ofi = _window_sum(flow, window_start(config.ofi_window))
+    realized_vol = np.sqrt(_window_sum(squared, window_start(config.vol_window)))
+    before = window_start(config.return_horizon) - 1  # the last snapshot at or before t - horizon
+    ret_short = np.where(before >= 0, m / m[np.maximum(before, 0)] - 1, np.nan)
+    values = {"ofi": ofi, "ret_short": ret_short, "realized_vol": realized_vol}
+    if isinstance(rows, slice):
+        return values
+    return {name: _scatter(len(usable), rows, column) for name, column in values.items()}
+
+
+class _WindowStarts:
+    """Per snapshot, the first snapshot inside (t - window, t]; computed once per window length."""
+
+    def __init__(self, ts: np.ndarray):
+        self.ts, self.cache = ts, {}
+
+    def __call__(self, window: pd.Timedelta) -> np.ndarray:
+        if window not in self.cache:
+            self.cache[window] = np.searchsorted(self.ts, self.ts - window.value, side="right")
+        return self.cache[window]
+
+
+def _window_sum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Sum of values[first:i + 1] per row i; NaN unless a snapshot at or before the window start exists."""
+    totals = np.cumsum(values)
+    return np.where(first >= 1, totals - totals[np.maximum(first - 1, 0)], np.nan)
+
+
+def _scatter(n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.full(n, np.nan)
+    out[rows] = values
+    return out
+
+
+def book_arrays_from_frame(snapshots: pd.DataFrame, levels: int = 10) -> BookArrays:
+    """BookArrays from rows shaped like the `book_snapshots` table (one symbol, sorted by exchange_time).
+
+    Level 1 comes from `best_bid`/`best_ask` (and their sizes); deeper levels from the
+    `bid_prices`/`bid_sizes`/`ask_prices`/`ask_sizes` arrays, padded with NaN where shorter.
+    """
+    times = pd.DatetimeIndex(snapshots["exchange_time"])
+    if times.tz is None:
+        raise ValueError("book snapshots: exchange_time must be timezone-aware UTC")
+    arrays = {}
+    for side in ("bid", "ask"):
+        prices = _level_matrix(snapshots[f"{side}_prices"], levels)
+        sizes = _level_matrix(snapshots[f"{side}_sizes"], levels)
+        prices[:, 0] = snapshots[f"best_{side}"].to_numpy(dtype=float)
+        sizes[:, 0] = snapshots[f"best_{side}_qty"].to_numpy(dtype=float)
+        arrays[f"{side}_px"], arrays[f"{side}_qty"] = prices, sizes
+    return BookArrays(ts=times.tz_convert("UTC").as_unit("ns").asi8, **arrays)
+
+
+def _level_matrix(column: pd.Series, levels: int) -> np.ndarray:
+    matrix = np.full((len(column), levels), np.nan)
+    for row, values in enumerate(column.tolist()):
+        if values is not None and len(values):
+            head = values[:levels]
+            matrix[row, : len(head)] = head
+    return matrix

@@ -1,0 +1,1 @@
+"""Trading: strategy, risk, execution, the trade recorder and the session loop."""

@@ -1,0 +1,571 @@
+"""UnifiedTradeRecorder: the one trade recorder. Non-blocking, batched, durable, exactly once.
+
+How a record travels
+- `record_*` validate the argument's type and append it to an in-memory queue: no I/O, no await.
+- A writer task on the same event loop takes batches (`batch_size`, or whatever is queued after
+  `flush_interval`) and writes each batch in ONE transaction through the async engine (psycopg 3):
+  entries upsert on `trade_uid`, partial exits on `exit_uid`, closes/cancels update the trade with
+  that `trade_uid`; `position_entry_times` is brought up to date in the same transaction.
+- If PostgreSQL is unreachable, the batch is appended to an fsynced spool (segment files of JSON
+  lines under `spool_dir`, default `<state dir>/spool/<source>`). While the spool holds records,
+  new batches go behind them, so the database sees every record in recording order; the writer
+  retries with back-off and deletes a segment only after its records are committed.
+- `start()` first writes what a previous process left in the spool (crash, SIGKILL).
+Every write is an idempotent upsert keyed by `trade_uid` / `exit_uid`, and an entry never touches
+the exit columns or status of its trade, so a segment replayed after a crash between commit and
+delete leaves the same rows: each record is stored exactly once.
+
+Pairing: an exit belongs to the trade with its `trade_uid` (and symbol), never to "the open trade on
+the symbol". An exit whose entry is unknown is kept, not dropped, as an *orphan* row of
+`trade_partial_exits` with `trade_uid` NULL and the whole event in `raw` (a close or cancel gets
+`exit_uid` "<trade_uid>:close" / "<trade_uid>:cancel"). When that entry is recorded later, the
+orphans are attached: partial exits get their `trade_uid`, an orphan close/cancel is applied to the
+trade and its orphan row removed.
+
+`position_entry_times` (keyed by symbol) holds, for each symbol this recorder touched, the fill time
+of the earliest OPEN trade of this recorder's source on the symbol: the real fill time on open, the
+row deleted when the last position on the symbol closes or is cancelled. With two positions on one
+symbol, closing one leaves the other's fill time. Backtests (source "backtest") do not touch it by
+default, so replaying history never disturbs a live session's time stop.
+
+Data errors (a constraint the database rejects) are isolated record by record; a rejected record is
+appended with its reason to `<spool_dir>/rejected.jsonl`, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fcntl
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy.exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from winiswin_pipelines import settings
+from winiswin_pipelines.db.entry_times import async_delete_entry_time, async_upsert_entry_time
+from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.trading.events import (
+    TradeCancelled,
+    TradeClosed,
+    TradeEvent,
+    TradeOpened,
+    TradePartiallyClosed,
+    event_from_record,
+)
+
+log = logging.getLogger(__name__)
+
+WRITE_TIMEOUT_S = 15.0  # an unanswered write is treated as a lost connection: spool, replay later
+RETRY_BACKOFF_S = (0.2, 5.0)  # first and largest pause between attempts while the database is down
+_LATENCY_WINDOW = 4096
+
+
+class SpoolLockedError(RuntimeError):
+    """Another live recorder owns this spool folder."""
+
+
+class Spool:
+    """Append-only, fsynced segment files of records (one JSON object per line), read in order."""
+
+    SEGMENT_BYTES = 4 << 20
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_handle = open(self.directory / ".lock", "w")  # noqa: SIM115 - held for the spool's life
+        try:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_handle.close()
+            raise SpoolLockedError(f"another running recorder holds the spool {self.directory}") from None
+        self.rejected_file = self.directory / "rejected.jsonl"
+        for segment in self.segments():
+            self._drop_torn_tail(segment)
+        self.pending = sum(self._count_lines(segment) for segment in self.segments())
+
+    def segments(self) -> list[Path]:
+        return sorted(self.directory.glob("segment-*.jsonl"))
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Append and fsync: when this returns the records survive a crash."""
+        segments = self.segments()
+        if segments and segments[-1].stat().st_size < self.SEGMENT_BYTES:
+            target, created = segments[-1], False
+        else:
+            number = int(segments[-1].stem.split("-")[1]) + 1 if segments else 1
+            target, created = self.directory / f"segment-{number:012d}.jsonl", True
+        payload = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records).encode()
+        with open(target, "ab") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if created:
+            self._fsync_directory()
+        self.pending += len(records)
+
+    def read(self, segment: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+        """(line number, record or None when undecodable, raw line) of a segment."""
+        with open(segment, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    yield number, json.loads(line), line
+                except json.JSONDecodeError:
+                    yield number, None, line
+
+    def remove(self, segment: Path, records: int) -> None:
+        segment.unlink()
+        self._fsync_directory()
+        self.pending = max(0, self.pending - records)
+
+    def reject(self, entries: Sequence[dict[str, Any]]) -> None:
+        with open(self.rejected_file, "a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(entry, default=str) + "\n" for entry in entries)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def close(self) -> None:
+        self._lock_handle.close()
+
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _count_lines(segment: Path) -> int:
+        with open(segment, "rb") as handle:
+            return sum(1 for _ in handle)
+
+    @staticmethod
+    def _drop_torn_tail(segment: Path) -> None:
+        # A crash during append can leave a partial last line; it was never acknowledged as
+        # durable (the fsync had not returned), so it is cut off rather than misread.
+        data = segment.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("spool %s: dropping %d bytes of an unfinished last line", segment, len(data) - keep)
+            with open(segment, "r+b") as handle:
+                handle.truncate(keep)
+                os.fsync(handle.fileno())
+
+
+class UnifiedTradeRecorder:
+    """Records trade events of one `source` (live, paper, backtest) into PostgreSQL; see module doc."""
+
+    def __init__(
+        self,
+        manager: DatabaseManager,
+        *,
+        source: str,
+        spool_dir: Path | None = None,
+        batch_size: int = 500,
+        flush_interval: float = 0.2,
+        track_entry_times: bool | None = None,
+    ):
+        if not source or len(source) > 64:
+            raise ValueError(f"source must be a non-empty name of at most 64 characters, got {source!r}")
+        if batch_size < 1 or flush_interval <= 0:
+            raise ValueError(f"batch_size must be >= 1 and flush_interval > 0, got {batch_size}, {flush_interval}")
+        self.manager = manager
+        self.source = source
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else settings.state_dir() / "spool" / source
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.track_entry_times = source != "backtest" if track_entry_times is None else track_entry_times
+        self._queue: collections.deque[TradeEvent] = collections.deque()
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._enqueued = 0  # records accepted so far
+        self._durable = 0  # of those, records committed to PostgreSQL or fsynced to the spool
+        self._flush_requested = False
+        self._closing = False
+        self._writer: asyncio.Task | None = None
+        self._spool: Spool | None = None
+        self._next_attempt = 0.0
+        self._backoff = RETRY_BACKOFF_S[0]
+        self._latencies: collections.deque[float] = collections.deque(maxlen=_LATENCY_WINDOW)
+        self._counts = {"written": 0, "retried": 0, "spooled": 0, "rejected": 0, "orphans": 0}
+        self._last_error: str | None = None
+
+    # -- the trading loop's API: each call only enqueues ------------------------------------------
+
+    async def record_entry(self, event: TradeOpened) -> None:
+        self._enqueue(event, TradeOpened)
+
+    async def record_partial_exit(self, event: TradePartiallyClosed) -> None:
+        self._enqueue(event, TradePartiallyClosed)
+
+    async def record_exit(self, event: TradeClosed) -> None:
+        self._enqueue(event, TradeClosed)
+
+    async def record_cancel(self, event: TradeCancelled) -> None:
+        self._enqueue(event, TradeCancelled)
+
+    def _enqueue(self, event: TradeEvent, expected: type[TradeEvent]) -> None:
+        if type(event) is not expected:
+            raise TypeError(f"expected a {expected.__name__}, got {type(event).__name__}")
+        if self._closing:
+            raise RuntimeError(f"the {self.source} trade recorder is closed; {event.trade_uid!r} was not recorded")
+        self._queue.append(event)
+        self._enqueued += 1
+        if len(self._queue) >= self.batch_size:
+            self._wake.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the spool, write what an earlier process left in it, start the writer."""
+        if self._writer is not None:
+            return
+        self._spool = await asyncio.to_thread(Spool, self.spool_dir)
+        if self._spool.pending:
+            log.info("%s recorder: %d spooled records from an earlier run", self.source, self._spool.pending)
+            await self._drain_spool()
+        self._writer = asyncio.create_task(self._run(), name=f"trade-recorder-{self.source}")
+
+    async def flush(self) -> None:
+        """Return once everything recorded so far is in PostgreSQL or in the fsynced spool."""
+        if self._writer is None:
+            raise RuntimeError(f"the {self.source} trade recorder was not started (await start() first)")
+        target = self._enqueued
+        while self._durable < target:
+            if self._writer.done():
+                self._writer.result()  # re-raise what killed the writer
+            self._flush_requested = True
+            self._progress.clear()
+            self._wake.set()
+            await self._progress.wait()
+
+    async def close(self) -> None:
+        """Flush, try once more to empty the spool, stop the writer and release the spool."""
+        if self._writer is None or self._closing:
+            return
+        await self.flush()
+        self._closing = True
+        self._wake.set()
+        await self._writer
+        if self._spool.pending:
+            self._next_attempt = 0.0
+            await self._drain_spool()
+        self._spool.close()
+
+    def metrics(self) -> dict[str, Any]:
+        latencies = sorted(self._latencies)
+        return {
+            "queued": self._enqueued,
+            "in_memory": len(self._queue),
+            **self._counts,
+            "spool_pending": self._spool.pending if self._spool else 0,
+            "write_latency_p50_ms": _percentile(latencies, 0.50) * 1000,
+            "write_latency_p99_ms": _percentile(latencies, 0.99) * 1000,
+            "last_error": self._last_error,
+        }
+
+    # -- the writer task ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if len(self._queue) < self.batch_size and not (self._flush_requested or self._closing):
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            self._flush_requested = False
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+                await self._store(batch)
+                self._durable += len(batch)
+                self._progress.set()
+            if self._spool.pending:
+                await self._drain_spool()
+            self._progress.set()
+            if self._closing and not self._queue:
+                return
+
+    async def _store(self, batch: list[TradeEvent]) -> None:
+        records = [event.to_record() for event in batch]
+        if not self._spool.pending:
+            try:
+                await self._write(records)
+                return
+            except _TRANSIENT_ERRORS as exc:
+                self._note_failure(exc)
+        # Behind earlier spooled records (or the database is down): keep the order on disk.
+        await asyncio.to_thread(self._spool.append, records)
+        self._counts["spooled"] += len(records)
+
+    async def _drain_spool(self) -> None:
+        """Write spooled segments oldest first; stop at the first failure and retry later."""
+        if time.monotonic() < self._next_attempt:
+            return
+        for segment in self._spool.segments():
+            records, bad = await asyncio.to_thread(self._read_segment, segment)
+            try:
+                for chunk in _chunks(records, self.batch_size):
+                    await self._write(chunk)
+            except _TRANSIENT_ERRORS as exc:
+                self._note_failure(exc)
+                return
+            if bad:
+                await asyncio.to_thread(self._spool.reject, bad)
+                self._counts["rejected"] += len(bad)
+            await asyncio.to_thread(self._spool.remove, segment, len(records) + len(bad))
+        self._backoff = RETRY_BACKOFF_S[0]
+
+    def _read_segment(self, segment: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        records, bad = [], []
+        for number, record, line in self._spool.read(segment):
+            where = f"{segment.name}:{number}"
+            if record is None:
+                bad.append({"where": where, "reason": "not valid JSON", "raw": line})
+                continue
+            try:
+                records.append(event_from_record(record).to_record())
+            except (TypeError, ValueError) as exc:
+                bad.append({"where": where, "reason": str(exc), "raw": record})
+        return records, bad
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self._counts["retried"] += 1
+        self._last_error = self._describe(exc)
+        self._next_attempt = time.monotonic() + self._backoff
+        log.warning("%s recorder: database write failed (%s); spooling, retry in %.1fs",
+                    self.source, self._last_error, self._backoff)
+        self._backoff = min(self._backoff * 2, RETRY_BACKOFF_S[1])
+
+    def _describe(self, exc: BaseException) -> str:
+        detail = getattr(exc, "orig", None) or exc
+        message = (str(detail).strip().splitlines() or [""])[0]
+        if self.manager.url.password:
+            message = message.replace(self.manager.url.password, "***")
+        return f"{type(detail).__name__}: {message}"[:500]
+
+    # -- database writes ---------------------------------------------------------------------------
+
+    async def _write(self, records: list[dict[str, Any]]) -> None:
+        """Write `records` in one transaction; a data error isolates and rejects the bad records."""
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._transaction(records), WRITE_TIMEOUT_S)
+            written = len(records)
+        except _DATA_ERRORS:
+            written = await self._write_one_by_one(records)
+        self._latencies.append(time.perf_counter() - started)
+        self._counts["written"] += written
+
+    async def _write_one_by_one(self, records: list[dict[str, Any]]) -> int:
+        written = 0
+        for record in records:
+            try:
+                await asyncio.wait_for(self._transaction([record]), WRITE_TIMEOUT_S)
+                written += 1
+            except _DATA_ERRORS as exc:
+                reason = self._describe(exc)
+                log.error("%s recorder: database rejected %s %s: %s", self.source, record["kind"],
+                          record.get("exit_uid") or record["trade_uid"], reason)
+                await asyncio.to_thread(self._spool.reject, [{"reason": reason, "raw": record}])
+                self._counts["rejected"] += 1
+        return written
+
+    async def _transaction(self, records: list[dict[str, Any]]) -> None:
+        by_kind: dict[str, dict[str, dict[str, Any]]] = {"open": {}, "partial": {}, "finish": {}}
+        for record in records:  # last record of a key wins, as in a replay
+            kind = record["kind"]
+            if kind == "partial":
+                by_kind["partial"][record["exit_uid"]] = record
+            elif kind == "open":
+                by_kind["open"][record["trade_uid"]] = _json_safe(record)
+            else:
+                by_kind["finish"][record["trade_uid"]] = _finish_row(record)
+        async with self.manager.async_engine.begin() as conn:
+            if by_kind["open"]:
+                await conn.execute(_UPSERT_ENTRIES, _params(self.source, by_kind["open"]))
+                await conn.execute(_ATTACH_ORPHAN_PARTIALS, {"uids": list(by_kind["open"])})
+                await conn.execute(_APPLY_ORPHAN_FINISHES, {"uids": list(by_kind["open"])})
+            if by_kind["partial"]:
+                orphans = await conn.execute(_UPSERT_PARTIALS, _params(self.source, by_kind["partial"]))
+                self._counts["orphans"] += orphans.scalar_one()
+            if by_kind["finish"]:
+                orphans = await conn.execute(_APPLY_FINISHES, _params(self.source, by_kind["finish"]))
+                self._counts["orphans"] += orphans.scalar_one()
+            if self.track_entry_times:
+                await self._sync_entry_times(conn, {record["symbol"] for record in records})
+
+    async def _sync_entry_times(self, conn: AsyncConnection, symbols: set[str]) -> None:
+        # Only changed symbols are written, so a replay leaves the rows (and updated_at) untouched.
+        rows = await conn.execute(_ENTRY_TIME_CHANGES, {"symbols": sorted(symbols), "source": self.source})
+        for symbol, earliest_open in rows.all():
+            if earliest_open is None:
+                await async_delete_entry_time(conn, symbol)
+            else:
+                await async_upsert_entry_time(conn, symbol, earliest_open)
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _finish_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A close or a cancel as one shape: the columns of `trades` they set."""
+    if record["kind"] == "close":
+        return record
+    return {"kind": "cancel", "trade_uid": record["trade_uid"], "symbol": record["symbol"],
+            "exit_time": record["time"], "exit_reason": record["reason"], "status": "CANCELLED"}
+
+
+def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """Features may hold NaN/inf (JSON has neither): they are stored as null."""
+    features = record.get("features")
+    if features:
+        record = {**record, "features": _finite(features)}
+    return record
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _params(source: str, rows: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {"source": source, "rows": json.dumps(list(rows.values()), separators=(",", ":"), default=str)}
+
+
+# Only a record the database refuses (SQLSTATE classes 22 and 23) is a data error; anything else
+# (server down, connection lost, timeouts, even a missing table) keeps the record for a retry.
+_DATA_ERRORS = (sqlalchemy.exc.DataError, sqlalchemy.exc.IntegrityError)
+_TRANSIENT_ERRORS = (sqlalchemy.exc.SQLAlchemyError, OSError, TimeoutError)
+
+_ENTRY_COLUMNS = (
+    "symbol", "side", "is_virtual", "entry_time", "entry_price", "quantity", "leverage", "stop_loss",
+    "take_profit", "strategy", "confidence", "win_probability", "features",
+)
+_UPSERT_ENTRIES = text(f"""
+INSERT INTO trades AS t (trade_uid, status, source, {", ".join(_ENTRY_COLUMNS)})
+SELECT r.trade_uid, 'OPEN', :source, {", ".join(f"r.{c}" for c in _ENTRY_COLUMNS)}
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+    trade_uid text, symbol text, side text, is_virtual boolean, entry_time timestamptz,
+    entry_price float8, quantity float8, leverage float8, stop_loss float8, take_profit float8,
+    strategy text, confidence float8, win_probability float8, features jsonb)
+ON CONFLICT (trade_uid) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _ENTRY_COLUMNS)}, source = EXCLUDED.source, updated_at = now()
+WHERE ({", ".join(f"t.{c}" for c in _ENTRY_COLUMNS)}, t.source)
+    IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in _ENTRY_COLUMNS)}, EXCLUDED.source)
+""")
+
+# Partial exits pair with their trade by trade_uid (and symbol); unmatched ones are kept as
+# orphans (trade_uid NULL, the event in raw). Returns how many orphans the batch held.
+_UPSERT_PARTIALS = text("""
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        kind text, exit_uid text, trade_uid text, symbol text, exit_time timestamptz, exit_price float8,
+        quantity float8, pnl float8, pnl_pct float8, fees float8, reason text)
+), paired AS (
+    SELECT r.*, t.trade_uid AS known_uid
+    FROM r LEFT JOIN trades t ON t.trade_uid = r.trade_uid AND t.symbol = r.symbol
+), written AS (
+    INSERT INTO trade_partial_exits AS p
+        (exit_uid, trade_uid, symbol, exit_time, exit_price, quantity, pnl, pnl_pct, fees, reason, source, raw)
+    SELECT exit_uid, known_uid, symbol, exit_time, exit_price, quantity, pnl, pnl_pct, fees, reason, :source,
+           to_jsonb(paired) - 'known_uid'
+    FROM paired
+    ON CONFLICT (exit_uid) DO UPDATE SET
+        trade_uid = COALESCE(EXCLUDED.trade_uid, p.trade_uid), symbol = EXCLUDED.symbol,
+        exit_time = EXCLUDED.exit_time, exit_price = EXCLUDED.exit_price, quantity = EXCLUDED.quantity,
+        pnl = EXCLUDED.pnl, pnl_pct = EXCLUDED.pnl_pct, fees = EXCLUDED.fees, reason = EXCLUDED.reason,
+        source = EXCLUDED.source, raw = EXCLUDED.raw, updated_at = now()
+    WHERE (p.trade_uid, p.exit_time, p.exit_price, p.quantity, p.pnl, p.pnl_pct, p.fees, p.reason, p.raw)
+        IS DISTINCT FROM (COALESCE(EXCLUDED.trade_uid, p.trade_uid), EXCLUDED.exit_time, EXCLUDED.exit_price,
+                          EXCLUDED.quantity, EXCLUDED.pnl, EXCLUDED.pnl_pct, EXCLUDED.fees, EXCLUDED.reason,
+                          EXCLUDED.raw)
+)
+SELECT count(*) FROM paired WHERE known_uid IS NULL
+""")
+
+# Closes and cancels set the exit columns of their trade; unmatched ones become orphan rows.
+_APPLY_FINISHES = text("""
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        kind text, trade_uid text, symbol text, exit_time timestamptz, exit_price float8, pnl float8,
+        pnl_pct float8, fees float8, exit_reason text, status text)
+), matched AS (
+    SELECT r.trade_uid FROM r JOIN trades t ON t.trade_uid = r.trade_uid AND t.symbol = r.symbol
+), updated AS (
+    UPDATE trades t SET status = r.status, exit_time = r.exit_time, exit_price = r.exit_price, pnl = r.pnl,
+        pnl_pct = r.pnl_pct, fees = r.fees, exit_reason = r.exit_reason, updated_at = now()
+    FROM r
+    WHERE t.trade_uid = r.trade_uid AND t.symbol = r.symbol
+      AND (t.status, t.exit_time, t.exit_price, t.pnl, t.pnl_pct, t.fees, t.exit_reason)
+          IS DISTINCT FROM (r.status, r.exit_time, r.exit_price, r.pnl, r.pnl_pct, r.fees, r.exit_reason)
+), orphans AS (
+    SELECT * FROM r WHERE r.trade_uid NOT IN (SELECT trade_uid FROM matched)
+), kept AS (
+    INSERT INTO trade_partial_exits AS p (exit_uid, trade_uid, symbol, exit_time, exit_price, pnl, pnl_pct, fees,
+                                          reason, source, raw)
+    SELECT trade_uid || ':' || kind, NULL, symbol, exit_time, exit_price, pnl, pnl_pct, fees, exit_reason,
+           :source, to_jsonb(orphans)
+    FROM orphans
+    ON CONFLICT (exit_uid) DO UPDATE SET exit_time = EXCLUDED.exit_time, exit_price = EXCLUDED.exit_price,
+        pnl = EXCLUDED.pnl, pnl_pct = EXCLUDED.pnl_pct, fees = EXCLUDED.fees, reason = EXCLUDED.reason,
+        raw = EXCLUDED.raw, updated_at = now()
+    WHERE p.raw IS DISTINCT FROM EXCLUDED.raw
+)
+SELECT count(*) FROM orphans
+""")
+
+# An entry recorded after its exits: attach orphan partial exits, apply an orphan close/cancel.
+_ATTACH_ORPHAN_PARTIALS = text("""
+UPDATE trade_partial_exits p SET trade_uid = t.trade_uid, updated_at = now()
+FROM trades t
+WHERE p.trade_uid IS NULL AND p.raw->>'kind' = 'partial' AND p.raw->>'trade_uid' = ANY(:uids)
+  AND t.trade_uid = p.raw->>'trade_uid' AND t.symbol = p.symbol
+""")
+_APPLY_ORPHAN_FINISHES = text("""
+WITH o AS (
+    DELETE FROM trade_partial_exits p USING trades t
+    WHERE p.trade_uid IS NULL AND p.raw->>'kind' IN ('close', 'cancel') AND p.raw->>'trade_uid' = ANY(:uids)
+      AND t.trade_uid = p.raw->>'trade_uid' AND t.symbol = p.symbol
+    RETURNING p.raw
+)
+UPDATE trades t SET status = o.raw->>'status', exit_time = (o.raw->>'exit_time')::timestamptz,
+    exit_price = (o.raw->>'exit_price')::float8, pnl = (o.raw->>'pnl')::float8,
+    pnl_pct = (o.raw->>'pnl_pct')::float8, fees = (o.raw->>'fees')::float8,
+    exit_reason = o.raw->>'exit_reason', updated_at = now()
+FROM o WHERE t.trade_uid = o.raw->>'trade_uid'
+""")
+
+# Per touched symbol: the earliest OPEN trade of this source, where it differs from what is stored.
+_ENTRY_TIME_CHANGES = text("""
+SELECT s.symbol, e.entry_time
+FROM unnest(CAST(:symbols AS text[])) AS s(symbol)
+LEFT JOIN (
+    SELECT symbol, min(entry_time) AS entry_time FROM trades
+    WHERE status = 'OPEN' AND source = :source AND symbol = ANY(:symbols) AND entry_time IS NOT NULL
+    GROUP BY symbol
+) e USING (symbol)
+LEFT JOIN position_entry_times p USING (symbol)
+WHERE e.entry_time IS DISTINCT FROM p.entry_time
+""")
