@@ -7,11 +7,9 @@ once, when recording starts), so the previous day's capture is replayed too and 
 own rows are written.
 """
 
-from __future__ import annotations
-
 import datetime as dt
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -20,15 +18,19 @@ from pydantic import Field
 from sqlalchemy import text
 
 from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert, dataframe_rows
-from winiswin_pipelines.marketdata.capture import CaptureMessage, read_capture
+from winiswin_pipelines.marketdata.capture import CaptureMessage, RejectedLine, read_capture
 from winiswin_pipelines.marketdata.klines import (
     KLINE_COLUMNS,
-    aggregate_trades_to_klines,
-    complete_klines,
+    complete_klines_from_trades,
     read_kline_csv,
     trades_from_capture,
 )
-from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS, BookSnapshotter, snapshot_frame
+from winiswin_pipelines.marketdata.orderbook import (
+    BOOK_SNAPSHOT_COLUMNS,
+    BookSnapshotter,
+    InvalidPeriod,
+    snapshot_frame,
+)
 from winiswin_pipelines.marketdata.samples import MARKET_SAMPLES_DIR, CaptureFile, MarketFiles, scan_market_folder
 from winiswin_pipelines.resources import PostgresResource
 from winiswin_pipelines.sample_run import SampleRunner, sample_step
@@ -59,7 +61,9 @@ def _days(start: dt.datetime, end: dt.datetime) -> tuple[dt.date, dt.date]:
     return start.date(), (end - dt.timedelta(days=1)).date()
 
 
-def _upsert(postgres: PostgresResource, table: str, columns, frame: pd.DataFrame, keys) -> UpsertResult:
+def _upsert(
+    postgres: PostgresResource, table: str, columns: Sequence[str], frame: pd.DataFrame, keys: Sequence[str]
+) -> UpsertResult:
     result = EMPTY_RESULT
     with postgres.manager.engine.begin() as conn:
         for begin in range(0, len(frame), _WRITE_BATCH):
@@ -90,15 +94,22 @@ def _capture_chains(files: MarketFiles, first: dt.date, last: dt.date) -> dict[s
     return {symbol: chain for symbol, chain in chains.items() if chain[-1].day >= first}
 
 
-def _messages(chain: list[CaptureFile], kinds: set[str]) -> Iterator[CaptureMessage]:
-    return itertools.chain.from_iterable(read_capture(c.path, kinds=kinds) for c in chain)
+def _messages(chain: list[CaptureFile], kinds: set[str], rejected: list[RejectedLine]) -> Iterator[CaptureMessage]:
+    return itertools.chain.from_iterable(read_capture(c.path, kinds=kinds, rejected=rejected) for c in chain)
 
 
-def _capture_klines(chain: list[CaptureFile], symbol: str, interval: str) -> pd.DataFrame:
-    trades = trades_from_capture(_messages(chain, {"trade", "aggTrade"}))
-    bars = aggregate_trades_to_klines(trades, symbol=symbol, interval=interval, source="capture:trades")
-    # Only bars the recording covers from start to end are Binance's bars; edges are partial.
-    return complete_klines(bars, trades["trade_time"].min(), trades["trade_time"].max())
+def _rejected_metadata(context: dg.AssetExecutionContext, rejected: list[RejectedLine]) -> dict[str, object]:
+    for line in rejected:
+        context.log.warning(f"rejected {line.path.name}:{line.line_number}: {line.reason}")
+    examples = "\n".join(f"- {r.path.name}:{r.line_number}: {r.reason}" for r in rejected[:5])
+    return {"rejected_lines": len(rejected), "rejected_examples": dg.MetadataValue.md(examples or "none")}
+
+
+def _capture_klines(
+    chain: list[CaptureFile], symbol: str, interval: str, rejected: list[RejectedLine]
+) -> pd.DataFrame:
+    trades = trades_from_capture(_messages(chain, {"trade", "aggTrade"}, rejected))
+    return complete_klines_from_trades(trades, symbol=symbol, interval=interval, source="capture:trades")
 
 
 @dg.asset(
@@ -109,20 +120,23 @@ def _capture_klines(chain: list[CaptureFile], symbol: str, interval: str) -> pd.
     pool="pg_write",
     description="Binance USDT-M klines: official kline CSVs, plus complete bars built from captured MARKET trades.",
 )
-def klines(context: dg.AssetExecutionContext, config: MarketImportConfig, postgres: PostgresResource) -> dg.MaterializeResult:
+def klines(
+    context: dg.AssetExecutionContext, config: MarketImportConfig, postgres: PostgresResource
+) -> dg.MaterializeResult:
     start, end = _window(context)
     first, last = _days(start, end)
     files = config.files()
-    frames = []
+    frames, rejected = [], []
     for symbol, chain in _capture_chains(files, first, last).items():
         context.log.info(f"{symbol}: bars from the trades of {', '.join(c.path.name for c in chain)}")
-        frames.append(_capture_klines(chain, symbol, config.capture_kline_interval))
+        frames.append(_capture_klines(chain, symbol, config.capture_kline_interval, rejected))
     # Official files last: where a capture bar has the same key, Binance's row wins within the batch.
     for kline_file in files.klines_between(first, last):
         context.log.info(f"reading {kline_file.path.name}")
         frames.append(read_kline_csv(kline_file.path, symbol=kline_file.symbol, interval=kline_file.interval))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(KLINE_COLUMNS))
     frame = frame[(frame["open_time"] >= start) & (frame["open_time"] < end)]
+    frame = frame.drop_duplicates(["symbol", "interval", "open_time"], keep="last")
     result = _upsert(postgres, "klines", KLINE_COLUMNS, frame, ("symbol", "interval", "open_time"))
     context.log.info(f"klines {first}..{last}: {result}")
     return dg.MaterializeResult(metadata={
@@ -131,6 +145,7 @@ def klines(context: dg.AssetExecutionContext, config: MarketImportConfig, postgr
         "intervals": ", ".join(sorted(frame["interval"].unique())) or "none",
         "time_range": _time_range(frame, "open_time"),
         "days": f"{first} .. {last}",
+        **_rejected_metadata(context, rejected),
     })
 
 
@@ -149,14 +164,18 @@ def book_snapshots(
     start, end = _window(context)
     first, last = _days(start, end)
     cadence = dt.timedelta(milliseconds=config.book_cadence_ms)
-    frames, gaps, invalid = [], [], []
+    frames, gaps, invalid, rejected = [], [], [], []
     for symbol, chain in _capture_chains(config.files(), first, last).items():
         context.log.info(f"{symbol}: rebuilding the book from {', '.join(c.path.name for c in chain)}")
-        snapshotter = BookSnapshotter(symbol, cadence, config.book_depth, source=f"capture:{chain[-1].path.name}"[:64])
-        for message in _messages(chain, {"depth", "rest_depth"}):
+        snapshotter = BookSnapshotter(symbol, cadence, config.book_depth)
+        for message in _messages(chain, {"depth", "rest_depth"}, rejected):
             snapshotter.process(message)
         frame = snapshotter.frame()
-        frames.append(frame[(frame["exchange_time"] >= start) & (frame["exchange_time"] < end)])
+        frame = frame[(frame["exchange_time"] >= start) & (frame["exchange_time"] < end)].copy()
+        file_of_day = {c.day: f"capture:{c.path.name}"[:64] for c in chain}
+        frame["source"] = frame["exchange_time"].dt.date.map(file_of_day)
+        context.log.info(f"{symbol}: {len(frame):,} snapshots, {len(snapshotter.gaps)} gaps in the files read")
+        frames.append(frame)
         gaps += [(symbol, gap) for gap in snapshotter.gaps if start <= gap.exchange_time < end]
         invalid += [(symbol, period) for period in snapshotter.invalid_periods if _overlaps(period, start, end)]
     frame = pd.concat(frames, ignore_index=True) if frames else snapshot_frame([])
@@ -172,19 +191,21 @@ def book_snapshots(
         "gaps_detected": len(gaps),
         "invalid_book_periods": len(invalid),
         "invalid_periods": dg.MetadataValue.md(_invalid_table(invalid)),
+        **_rejected_metadata(context, rejected),
     })
 
 
-def _overlaps(period, start: dt.datetime, end: dt.datetime) -> bool:
+def _overlaps(period: InvalidPeriod, start: dt.datetime, end: dt.datetime) -> bool:
     return (period.start is None or period.start < end) and (period.end is None or period.end > start)
 
 
-def _invalid_table(invalid: list) -> str:
+def _invalid_table(invalid: list[tuple[str, InvalidPeriod]]) -> str:
     if not invalid:
         return "none"
     lines = ["| symbol | from | until | reason |", "|---|---|---|---|"]
     for symbol, period in invalid:
-        lines.append(f"| {symbol} | {period.start or 'start of data'} | {period.end or 'end of data'} | {period.reason} |")
+        start, end = period.start or "start of data", period.end or "end of data"
+        lines.append(f"| {symbol} | {start} | {end} | {period.reason} |")
     return "\n".join(lines)
 
 
@@ -225,7 +246,25 @@ def klines_ohlc_consistent(context: dg.AssetCheckExecutionContext, postgres: Pos
     return dg.AssetCheckResult(passed=bad == 0, metadata={"bars": total, "inconsistent": bad})
 
 
-defs = dg.Definitions(assets=[klines, book_snapshots], asset_checks=[book_snapshots_not_crossed, klines_ohlc_consistent])
+market_data_import_job = dg.define_asset_job(
+    "market_data_import", selection=dg.AssetSelection.assets(klines, book_snapshots),
+    description="Import a day of kline files and captures from the source folder.",
+)
+
+
+@dg.schedule(cron_schedule="20 0 * * *", job=market_data_import_job, execution_timezone="UTC")
+def market_data_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Imports the UTC day that just ended (a recorder rolls its capture file at midnight)."""
+    day = (context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
+    return dg.RunRequest(run_key=day.isoformat(), partition_key=day.isoformat())
+
+
+defs = dg.Definitions(
+    assets=[klines, book_snapshots],
+    asset_checks=[book_snapshots_not_crossed, klines_ohlc_consistent],
+    jobs=[market_data_import_job],
+    schedules=[market_data_daily],
+)
 
 
 @sample_step(10, "Market data: Binance klines and order-book snapshots from the bundled samples")
@@ -247,6 +286,7 @@ def import_market_samples(runner: SampleRunner) -> list[str]:
                 f"{name} {first}..{last}: {metadata['rows'].value:,} rows "
                 f"({metadata['inserted'].value:,} new, {metadata['unchanged'].value:,} unchanged), "
                 f"{metadata['symbols'].value}; checks {'passed' if passed else 'FAILED'}"
-                + (f"; {metadata['gaps_detected'].value} gaps" if name == "book_snapshots" else "")
+                + (f"; {metadata['gaps_detected'].value} gaps" if name == "book_snapshots"
+                   else f"; intervals {metadata['intervals'].value}")
             )
     return lines

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from winiswin_pipelines.marketdata.capture import CaptureMessage, stream_symbol
+from winiswin_pipelines.marketdata.capture import CaptureMessage
 
 KLINE_COLUMNS = (
     "symbol", "interval", "open_time", "close_time", "open", "high", "low", "close", "volume",
@@ -33,6 +33,7 @@ _CSV_COLUMNS = (
     "open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "trade_count",
     "taker_buy_base_volume", "taker_buy_quote_volume", "ignore",
 )
+_PRICE_AND_VOLUME_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume")
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _MAX_DECIMALS = 12
 
@@ -53,12 +54,15 @@ def read_kline_csv(path: str | Path, *, symbol: str, interval: str) -> pd.DataFr
     """A Binance kline CSV (12 columns, with or without header; ms or µs times) as `klines` rows."""
     path = Path(path)
     interval_ms(interval)
-    first = path.open("rb").readline().split(b",")[0].strip()
-    raw = pd.read_csv(path, header=0 if not first.isdigit() else None, dtype=str, keep_default_na=False)
+    with path.open("rb") as handle:
+        first = handle.readline().split(b",")[0].strip()
+    if not first:
+        raise KlineCsvError(f"{path}: empty file")
+    header_lines = 0 if first.isdigit() else 1  # Binance's older files have no header row
+    raw = pd.read_csv(path, header=0 if header_lines else None, dtype=str, keep_default_na=False)
     if raw.shape[1] != len(_CSV_COLUMNS):
         raise KlineCsvError(f"{path}: expected {len(_CSV_COLUMNS)} columns, found {raw.shape[1]}")
     raw.columns = list(_CSV_COLUMNS)
-    header_lines = 0 if first.isdigit() else 1
     numbers = {name: _numeric(raw[name], path, name, header_lines) for name in _CSV_COLUMNS[:-1]}
     unit = "us" if len(raw) and numbers["open_time"].iloc[0] >= 10**14 else "ms"
     frame = pd.DataFrame({
@@ -66,7 +70,7 @@ def read_kline_csv(path: str | Path, *, symbol: str, interval: str) -> pd.DataFr
         "interval": interval,
         "open_time": pd.to_datetime(numbers["open_time"].astype("int64"), unit=unit, utc=True),
         "close_time": pd.to_datetime(numbers["close_time"].astype("int64"), unit=unit, utc=True),
-        **{name: numbers[name].astype("float64") for name in ("open", "high", "low", "close", "volume", "quote_volume")},
+        **{name: numbers[name].astype("float64") for name in _PRICE_AND_VOLUME_COLUMNS},
         "trade_count": numbers["trade_count"].astype("int64"),
         "taker_buy_base_volume": numbers["taker_buy_base_volume"].astype("float64"),
         "taker_buy_quote_volume": numbers["taker_buy_quote_volume"].astype("float64"),
@@ -110,10 +114,6 @@ def trades_from_capture(messages: Iterable[CaptureMessage]) -> pd.DataFrame:
     frame["trade_count"] = frame["trade_count"].astype("int64")
     return frame
 
-
-def capture_symbols(messages: Iterable[CaptureMessage]) -> set[str]:
-    """Symbols named by the streams of `messages`."""
-    return {symbol for message in messages if (symbol := stream_symbol(message.stream))}
 
 
 def aggregate_trades_to_klines(
@@ -166,6 +166,34 @@ def complete_klines(klines: pd.DataFrame, covered_from: dt.datetime, covered_to:
     """The bars lying entirely inside [covered_from, covered_to] (the span a capture recorded)."""
     inside = (klines["open_time"] >= covered_from) & (klines["close_time"] <= covered_to)
     return klines[inside].reset_index(drop=True)
+
+
+def klines_without_lost_trades(klines: pd.DataFrame, trades: pd.DataFrame) -> pd.DataFrame:
+    """The bars of `klines` in which no trade of `trades` (the trades they were built from) is missing.
+
+    Binance's trade ids (aggregate ids for aggTrade) are consecutive per symbol, so a jump in ids
+    marks trades lost between two recorded ones: every bar touching that span is incomplete.
+    """
+    keep = pd.Series(True, index=klines.index)
+    for symbol, own in trades.sort_values("trade_id").groupby("symbol"):
+        ids, times = own["trade_id"].to_numpy(), own["trade_time"].to_numpy()
+        for position in np.flatnonzero(np.diff(ids) > 1):
+            lost_from, lost_to = times[position], times[position + 1]
+            keep &= ~(
+                (klines["symbol"] == symbol) & (klines["open_time"] <= lost_to) & (klines["close_time"] >= lost_from)
+            )
+    return klines[keep].reset_index(drop=True)
+
+
+def complete_klines_from_trades(
+    trades: pd.DataFrame, *, symbol: str, interval: str, source: str | None = "trades"
+) -> pd.DataFrame:
+    """Only the bars of `symbol` that equal Binance's: those the trades cover from start to end,
+    with no trade lost (a capture's first and last bars are usually partial)."""
+    own = trades[trades["symbol"] == symbol.upper()]
+    bars = aggregate_trades_to_klines(own, symbol=symbol, interval=interval, source=source)
+    bars = complete_klines(bars, own["trade_time"].min(), own["trade_time"].max())
+    return klines_without_lost_trades(bars, own)
 
 
 def _fill_quiet_intervals(bars: pd.DataFrame, step: int) -> pd.DataFrame:

@@ -95,7 +95,11 @@ class OrderBook:
         return self._synced
 
     def apply_snapshot(self, snapshot: dict[str, Any]) -> list[tuple[dict[str, Any], DiffResult]]:
-        """Load a REST depth snapshot, then replay the buffered diffs; returns them with their results.
+        """Load a REST depth snapshot, then replay the buffered diffs; returns them with their results."""
+        return [(diff, self.apply_diff(diff)) for diff in self.load_snapshot(snapshot)]
+
+    def load_snapshot(self, snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+        """Load a REST depth snapshot; returns the buffered diffs, which the caller must apply next.
 
         A snapshot no newer than a book that is in sync is ignored: the book is already ahead.
         """
@@ -107,7 +111,7 @@ class OrderBook:
         self._snapshot_id = self.last_update_id = snapshot_id
         self._synced = False
         buffered, self._buffer = list(self._buffer), deque(maxlen=self._buffer.maxlen)
-        return [(diff, self.apply_diff(diff)) for diff in buffered]
+        return buffered
 
     def apply_diff(self, diff: dict[str, Any]) -> DiffResult:
         """Apply one `depthUpdate` event (fields U, u, pu, b, a) by the futures rules."""
@@ -215,30 +219,36 @@ class BookSnapshotter:
     def process(self, message: CaptureMessage) -> int:
         """Take one message (other symbols and non-depth streams are ignored); returns rows emitted."""
         if message.stream == REST_DEPTH:
-            for diff, result in self.book.apply_snapshot(message.data):
-                self._track(message, diff, result)
-            return 0
+            # Buffered diffs are replayed one by one so that grid times between them are sampled;
+            # their state became known when the snapshot was received.
+            buffered = self.book.load_snapshot(message.data)
+            return sum(self._apply(diff, message.receive_time) for diff in buffered)
         if message.kind != "depth" or stream_symbol(message.stream) != self.symbol:
             return 0
-        emitted = self._emit_until(message.data["E"]) if self.book.is_valid else 0
-        self._track(message, message.data, self.book.apply_diff(message.data))
+        return self._apply(message.data, message.receive_time)
+
+    def _apply(self, diff: dict[str, Any], receive_time: dt.datetime) -> int:
+        emitted = self._emit_until(diff["E"]) if self.book.is_valid else 0
+        self._track(diff, receive_time, self.book.apply_diff(diff))
         return emitted
 
-    def _track(self, message: CaptureMessage, diff: dict[str, Any], result: DiffResult) -> None:
+    def _track(self, diff: dict[str, Any], receive_time: dt.datetime, result: DiffResult) -> None:
         event_ms = diff["E"]
         if result is DiffResult.GAP:
             when = _ms_to_datetime(event_ms)
             self.gaps.append(
-                BookGap(when, message.receive_time, self.book.last_update_id, diff.get("pu"), diff["U"], diff["u"])
+                BookGap(when, receive_time, self.book.last_update_id, diff.get("pu"), diff["U"], diff["u"])
             )
             if self.invalid_periods[-1].end is not None:
                 self.invalid_periods.append(InvalidPeriod(when, None, "gap"))
         elif result in (DiffResult.APPLIED, DiffResult.SYNCED):
-            self._last_receive = message.receive_time
-            if result is DiffResult.SYNCED and self.invalid_periods[-1].end is None:
-                self.invalid_periods[-1].end = _ms_to_datetime(event_ms)
-                # The first grid time at or after the event that brought the book back in sync.
-                self._next_ms = -(-event_ms // self._cadence_ms) * self._cadence_ms
+            self._last_receive = receive_time
+            if result is DiffResult.SYNCED:
+                if self.invalid_periods[-1].end is None:
+                    self.invalid_periods[-1].end = _ms_to_datetime(event_ms)
+                # Sampling resumes at the first grid time at or after the diff that synced the book.
+                resume_ms = -(-event_ms // self._cadence_ms) * self._cadence_ms
+                self._next_ms = max(self._next_ms or resume_ms, resume_ms)
 
     def _emit_until(self, event_ms: int) -> int:
         count = 0

@@ -23,7 +23,9 @@ CAPTURE_ETHUSDT_20240718 = MARKET_SAMPLES_DIR / "hftbacktest_usdm_ethusdt_202407
 CAPTURE_ETHUSDT_20240719 = MARKET_SAMPLES_DIR / "hftbacktest_usdm_ethusdt_20240719.gz"
 
 # Binance's file names: BTCUSDT-5m-2023-04.csv (monthly) or BTCUSDT-5m-2023-04-05.csv (daily).
-_KLINE_NAME = re.compile(r"(?:^|_)(?P<symbol>[A-Z0-9]+)-(?P<interval>\d+[mhd])-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.csv$")
+_KLINE_NAME = re.compile(
+    r"(?:^|_)(?P<symbol>[A-Z0-9]+)-(?P<interval>\d+[mhd])-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.csv$"
+)
 # Capture names end with <symbol>_<YYYYMMDD>, the UTC day whose data they hold.
 _CAPTURE_NAME = re.compile(r"(?:^|_)(?P<symbol>[a-z0-9]+)_(?P<day>\d{8})(?:\.dat)?(?:\.gz)?$", re.IGNORECASE)
 
