@@ -188,8 +188,9 @@ async def test_replayed_spool_changes_nothing(db, recorder_factory, tmp_path):
     with db.engine.connect() as conn:
         before = {t: conn.execute(text(dump.format(t))).scalars().all()
                   for t in ("trades", "trade_partial_exits", "position_entry_times")}
-    # A crash after the commit and before the segment was deleted: the whole stream is replayed.
-    spool = Spool(tmp_path / "spool")
+    # A process died after its commit and before deleting its segment, in a lane of its own: the
+    # next recorder adopts that lane's segments and the whole stream is replayed.
+    spool = Spool(tmp_path / "spool" / "lane-3")
     spool.append([event.to_record() for event in events])
     spool.close()
     again = recorder_factory()
@@ -205,10 +206,11 @@ async def test_replayed_spool_changes_nothing(db, recorder_factory, tmp_path):
 async def test_bad_records_are_rejected_with_a_reason_and_the_rest_written(db, recorder_factory, tmp_path):
     good = [TradeOpened(f"ok-{i}", "BTCUSDT", "LONG", T0, 100.0, 1.0) for i in range(2)]
     refused = TradeOpened("nul-byte", "BTCUSDT", "LONG", T0, 100.0, 1.0, features={"note": "a\x00b"})
-    spool = Spool(tmp_path / "spool")
+    lane = tmp_path / "spool" / "lane-0"
+    spool = Spool(lane)
     spool.append([good[0].to_record(), {"kind": "open", "trade_uid": "no-symbol"}])
     spool.close()
-    with open(tmp_path / "spool" / "segment-000000000001.jsonl", "a") as handle:
+    with open(lane / "segment-000000000001.jsonl", "a") as handle:
         handle.write('{"kind": "open", "trade_uid": "torn')  # a crash in the middle of an append
     recorder = recorder_factory()
     await recorder.start()
@@ -217,7 +219,7 @@ async def test_bad_records_are_rejected_with_a_reason_and_the_rest_written(db, r
     await recorder.close()
     with db.engine.connect() as conn:
         assert set(conn.execute(text("SELECT trade_uid FROM trades")).scalars()) == {"ok-0", "ok-1"}
-    rejected = [json.loads(line) for line in (tmp_path / "spool" / "rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in (lane / "rejected.jsonl").read_text().splitlines()]
     assert [entry["raw"]["trade_uid"] for entry in rejected] == ["no-symbol", "nul-byte"]
     assert "symbol" in rejected[0]["reason"] and rejected[0]["where"] == "segment-000000000001.jsonl:2"
     assert "DataError" in rejected[1]["reason"] or "UntranslatableCharacter" in rejected[1]["reason"]
@@ -238,7 +240,7 @@ async def test_wrong_calls_fail_loudly(recorder_factory):
     with pytest.raises(ValueError, match="symbol must be a Binance symbol"):
         TradeOpened("x", "BTC/USDT", "LONG", T0, 1.0, 1.0)
     with pytest.raises(SpoolLockedError):
-        Spool(recorder.spool_dir)
+        Spool(recorder.spool_dir / "lane-0")
     await recorder.close()
     with pytest.raises(RuntimeError, match="closed"):
         await recorder.record_entry(TradeOpened("x", "BTCUSDT", "LONG", T0, 1.0, 1.0))
@@ -252,3 +254,16 @@ async def test_backtest_source_leaves_entry_times_alone(db, recorder_factory):
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT source FROM trades")).scalar() == "backtest"
         assert conn.execute(text("SELECT count(*) FROM position_entry_times")).scalar() == 0
+
+
+async def test_recorders_of_one_source_run_side_by_side_in_their_own_lanes(db, recorder_factory):
+    first, second = recorder_factory(source="backtest"), recorder_factory(source="backtest")
+    await first.start()
+    await second.start()
+    assert [r._spool.directory.name for r in (first, second)] == ["lane-0", "lane-1"]
+    await first.record_entry(TradeOpened("day-1", "BTCUSDT", "LONG", T0, 100.0, 1.0))
+    await second.record_entry(TradeOpened("day-2", "BTCUSDT", "LONG", T0 + dt.timedelta(days=1), 100.0, 1.0))
+    await first.close()
+    await second.close()
+    with db.engine.connect() as conn:
+        assert set(conn.execute(text("SELECT trade_uid FROM trades")).scalars()) == {"day-1", "day-2"}

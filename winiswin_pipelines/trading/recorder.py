@@ -11,6 +11,9 @@ How a record travels
   new batches go behind them, so the database sees every record in recording order; the writer
   retries with back-off and deletes a segment only after its records are committed.
 - `start()` first writes what a previous process left in the spool (crash, SIGKILL).
+- Several recorders of one source may run at once (e.g. backtests of several days): each holds
+  its own lane `<spool_dir>/lane-<n>` (a file lock), and a starting recorder adopts the segments
+  of lanes no live process holds, so nothing a dead process spooled is left behind.
 Every write is an idempotent upsert keyed by `trade_uid` / `exit_uid`, and an entry never touches
 the exit columns or status of its trade, so a segment replayed after a crash between commit and
 delete leaves the same rows: each record is stored exactly once.
@@ -29,7 +32,7 @@ symbol, closing one leaves the other's fill time. Backtests (source "backtest") 
 default, so replaying history never disturbs a live session's time stop.
 
 Data errors (a constraint the database rejects) are isolated record by record; a rejected record is
-appended with its reason to `<spool_dir>/rejected.jsonl`, never dropped.
+appended with its reason to `rejected.jsonl` in the recorder's lane, never dropped.
 """
 
 from __future__ import annotations
@@ -101,8 +104,7 @@ class Spool:
         if segments and segments[-1].stat().st_size < self.SEGMENT_BYTES:
             target, created = segments[-1], False
         else:
-            number = int(segments[-1].stem.split("-")[1]) + 1 if segments else 1
-            target, created = self.directory / f"segment-{number:012d}.jsonl", True
+            target, created = self._next_segment(segments), True
         payload = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records).encode()
         with open(target, "ab") as handle:
             handle.write(payload)
@@ -120,6 +122,20 @@ class Spool:
                     yield number, json.loads(line), line
                 except json.JSONDecodeError:
                     yield number, None, line
+
+    def adopt(self, other: Spool) -> int:
+        """Move the segments of `other` (a lane no process holds) behind ours; returns their records."""
+        moved = 0
+        for segment in other.segments():
+            records = self._count_lines(segment)
+            os.rename(segment, self._next_segment(self.segments()))
+            other.pending -= records
+            moved += records
+        if moved:
+            self._fsync_directory()
+            other._fsync_directory()
+            self.pending += moved
+        return moved
 
     def remove(self, segment: Path, records: int) -> None:
         segment.unlink()
@@ -141,6 +157,10 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _next_segment(self, segments: list[Path]) -> Path:
+        number = int(segments[-1].stem.split("-")[1]) + 1 if segments else 1
+        return self.directory / f"segment-{number:012d}.jsonl"
 
     @staticmethod
     def _count_lines(segment: Path) -> int:
@@ -228,7 +248,7 @@ class UnifiedTradeRecorder:
         """Open the spool, write what an earlier process left in it, start the writer."""
         if self._writer is not None:
             return
-        self._spool = await asyncio.to_thread(Spool, self.spool_dir)
+        self._spool = await asyncio.to_thread(_claim_lane, self.spool_dir)
         if self._spool.pending:
             log.info("%s recorder: %d spooled records from an earlier run", self.source, self._spool.pending)
             await self._drain_spool()
@@ -249,6 +269,9 @@ class UnifiedTradeRecorder:
 
     async def close(self) -> None:
         """Flush, try once more to empty the spool, stop the writer and release the spool."""
+        if self._writer is None and self._queue:
+            raise RuntimeError(f"the {self.source} trade recorder holds {len(self._queue)} records but was never "
+                               "started (await start() first)")
         if self._writer is None or self._closing:
             return
         await self.flush()
@@ -283,16 +306,29 @@ class UnifiedTradeRecorder:
                     pass
             self._wake.clear()
             self._flush_requested = False
-            while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-                await self._store(batch)
-                self._durable += len(batch)
-                self._progress.set()
-            if self._spool.pending:
-                await self._drain_spool()
+            try:
+                await self._store_queued()
+            except OSError as exc:
+                # The spool itself failed (disk full?): the batch went back to the queue; retry later.
+                self._note_failure(exc)
+                log.error("%s recorder: cannot write the spool %s: %s", self.source, self._spool.directory, exc)
+                await asyncio.sleep(self._backoff)
             self._progress.set()
             if self._closing and not self._queue:
                 return
+
+    async def _store_queued(self) -> None:
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            try:
+                await self._store(batch)
+            except BaseException:
+                self._queue.extendleft(reversed(batch))
+                raise
+            self._durable += len(batch)
+            self._progress.set()
+        if self._spool.pending:
+            await self._drain_spool()
 
     async def _store(self, batch: list[TradeEvent]) -> None:
         records = [event.to_record() for event in batch]
@@ -411,6 +447,31 @@ class UnifiedTradeRecorder:
                 await async_delete_entry_time(conn, symbol)
             else:
                 await async_upsert_entry_time(conn, symbol, earliest_open)
+
+
+def _claim_lane(root: Path) -> Spool:
+    """The first lane of `root` no live recorder holds, with the segments of other free lanes."""
+    root.mkdir(parents=True, exist_ok=True)
+    claimed: Spool | None = None
+    number = 0
+    while claimed is None:
+        try:
+            claimed = Spool(root / f"lane-{number}")
+        except SpoolLockedError:
+            number += 1
+    for lane in sorted(root.glob("lane-*")):
+        if lane == claimed.directory:
+            continue
+        try:
+            other = Spool(lane)
+        except SpoolLockedError:
+            continue  # a live recorder's lane
+        try:
+            if moved := claimed.adopt(other):
+                log.info("adopted %d spooled records from %s", moved, lane)
+        finally:
+            other.close()
+    return claimed
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
