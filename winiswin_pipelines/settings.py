@@ -42,3 +42,21 @@ def aws_secret_access_key() -> str | None:
 def legacy_dir() -> Path:
     """`WINISWIN_LEGACY_DIR`: the legacy bot's folder to migrate (default `data/` in the working directory)."""
     return Path(env("WINISWIN_LEGACY_DIR") or "data").resolve()
+
+
+def live_trading_opt_in() -> bool:
+    """`WINISWIN_LIVE_TRADING=1`: the explicit opt-in live trading needs besides the Binance keys."""
+    return env("WINISWIN_LIVE_TRADING") in ("1", "true", "yes")
+
+
+def trading_feed() -> str:
+    """`WINISWIN_TRADING_FEED`: the feed of sessions the supervisor sensor starts, `replay` (default) or `binance`."""
+    return env("WINISWIN_TRADING_FEED", "replay")
+
+
+def binance_api_key() -> str | None:
+    return env("BINANCE_API_KEY")
+
+
+def binance_api_secret() -> str | None:
+    return env("BINANCE_API_SECRET")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 
 import numpy as np
 import pandas as pd
@@ -180,7 +179,8 @@ def test_resample_is_utc_aligned_and_exact(interval, minutes):
     first_boundary = pd.Timestamp("2024-03-01 00:37", tz="UTC").ceil(f"{minutes}min")
     assert coarse["open_time"].iloc[0] == first_boundary
     assert (coarse["open_time"].dt.minute % minutes == 0).all()
-    assert (coarse["close_time"] - coarse["open_time"] == pd.Timedelta(minutes=minutes) - pd.Timedelta(milliseconds=1)).all()
+    bar_length = pd.Timedelta(minutes=minutes) - pd.Timedelta(milliseconds=1)
+    assert (coarse["close_time"] - coarse["open_time"] == bar_length).all()
     for _, bar in coarse.iterrows():
         part = fine[(fine["open_time"] >= bar["open_time"]) & (fine["open_time"] <= bar["close_time"])]
         assert len(part) == minutes

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 
 from winiswin_pipelines.technical.indicators import check_bars
 
@@ -43,42 +44,73 @@ class IctConfig:
     fvg_min_size_pct: float = 0.001
 
 
+def _frame(bars: pd.DataFrame, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame(columns, index=bars.index)
+
+
+def _arrays(bars: pd.DataFrame, *names: str) -> list[np.ndarray]:
+    check_bars(bars)
+    return [bars[name].to_numpy(dtype="float64") for name in names]
+
+
+# numpy rather than pandas rolling windows: these run on every closed bar of a live session.
+def _rolling(values: np.ndarray, window: int, reduce) -> np.ndarray:
+    """reduce(values[i - window + 1 : i + 1]) at i; NaN while fewer than `window` values."""
+    out = np.full(len(values), np.nan)
+    if len(values) >= window:
+        out[window - 1:] = reduce(sliding_window_view(values, window), axis=1)
+    return out
+
+
+def _shift(values: np.ndarray, periods: int) -> np.ndarray:
+    """values moved `periods` rows later (negative: earlier), NaN where nothing moved in."""
+    out = np.full(len(values), np.nan)
+    if periods > 0:
+        out[periods:] = values[:-periods]
+    elif periods < 0:
+        out[:periods] = values[-periods:]
+    else:
+        out[:] = values
+    return out
+
+
+def _ffill(values: np.ndarray) -> np.ndarray:
+    index = np.where(np.isnan(values), 0, np.arange(len(values)))
+    np.maximum.accumulate(index, out=index)
+    return values[index]
+
+
 def order_blocks(bars: pd.DataFrame, config: IctConfig = IctConfig()) -> pd.DataFrame:
     """Columns ob_type (+1/-1/0), ob_strength, ob_high, ob_low, ob_mid (NaN off blocks), order_blocks_count."""
-    check_bars(bars)
-    body = (bars["close"] - bars["open"]).abs()
-    price_range = (bars["high"] - bars["low"]).replace(0.0, np.nan)
-    body_ratio = body / price_range
-    volume_ratio = bars["volume"] / bars["volume"].rolling(config.ob_volume_sma).mean().replace(0.0, np.nan)
+    open_, high, low, close, volume = _arrays(bars, "open", "high", "low", "close", "volume")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        body_ratio = np.abs(close - open_) / (high - low)
+        volume_ratio = volume / _rolling(volume, config.ob_volume_sma, np.mean)
     is_block = (body_ratio >= config.ob_min_body_ratio) & (volume_ratio >= config.ob_volume_factor)
-    direction = np.sign(bars["close"] - bars["open"]).astype("int64")
-    ob_type = direction.where(is_block, 0)
-    out = pd.DataFrame(index=bars.index)
-    out["ob_type"] = ob_type.astype("int64")
-    out["ob_strength"] = (body_ratio * volume_ratio).where(is_block)
-    out["ob_high"] = bars["high"].where(is_block)
-    out["ob_low"] = bars["low"].where(is_block)
-    out["ob_mid"] = ((bars["high"] + bars["low"]) / 2).where(is_block)
-    out["order_blocks_count"] = (ob_type != 0).astype("int64").rolling(config.ob_lookback, min_periods=1).sum().astype("int64")
-    return out
+    ob_type = np.where(is_block, np.sign(close - open_), 0).astype("int64")
+    counts = np.cumsum(ob_type != 0)
+    recent = counts - np.concatenate([np.zeros(config.ob_lookback, dtype=counts.dtype), counts])[: len(counts)]
+    return _frame(bars, {
+        "ob_type": ob_type,
+        "ob_strength": np.where(is_block, body_ratio * volume_ratio, np.nan),
+        "ob_high": np.where(is_block, high, np.nan),
+        "ob_low": np.where(is_block, low, np.nan),
+        "ob_mid": np.where(is_block, (high + low) / 2, np.nan),
+        "order_blocks_count": recent.astype("int64"),
+    })
 
 
 def market_structure(bars: pd.DataFrame, config: IctConfig = IctConfig()) -> pd.DataFrame:
     """Columns higher_high, higher_low, lower_high, lower_low (bool) and market_structure (+1/0/-1)."""
-    check_bars(bars)
+    high, low = _arrays(bars, "high", "low")
     n = config.structure_lookback
-    recent_high = bars["high"].rolling(n).max()
-    recent_low = bars["low"].rolling(n).min()
-    prior_high, prior_low = recent_high.shift(n), recent_low.shift(n)
-    out = pd.DataFrame(index=bars.index)
-    out["higher_high"] = recent_high > prior_high
-    out["higher_low"] = recent_low > prior_low
-    out["lower_high"] = recent_high < prior_high
-    out["lower_low"] = recent_low < prior_low
-    bullish = out["higher_high"] & out["higher_low"]
-    bearish = out["lower_high"] & out["lower_low"]
-    out["market_structure"] = np.select([bullish, bearish], [1, -1], 0).astype("int64")
-    return out
+    recent_high, recent_low = _rolling(high, n, np.max), _rolling(low, n, np.min)
+    prior_high, prior_low = _shift(recent_high, n), _shift(recent_low, n)
+    higher_high, higher_low = recent_high > prior_high, recent_low > prior_low
+    lower_high, lower_low = recent_high < prior_high, recent_low < prior_low
+    structure = np.select([higher_high & higher_low, lower_high & lower_low], [1, -1], 0).astype("int64")
+    return _frame(bars, {"higher_high": higher_high, "higher_low": higher_low, "lower_high": lower_high,
+                         "lower_low": lower_low, "market_structure": structure})
 
 
 def swing_order(config: IctConfig = IctConfig()) -> int:
@@ -88,37 +120,33 @@ def swing_order(config: IctConfig = IctConfig()) -> int:
 
 def swing_points(bars: pd.DataFrame, config: IctConfig = IctConfig()) -> pd.DataFrame:
     """Columns swing_high, swing_low (bool, at the pivot bar) and last_swing_high/low (confirmed levels)."""
-    check_bars(bars)
+    high, low = _arrays(bars, "high", "low")
     k = swing_order(config)
-    high, low = bars["high"], bars["low"]
-    # Strictly above the k bars before and the k bars after.
-    left_high = high.shift(1).rolling(k).max()
-    right_high = high[::-1].shift(1).rolling(k).max()[::-1]
-    left_low = low.shift(1).rolling(k).min()
-    right_low = low[::-1].shift(1).rolling(k).min()[::-1]
-    out = pd.DataFrame(index=bars.index)
-    out["swing_high"] = (high > left_high) & (high > right_high)
-    out["swing_low"] = (low < left_low) & (low < right_low)
-    out["last_swing_high"] = high.where(out["swing_high"]).shift(k).ffill()
-    out["last_swing_low"] = low.where(out["swing_low"]).shift(k).ffill()
-    return out
+    # Strictly beyond the k bars before and the k bars after.
+    left_high, right_high = _shift(_rolling(high, k, np.max), 1), _shift(_rolling(high, k, np.max), -k)
+    left_low, right_low = _shift(_rolling(low, k, np.min), 1), _shift(_rolling(low, k, np.min), -k)
+    swing_high = (high > left_high) & (high > right_high)
+    swing_low = (low < left_low) & (low < right_low)
+    return _frame(bars, {
+        "swing_high": swing_high, "swing_low": swing_low,
+        "last_swing_high": _ffill(_shift(np.where(swing_high, high, np.nan), k)),
+        "last_swing_low": _ffill(_shift(np.where(swing_low, low, np.nan), k)),
+    })
 
 
 def fair_value_gaps(bars: pd.DataFrame, config: IctConfig = IctConfig()) -> pd.DataFrame:
     """Columns fvg_type (+1/-1/0), fvg_top, fvg_bottom, fvg_size (NaN off gaps)."""
-    check_bars(bars)
-    high_2, low_2 = bars["high"].shift(2), bars["low"].shift(2)
-    min_size = bars["close"] * config.fvg_min_size_pct
-    bullish_size = bars["low"] - high_2
-    bearish_size = low_2 - bars["high"]
-    bullish = bullish_size >= min_size
-    bearish = bearish_size >= min_size
-    out = pd.DataFrame(index=bars.index)
-    out["fvg_type"] = np.select([bullish, bearish], [1, -1], 0).astype("int64")
-    out["fvg_bottom"] = high_2.where(bullish, bars["high"].where(bearish))
-    out["fvg_top"] = bars["low"].where(bullish, low_2.where(bearish))
-    out["fvg_size"] = bullish_size.where(bullish, bearish_size.where(bearish))
-    return out
+    high, low, close = _arrays(bars, "high", "low", "close")
+    high_2, low_2 = _shift(high, 2), _shift(low, 2)
+    min_size = close * config.fvg_min_size_pct
+    bullish_size, bearish_size = low - high_2, low_2 - high
+    bullish, bearish = bullish_size >= min_size, bearish_size >= min_size
+    return _frame(bars, {
+        "fvg_type": np.select([bullish, bearish], [1, -1], 0).astype("int64"),
+        "fvg_bottom": np.select([bullish, bearish], [high_2, high], np.nan),
+        "fvg_top": np.select([bullish, bearish], [low, low_2], np.nan),
+        "fvg_size": np.select([bullish, bearish], [bullish_size, bearish_size], np.nan),
+    })
 
 
 def detect_ict(bars: pd.DataFrame, config: IctConfig = IctConfig()) -> pd.DataFrame:

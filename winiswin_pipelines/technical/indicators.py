@@ -91,32 +91,32 @@ def _masked_warmup(series: pd.Series, rows: int) -> pd.Series:
 def compute_indicators(bars: pd.DataFrame, config: IndicatorConfig = IndicatorConfig()) -> pd.DataFrame:
     """`bars` with the indicator columns of the module docstring added (a new frame)."""
     check_bars(bars)
-    out = bars.copy()
-    close, high, low, volume = (out[c].astype("float64") for c in ("close", "high", "low", "volume"))
+    close, high, low, volume = (bars[c].astype("float64") for c in ("close", "high", "low", "volume"))
     warmup = warmup_bars(config)
-
-    out["ema_fast"] = ta.trend.EMAIndicator(close, config.ema_fast).ema_indicator()
-    out["ema_slow"] = ta.trend.EMAIndicator(close, config.ema_slow).ema_indicator()
-    out["ema_trend"] = ta.trend.EMAIndicator(close, config.ema_trend).ema_indicator()
-    out["rsi"] = ta.momentum.RSIIndicator(close, config.rsi).rsi()
-
     macd = ta.trend.MACD(close, config.macd_slow, config.macd_fast, config.macd_signal)
-    out["macd"], out["macd_signal"], out["macd_hist"] = macd.macd(), macd.macd_signal(), macd.macd_diff()
-
     bands = ta.volatility.BollingerBands(close, config.bb_period, config.bb_std)
-    out["bb_upper"], out["bb_middle"], out["bb_lower"] = (
-        bands.bollinger_hband(), bands.bollinger_mavg(), bands.bollinger_lband()
-    )
-    # A fraction, like the legacy `bb_width_pct` ((upper - lower) / middle); ta's wband is in percent.
-    out["bb_width"] = bands.bollinger_wband() / 100.0
-
-    atr = ta.volatility.AverageTrueRange(high, low, close, config.atr).average_true_range()
-    out["atr"] = _masked_warmup(atr, warmup["atr"])
     adx = ta.trend.ADXIndicator(high, low, close, config.adx)
-    out["adx"] = _masked_warmup(adx.adx(), warmup["adx"])
-    out["adx_pos"] = _masked_warmup(adx.adx_pos(), warmup["adx_pos"])
-    out["adx_neg"] = _masked_warmup(adx.adx_neg(), warmup["adx_neg"])
-
     volume_sma = ta.trend.SMAIndicator(volume, config.volume_sma).sma_indicator()
-    out["volume_sma_ratio"] = volume / volume_sma.replace(0.0, np.nan)
-    return out
+    columns = {
+        "ema_fast": ta.trend.EMAIndicator(close, config.ema_fast).ema_indicator(),
+        "ema_slow": ta.trend.EMAIndicator(close, config.ema_slow).ema_indicator(),
+        "ema_trend": ta.trend.EMAIndicator(close, config.ema_trend).ema_indicator(),
+        "rsi": ta.momentum.RSIIndicator(close, config.rsi).rsi(),
+        "macd": macd.macd(),
+        "macd_signal": macd.macd_signal(),
+        "macd_hist": macd.macd_diff(),
+        "bb_upper": bands.bollinger_hband(),
+        "bb_middle": bands.bollinger_mavg(),
+        "bb_lower": bands.bollinger_lband(),
+        # A fraction, like the legacy `bb_width_pct` ((upper - lower) / middle); ta's wband is in percent.
+        "bb_width": bands.bollinger_wband() / 100.0,
+        "atr": _masked_warmup(
+            ta.volatility.AverageTrueRange(high, low, close, config.atr).average_true_range(), warmup["atr"]
+        ),
+        "adx": _masked_warmup(adx.adx(), warmup["adx"]),
+        "adx_pos": _masked_warmup(adx.adx_pos(), warmup["adx_pos"]),
+        "adx_neg": _masked_warmup(adx.adx_neg(), warmup["adx_neg"]),
+        "volume_sma_ratio": volume / volume_sma.replace(0.0, np.nan),
+    }
+    # One concat instead of a column insert per indicator: this runs on every closed bar.
+    return pd.concat([bars, pd.DataFrame({k: v.to_numpy() for k, v in columns.items()}, index=bars.index)], axis=1)

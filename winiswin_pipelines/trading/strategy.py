@@ -34,6 +34,7 @@ from winiswin_pipelines.technical.indicators import IndicatorConfig, compute_ind
 
 STRATEGY_NAME = "ict_trend"
 WEIGHTS = {"trend": 0.4, "structure": 0.2, "position": 0.2, "momentum": 0.1, "participation": 0.1}
+_COUNT_FEATURES = ("market_structure", "order_blocks_count", "fvg_type")
 _FEATURES = (
     "close", "ema_fast", "ema_slow", "ema_trend", "rsi", "macd", "macd_hist", "bb_width", "atr", "adx",
     "volume_sma_ratio", "market_structure", "order_blocks_count", "fvg_type", "last_swing_high", "last_swing_low",
@@ -50,6 +51,22 @@ class StrategyConfig:
     rsi_oversold: float = 30.0
     min_confidence: float = 0.6
     ict_recent_bars: int = 3
+
+    @classmethod
+    def short_horizon(cls) -> StrategyConfig:
+        """The same rules on periods of a few bars, for replaying a few minutes of capture.
+
+        The bundled captures hold about 8 minutes (7 complete 1m bars per symbol), far less than the
+        default's warm-up (50 bars); this profile is ready after 5 bars. A 3-period RSI reaches its
+        extremes within a few bars, so the overextension gates move to 5/95, and the trend band is
+        scaled to one-minute moves. A demonstration setting for short replays, not a tuned one.
+        """
+        return cls(
+            indicators=IndicatorConfig(ema_fast=2, ema_slow=4, ema_trend=6, rsi=3, macd_fast=2, macd_slow=4,
+                                       macd_signal=2, bb_period=3, atr=2, adx=2, volume_sma=3, history_bars=60),
+            ict=IctConfig(ob_lookback=3, ob_volume_sma=3, structure_lookback=2, swing_lookback=3),
+            trend_band=0.0001, adx_min=10.0, rsi_overbought=95.0, rsi_oversold=5.0, min_confidence=0.5,
+        )
 
     @property
     def min_bars(self) -> int:
@@ -86,7 +103,7 @@ def _features(row: pd.Series) -> dict[str, Any]:
     for name in _FEATURES:
         value = row.get(name)
         if _finite(value):
-            values[name] = int(value) if name in ("market_structure", "order_blocks_count", "fvg_type") else float(value)
+            values[name] = int(value) if name in _COUNT_FEATURES else float(value)
     return values
 
 
@@ -97,7 +114,8 @@ def _scores(side: str, frame: pd.DataFrame, config: StrategyConfig) -> dict[str,
     def above(a: float, b: float) -> bool:  # beyond, on the trade's side
         return _finite(a) and _finite(b) and sign * (a - b) > 0
 
-    trend = (above(row.close, row.ema_fast) + above(row.ema_fast, row.ema_slow) + above(row.ema_slow, row.ema_trend)) / 3
+    trend = (above(row.close, row.ema_fast) + above(row.ema_fast, row.ema_slow)
+             + above(row.ema_slow, row.ema_trend)) / 3
     structure = {sign: 1.0, 0: 0.5}.get(int(row.market_structure), 0.0)
     outer_band = row.bb_upper if sign > 0 else row.bb_lower
     if not above(row.close, row.bb_middle):
@@ -108,8 +126,9 @@ def _scores(side: str, frame: pd.DataFrame, config: StrategyConfig) -> dict[str,
     recent = frame.iloc[-config.ict_recent_bars:]
     ict_with_trade = bool(((recent["fvg_type"] == sign) | (recent["ob_type"] == sign)).any())
     participation = min(1.0, (1.0 if row.volume_sma_ratio >= 1.0 else 0.5) + 0.5 * ict_with_trade)
-    return {"trend": trend, "structure": structure, "position": position, "momentum": momentum,
-            "participation": participation}
+    scores = {"trend": trend, "structure": structure, "position": position, "momentum": momentum,
+              "participation": participation}
+    return {name: float(score) for name, score in scores.items()}
 
 
 def analyse(bars: pd.DataFrame, config: StrategyConfig) -> pd.DataFrame:

@@ -1,0 +1,270 @@
+"""Trading: the long-running session job, its supervisor sensor, and the daily backtest asset.
+
+Pattern (dagster-notes.md §4): one long-running `trading_session_job` run per session, kept alive
+by `trading_session_supervisor`. The job runs in-process, carries the `winiswin/lane: live-trading`
+tag (dagster.yaml limits that lane to one run) and a `dagster/max_runtime` (run monitoring is on),
+and writes heartbeats and decisions to PostgreSQL rather than a log line per tick. The sensor
+skips while a session run is queued or running; otherwise it launches the next attempt of the
+day's session under the run key `<session>-a<attempt>` (run keys are deduplicated forever, so a
+crashed session comes back under a new key). It is stopped by default: turn it on in the UI.
+"""
+
+import datetime as dt
+import json
+from dataclasses import replace
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+from sqlalchemy import func, select
+
+from winiswin_pipelines import settings
+from winiswin_pipelines.db.models import Trade, TradingDecision
+from winiswin_pipelines.defs.marketdata import market_daily_partitions
+from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BINANCE_FUTURES_WS
+from winiswin_pipelines.marketdata.feed import BinanceFeed, MarketFeed, ReplayFeed
+from winiswin_pipelines.resources import PostgresResource
+from winiswin_pipelines.sample_run import SampleRunner, sample_step
+from winiswin_pipelines.trading.backtest import backtest_day
+from winiswin_pipelines.trading.execution import LiveTradingRefused
+from winiswin_pipelines.trading.performance import summarize
+from winiswin_pipelines.trading.risk import RiskConfig
+from winiswin_pipelines.trading.runner import check_mode, run_session_in_thread
+from winiswin_pipelines.trading.session import SessionConfig
+from winiswin_pipelines.trading.strategy import StrategyConfig
+
+LANE_TAG = "winiswin/lane"
+SESSION_TAG = "winiswin/session"
+ATTEMPT_TAG = "winiswin/attempt"
+SESSION_MAX_RUNTIME = dt.timedelta(hours=6)
+# The session ends itself a little before Dagster would kill it, so it can stop cleanly.
+SESSION_MAX_DURATION = SESSION_MAX_RUNTIME - dt.timedelta(minutes=5)
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+PROFILES = {"default": StrategyConfig, "short_horizon": StrategyConfig.short_horizon}
+
+
+class TradingParameters(dg.Config):
+    """The knobs of the strategy and risk rules most often changed; the rest keep their defaults."""
+
+    starting_equity: float = Field(default=RiskConfig.starting_equity, description="paper account, USDT")
+    risk_per_trade: float = Field(default=RiskConfig.risk_per_trade, description="equity fraction lost at the stop")
+    max_open_positions: int = Field(default=RiskConfig.max_open_positions)
+    max_leverage: float = Field(default=RiskConfig.max_leverage)
+    time_stop_minutes: float = Field(default=RiskConfig.time_stop.total_seconds() / 60,
+                                     description="close any position held this long")
+    strategy_profile: Literal["default", "short_horizon"] = Field(
+        default="default", description="short_horizon: periods of a few bars, for replays of a few minutes"
+    )
+    min_confidence: float | None = Field(default=None, description="entry threshold; empty: the profile's (0.6)")
+    adx_min: float | None = Field(default=None, description="minimum trend strength; empty: the profile's (20)")
+
+    def session_config(self, **overrides) -> SessionConfig:
+        risk = RiskConfig(starting_equity=self.starting_equity, risk_per_trade=self.risk_per_trade,
+                          max_open_positions=self.max_open_positions, max_leverage=self.max_leverage,
+                          time_stop=dt.timedelta(minutes=self.time_stop_minutes))
+        strategy = PROFILES[self.strategy_profile]()
+        changes = {"min_confidence": self.min_confidence, "adx_min": self.adx_min}
+        strategy = replace(strategy, **{name: value for name, value in changes.items() if value is not None})
+        return SessionConfig(strategy=strategy, risk=risk, **overrides)
+
+
+class TradingSessionConfig(TradingParameters):
+    session_id: str = Field(default="", description="empty: manual-<run id>")
+    mode: Literal["paper", "live"] = Field(
+        default="paper", description="live needs BINANCE_API_KEY, BINANCE_API_SECRET and WINISWIN_LIVE_TRADING=1"
+    )
+    feed: Literal["replay", "binance"] = Field(default="replay", description="replay: recorded captures")
+    symbols: list[str] = Field(default=["BTCUSDT"], description="symbols of the Binance feed")
+    capture_paths: list[str] = Field(
+        default=[], description="replay feed captures; empty: the bundled BTCUSDT + ETHUSDT capture (2024-07-18/19)"
+    )
+    interval: str = Field(default="1m", description="kline interval traded")
+    max_events: int = Field(default=0, description="stop after this many feed events; 0: no limit")
+    max_duration_seconds: float = Field(default=SESSION_MAX_DURATION.total_seconds())
+    flatten_on_end: bool = Field(default=True, description="close open positions when a replay feed ends")
+    rest_url: str = Field(default=BINANCE_FUTURES_REST)
+    ws_url: str = Field(default=BINANCE_FUTURES_WS)
+
+    def build_feed(self) -> MarketFeed:
+        if self.feed == "binance":
+            return BinanceFeed(self.symbols, ws_url=self.ws_url, rest_url=self.rest_url, intervals=(self.interval,))
+        return ReplayFeed(self.capture_paths or None, kline_interval=self.interval)
+
+
+@dg.op(description="One trading session: feed -> strategy -> risk -> execution -> recorder, "
+       "until bounded or terminated.")
+def trading_session(context: dg.OpExecutionContext, config: TradingSessionConfig, postgres: PostgresResource) -> None:
+    check_mode(config.mode)  # live without keys AND opt-in fails here, before anything starts
+    if config.mode == "live" and config.feed != "binance":
+        raise dg.Failure(f"live trading takes its prices from the binance feed, not {config.feed!r}")
+    session_id = config.session_id or f"manual-{context.run_id[:8]}"
+    session_config = config.session_config(
+        interval=config.interval, max_events=config.max_events or None,
+        max_duration=dt.timedelta(seconds=config.max_duration_seconds),
+        flatten_on_end=config.flatten_on_end and config.feed == "replay",
+    )
+    context.log.info(f"session {session_id}: {config.mode} trading on the {config.feed} feed")
+    result = run_session_in_thread(
+        postgres.manager, session_id=session_id, mode=config.mode, feed=config.build_feed(),
+        config=session_config, symbols=config.symbols, run_id=context.run_id, rest_url=config.rest_url,
+    )
+    performance = summarize(result.closed, result.starting_equity)
+    context.log.info(
+        f"session {session_id} {result.status}: {result.events:,} events in {result.wall_seconds:.1f} s, "
+        f"{performance.trades} closed trades, PnL {performance.pnl:+.2f} USDT, "
+        f"{len(result.open_positions)} positions left open"
+    )
+
+
+@dg.job(
+    tags={LANE_TAG: "live-trading", "dagster/max_runtime": str(int(SESSION_MAX_RUNTIME.total_seconds()))},
+    executor_def=dg.in_process_executor,
+    description="The long-running trading session (one at a time: the live-trading lane is limited to 1 run).",
+)
+def trading_session_job():
+    trading_session()
+
+
+def supervised_mode() -> str:
+    """Sessions the sensor starts trade live only with WINISWIN_LIVE_TRADING=1 (and the keys)."""
+    return "live" if settings.live_trading_opt_in() else "paper"
+
+
+def session_run_config(session_run_key: str, mode: str) -> dg.RunConfig:
+    feed = "binance" if mode == "live" else settings.trading_feed()  # live prices only from the exchange
+    return dg.RunConfig(ops={"trading_session": TradingSessionConfig(session_id=session_run_key, mode=mode, feed=feed)})
+
+
+@dg.sensor(job=trading_session_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Keeps exactly one trading-session run alive; restarts a crashed one under a new run key.")
+def trading_session_supervisor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    state = json.loads(context.cursor) if context.cursor else {"session": None, "attempt": 0}
+    in_flight = context.instance.get_run_records(
+        dg.RunsFilter(job_name=trading_session_job.name, statuses=IN_FLIGHT), limit=1
+    )
+    if in_flight:
+        run = in_flight[0].dagster_run
+        return dg.SkipReason(f"session run {run.run_id} ({run.tags.get(SESSION_TAG)}) is {run.status.value}")
+    mode = supervised_mode()
+    try:
+        check_mode(mode)
+    except LiveTradingRefused as refused:  # a run would only fail: say why instead, once per tick
+        return dg.SkipReason(str(refused))
+    session = f"{mode}-{dt.datetime.now(dt.UTC):%Y-%m-%d}"  # one session per UTC day and mode
+    attempt = state["attempt"] + 1 if state["session"] == session else 1
+    run_key = f"{session}-a{attempt}"
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=run_key, run_config=session_run_config(run_key, mode),
+                                    tags={SESSION_TAG: session, ATTEMPT_TAG: str(attempt)})],
+        cursor=json.dumps({"session": session, "attempt": attempt}),
+    )
+
+
+class BacktestConfig(TradingParameters):
+    """Backtest parameters (the same as a session's)."""
+
+
+@dg.asset(
+    group_name="trading",
+    partitions_def=market_daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=["klines", "book_snapshots"],
+    kinds={"python", "postgres"},
+    description="A day of stored klines and book snapshots replayed through the trading session "
+    "(same strategy, risk, paper execution and recorder as live; trades recorded with source 'backtest').",
+)
+def backtest(
+    context: dg.AssetExecutionContext, config: BacktestConfig, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    window = context.partition_time_window
+    days = [window.start.date() + dt.timedelta(days=i) for i in range((window.end - window.start).days)]
+    session_config = config.session_config()
+    closed, rows, symbols, intervals = [], [], set(), set()
+    for day in days:
+        for run in backtest_day(postgres.manager, day, session_config, run_id=context.run.run_id):
+            day_performance = summarize(run.result.closed, run.result.starting_equity)
+            closed += run.result.closed
+            symbols.update(run.symbols)
+            intervals.add(run.interval)
+            rows.append(f"| {day} | {run.interval} | {', '.join(run.symbols)} | {run.result.bars:,} | "
+                        f"{day_performance.trades} | {day_performance.pnl:+.2f} |")
+        context.log.info(f"backtest {day}: done ({len(closed)} trades so far)")
+    performance = summarize(closed, session_config.risk.starting_equity)
+    return dg.MaterializeResult(metadata={
+        "pnl": dg.MetadataValue.float(round(performance.pnl, 2)),
+        "win_rate": dg.MetadataValue.float(round(performance.win_rate, 4)) if performance.win_rate is not None
+        else dg.MetadataValue.text("no trades"),
+        "trades": dg.MetadataValue.int(performance.trades),
+        "max_drawdown": dg.MetadataValue.float(round(performance.max_drawdown, 2)),
+        "max_drawdown_pct": dg.MetadataValue.float(round(performance.max_drawdown_pct, 6)),
+        "return_pct": dg.MetadataValue.float(round(performance.return_pct, 6)),
+        "fees": dg.MetadataValue.float(round(performance.fees, 2)),
+        "exit_reasons": dg.MetadataValue.json(performance.exit_reasons),
+        "symbols": ", ".join(sorted(symbols)) or "no stored klines",
+        "intervals": ", ".join(sorted(intervals)) or "none",
+        "days": dg.MetadataValue.md("| day | interval | symbols | bars | trades | PnL (USDT) |\n"
+                                    "|---|---|---|---|---|---|\n" + "\n".join(rows)),
+    })
+
+
+@dg.asset_check(asset=backtest, partitions_def=market_daily_partitions, blocking=True)
+def backtest_trades_closed_in_their_day(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+) -> dg.AssetCheckResult:
+    """Every backtest trade entered in the days is CLOSED, with a PnL, and exited within the day."""
+    window = context.op_execution_context.partition_time_window
+    in_days = (Trade.source == "backtest") & (Trade.entry_time >= window.start) & (Trade.entry_time < window.end)
+    consistent = ((Trade.status == "CLOSED") & Trade.pnl.is_not(None) & (Trade.exit_time >= Trade.entry_time)
+                  & (Trade.exit_time <= window.end))
+    with postgres.manager.session() as session:
+        total, bad = session.execute(
+            select(func.count(), func.count().filter(~consistent)).where(in_days)
+        ).one()
+    return dg.AssetCheckResult(passed=bad == 0, metadata={"trades": total, "open_or_inconsistent": bad})
+
+
+@sample_step(60, "Backtest: April 2023 BTCUSDT klines through the strategy (paper execution, source 'backtest')")
+def run_sample_backtest(runner: SampleRunner) -> list[str]:
+    tags = {"dagster/asset_partition_range_start": "2023-04-01", "dagster/asset_partition_range_end": "2023-04-30"}
+    result = runner.materialize([backtest, backtest_trades_closed_in_their_day], tags=tags)
+    metadata = result.asset_materializations_for_node("backtest")[0].metadata
+    win_rate = metadata["win_rate"].value
+    passed = all(evaluation.passed for evaluation in result.get_asset_check_evaluations())
+    return [
+        f"{metadata['symbols'].value} on {metadata['intervals'].value} bars, 2023-04-01..2023-04-30; "
+        f"check {'passed' if passed else 'FAILED'}",
+        f"{metadata['trades'].value} trades, win rate "
+        + (f"{win_rate:.1%}" if isinstance(win_rate, float) else "n/a"),
+        f"PnL {metadata['pnl'].value:+,.2f} USDT ({metadata['return_pct'].value:+.2%} of the paper account), "
+        f"max drawdown {metadata['max_drawdown'].value:,.2f} USDT, fees {metadata['fees'].value:,.2f} USDT",
+        f"exits: {metadata['exit_reasons'].value}",
+    ]
+
+
+@sample_step(70, "Paper trading: a bounded session over the bundled 8-minute BTCUSDT + ETHUSDT capture (ReplayFeed)")
+def run_sample_paper_session(runner: SampleRunner) -> list[str]:
+    session_id = "sample-replay"  # a fixed id: a second `make run` rewrites the same rows (deterministic replay)
+    # Eight minutes hold 7 one-minute bars per symbol: the short-horizon profile can trade them.
+    config = TradingSessionConfig(session_id=session_id, strategy_profile="short_horizon", max_events=100_000)
+    run_config = dg.RunConfig(ops={"trading_session": config})
+    trading_session_job.execute_in_process(run_config=run_config, instance=runner.instance, resources=runner.resources)
+    with runner.manager.session() as session:
+        traded = select(TradingDecision.trade_uid).where(TradingDecision.session_id == session_id,
+                                                         TradingDecision.action == "enter")
+        trades = session.scalars(select(Trade).where(Trade.trade_uid.in_(traded)).order_by(Trade.trade_uid)).all()
+        decisions = session.scalars(select(TradingDecision).where(TradingDecision.session_id == session_id)).all()
+    lines = [f"session {session_id}: {len(decisions)} decisions, {len(trades)} trades"]
+    for trade in trades:
+        lines.append(
+            f"{trade.side:<5} {trade.symbol} {trade.quantity:.3f} @ {trade.entry_price:,.2f} "
+            f"({trade.entry_time:%H:%M:%S}) -> {trade.exit_price or 0:,.2f} ({trade.exit_time:%H:%M:%S}) "
+            f"{trade.exit_reason}: PnL {trade.pnl:+.2f} USDT"
+        )
+    return lines
+
+
+defs = dg.Definitions(
+    jobs=[trading_session_job], sensors=[trading_session_supervisor], assets=[backtest],
+    asset_checks=[backtest_trades_closed_in_their_day],
+)

@@ -1,0 +1,84 @@
+"""Backtest a UTC day: replay the stored klines and book snapshots through the trading session.
+
+The same session, strategy, risk rules, paper executor and recorder as a live session; only the
+feed (StoredFeed) and the source ("backtest") differ. Each symbol is traded on the interval it has
+the most stored bars of that day (5m for the bundled April 2023 klines); the bars before the day
+(`history_bars` of them) only warm up the indicators. Positions still open at the end of the day
+are closed at the last price ("end_of_data"), so every trade of the day is realised.
+Session ids and trade uids are derived from the day, and a re-run first removes the previous
+run's rows of that day, so re-materialising a day gives the same rows, not more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, replace
+
+from sqlalchemy import delete, func, select
+
+from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.db.models import Kline, Trade, TradingDecision, TradingSession
+from winiswin_pipelines.marketdata.feed import StoredFeed
+from winiswin_pipelines.technical.resample import interval_timedelta
+from winiswin_pipelines.trading.runner import run_session
+from winiswin_pipelines.trading.session import SessionConfig, SessionResult
+
+SOURCE = "backtest"
+
+
+@dataclass(frozen=True)
+class DayBacktest:
+    day: dt.date
+    interval: str
+    symbols: list[str]
+    result: SessionResult
+
+
+def stored_intervals(manager: DatabaseManager, start: dt.datetime, end: dt.datetime) -> dict[str, list[str]]:
+    """interval -> symbols that have their most bars in [start, end) at that interval."""
+    query = (select(Kline.symbol, Kline.interval, func.count())
+             .where(Kline.open_time >= start, Kline.open_time < end)
+             .group_by(Kline.symbol, Kline.interval))
+    with manager.engine.connect() as conn:
+        counts = conn.execute(query).all()
+    options: dict[str, list[tuple[int, float, str]]] = {}
+    for symbol, interval, count in counts:
+        # Most bars wins; on a tie the shorter interval.
+        options.setdefault(symbol, []).append((count, -interval_timedelta(interval).total_seconds(), interval))
+    groups: dict[str, list[str]] = {}
+    for symbol, choices in sorted(options.items()):
+        groups.setdefault(max(choices)[2], []).append(symbol)
+    return groups
+
+
+def session_id_for(day: dt.date, interval: str) -> str:
+    return f"{SOURCE}-{day.isoformat()}-{interval}"
+
+
+def clear_previous_run(manager: DatabaseManager, day: dt.date) -> None:
+    """Remove the rows an earlier backtest of `day` wrote (trades, decisions, session rows)."""
+    prefix = f"{SOURCE}-{day.isoformat()}-"
+    with manager.engine.begin() as conn:
+        conn.execute(delete(Trade).where(Trade.source == SOURCE, Trade.trade_uid.startswith(prefix)))
+        conn.execute(delete(TradingDecision).where(TradingDecision.session_id.startswith(prefix)))
+        conn.execute(delete(TradingSession).where(TradingSession.session_id.startswith(prefix)))
+
+
+def backtest_day(manager: DatabaseManager, day: dt.date, config: SessionConfig, *,
+                 run_id: str | None = None) -> list[DayBacktest]:
+    """Backtest every stored symbol on `day`, one session per traded interval."""
+    start = dt.datetime.combine(day, dt.time(), dt.UTC)
+    end = start + dt.timedelta(days=1)
+    clear_previous_run(manager, day)
+    results = []
+    for interval, symbols in stored_intervals(manager, start, end).items():
+        warmup = interval_timedelta(interval) * config.strategy.indicators.history_bars
+        session_config = replace(config, interval=interval, trade_from=start, flatten_on_end=True,
+                                 resume_open_positions=False, max_events=None, max_duration=None)
+        result = run_session(
+            manager, session_id=session_id_for(day, interval), mode=SOURCE, symbols=symbols,
+            feed=StoredFeed(manager, symbols, start - warmup, end, interval=interval),
+            config=session_config, run_id=run_id,
+        )
+        results.append(DayBacktest(day, interval, symbols, result))
+    return results

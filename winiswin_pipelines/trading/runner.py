@@ -1,0 +1,85 @@
+"""Run a trading session from synchronous code: a Dagster op, an asset, a script.
+
+`run_session` builds the executor (paper unless live was asked for AND permitted), the recorder and
+the journal, and runs the session on its own event loop. `run_session_in_thread` runs it on a
+worker thread so the caller's thread stays free to receive an interrupt (Dagster raises one in
+the op's thread when a run is terminated from the UI): the session is then asked to stop, and
+the caller waits for it to flush its recorder and write its last heartbeat before re-raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+
+from winiswin_pipelines import settings
+from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST
+from winiswin_pipelines.marketdata.feed import MarketFeed
+from winiswin_pipelines.trading.execution import Executor, PaperExecutor, check_live_permission, live_executor
+from winiswin_pipelines.trading.journal import SessionJournal
+from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
+from winiswin_pipelines.trading.session import SessionConfig, SessionResult, TradingSession
+
+MODES = ("paper", "live", "backtest")
+STOP_GRACE_SECONDS = 120.0
+
+
+def check_mode(mode: str) -> None:
+    """Refuse unknown modes, and live mode without both Binance keys and WINISWIN_LIVE_TRADING=1."""
+    if mode not in MODES:
+        raise ValueError(f"trading mode must be one of {MODES}, got {mode!r}")
+    if mode == "live":
+        check_live_permission(settings.live_trading_opt_in(), settings.binance_api_key(), settings.binance_api_secret())
+
+
+async def _executor(mode: str, symbols: list[str], rest_url: str) -> Executor:
+    if mode != "live":
+        return PaperExecutor()
+    return await live_executor(rest_url, symbols, opt_in=settings.live_trading_opt_in(),
+                               api_key=settings.binance_api_key(), api_secret=settings.binance_api_secret())
+
+
+async def run_session_async(
+    manager: DatabaseManager, *, session_id: str, mode: str, feed: MarketFeed, config: SessionConfig,
+    symbols: list[str], run_id: str | None = None, stop: threading.Event | None = None,
+    rest_url: str = BINANCE_FUTURES_REST,
+) -> SessionResult:
+    """One session of `mode` ("paper", "live", "backtest"); trades are recorded with that source."""
+    check_mode(mode)
+    try:
+        executor = await _executor(mode, symbols, rest_url)
+        session = TradingSession(
+            session_id=session_id, feed=feed, executor=executor,
+            recorder=UnifiedTradeRecorder(manager, source=mode),
+            journal=SessionJournal(manager, session_id, mode, run_id), config=config, stop=stop,
+        )
+        return await session.run()
+    finally:
+        # The async pool belongs to this event loop; the next session runs on another one.
+        await manager.async_engine.dispose()
+
+
+def run_session(manager: DatabaseManager, **kwargs) -> SessionResult:
+    """`run_session_async` on a new event loop in this thread."""
+    return asyncio.run(run_session_async(manager, **kwargs))
+
+
+def run_session_in_thread(manager: DatabaseManager, **kwargs) -> SessionResult:
+    """`run_session` on a worker thread; an exception in this thread (an interrupt) stops it cleanly first."""
+    stop = threading.Event()
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trading-session")
+    future = pool.submit(run_session, manager, stop=stop, **kwargs)
+    try:
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                continue
+    except BaseException:
+        stop.set()
+        concurrent.futures.wait([future], timeout=STOP_GRACE_SECONDS)
+        raise
+    finally:
+        pool.shutdown(wait=False)

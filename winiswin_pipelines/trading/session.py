@@ -1,0 +1,395 @@
+"""The trading session: one loop from a market feed through strategy, risk and execution to the recorder.
+
+The same loop serves live sessions (BinanceFeed), paper sessions over recorded captures
+(ReplayFeed) and backtests (StoredFeed): only the feed, the executor and the recorder's source
+differ, so there is one copy of the trading logic.
+
+For every event, in exchange-time order:
+- a book event updates the symbol's best bid/ask and checks its position's stop loss / take
+  profit against them (a long exits at the bid, a short at the ask);
+- a closed kline of the traded interval checks the position against the bar's range (a gap
+  through a level fills at the bar's open; a bar touching both levels counts as the stop), is
+  appended to the symbol's bar history, and then lets the strategy decide on an entry;
+- every event checks the time stop: a position held `risk.time_stop` (2 h) since its fill is
+  closed, whatever its PnL. Fill times come from `position_entry_times` after a restart, so
+  the stop survives restarts.
+Time is the events' exchange time, so replays and backtests behave as live sessions would.
+A feed with a history (BinanceFeed's REST warm-up) first fills the indicators' warm-up, so a live
+session can trade from its first closed bar instead of waiting `min_bars` bars.
+
+The session writes a heartbeat (`trading_sessions`) every `heartbeat_seconds` of wall time and its
+decisions (`trading_decisions`) with it, records trades through `UnifiedTradeRecorder`, and stops
+at the end of the feed, after `max_events` or `max_duration`, or when `stop` is set (a Dagster
+terminate). On the way out it flushes the recorder: every fill the session acted on is durable
+and open positions stay recorded as OPEN with their fill times, to be resumed by the next session
+(or closed first with `flatten_on_end`, as backtests and replays do at the end of their data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import pandas as pd
+from sqlalchemy.exc import DBAPIError
+
+from winiswin_pipelines.marketdata.feed import BookEvent, KlineEvent, MarketFeed
+from winiswin_pipelines.trading.events import TradeClosed, TradeOpened
+from winiswin_pipelines.trading.execution import Executor, Fill
+from winiswin_pipelines.trading.journal import Decision, SessionJournal
+from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
+from winiswin_pipelines.trading.risk import (
+    Position, RiskConfig, can_open, gross_pnl, position_size, price_exit, stop_levels, time_stop_due,
+)
+from winiswin_pipelines.trading.strategy import STRATEGY_NAME, StrategyConfig, evaluate
+
+log = logging.getLogger(__name__)
+BAR_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
+
+
+@runtime_checkable
+class WarmUpFeed(Protocol):
+    """A feed that can hand over recent closed bars before its stream starts (BinanceFeed, over REST)."""
+
+    async def warm_up(self, bars: int) -> list[KlineEvent]: ...
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    interval: str | None = None  # kline interval traded; None: whatever closed klines the feed sends
+    max_events: int | None = None
+    max_duration: dt.timedelta | None = None
+    trade_from: dt.datetime | None = None  # earlier events only warm up the indicators (backtests)
+    flatten_on_end: bool = False  # close what is open when the feed ends
+    resume_open_positions: bool = True  # take over the OPEN trades of this source left by earlier sessions
+    heartbeat_seconds: float = 5.0
+    book_stale_after: dt.timedelta = dt.timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class ClosedTrade:
+    trade_uid: str
+    symbol: str
+    side: str
+    entry_time: dt.datetime
+    exit_time: dt.datetime
+    entry_price: float
+    exit_price: float
+    quantity: float
+    pnl: float  # USDT, after fees
+    pnl_pct: float  # fraction of the entry notional
+    fees: float
+    exit_reason: str
+
+
+@dataclass
+class SessionResult:
+    session_id: str
+    status: str
+    events: int
+    bars: int
+    decisions: list[Decision]
+    closed: list[ClosedTrade]
+    open_positions: list[Position]
+    starting_equity: float
+    equity: float
+    recorder: dict[str, Any]
+    wall_seconds: float
+    first_event_time: dt.datetime | None = None
+    last_event_time: dt.datetime | None = None
+    warm_up_bars: int = 0
+
+
+@dataclass
+class _Book:
+    bid: float
+    ask: float
+    time: dt.datetime
+
+
+def kline_end(event: KlineEvent) -> dt.datetime:
+    """When a kline's bar is over (Binance close times are the last millisecond inside the bar)."""
+    return event.close_time + dt.timedelta(milliseconds=1)
+
+
+class TradingSession:
+    def __init__(self, *, session_id: str, feed: MarketFeed, executor: Executor, recorder: UnifiedTradeRecorder,
+                 journal: SessionJournal, config: SessionConfig = SessionConfig(),
+                 stop: threading.Event | None = None):
+        self.session_id = session_id
+        self.feed = feed
+        self.executor = executor
+        self.recorder = recorder
+        self.journal = journal
+        self.config = config
+        self.stop = stop or threading.Event()
+        self.positions: dict[str, Position] = {}
+        self.equity = config.risk.starting_equity
+        self.decisions: list[Decision] = []
+        self.closed: list[ClosedTrade] = []
+        self._bars: dict[str, deque] = {}
+        self._books: dict[str, _Book] = {}
+        self._last_close: dict[str, float] = {}
+        self._entries = 0
+        self._events = 0
+        self._bar_count = 0
+        self._warm_up_bars = 0
+        self._first_time: dt.datetime | None = None
+        self._last_time: dt.datetime | None = None
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> SessionResult:
+        started = time.monotonic()
+        await self.recorder.start()
+        status = "failed"
+        try:
+            details = {"executor": self.executor.mode, "config": _describe(self.config)}
+            await asyncio.to_thread(self.journal.start, details)
+            if self.config.resume_open_positions:
+                await self._resume()
+            if isinstance(self.feed, WarmUpFeed):
+                await self._warm_up(self.feed)
+            status = await self._consume(started)
+            if status == "completed" and self.config.flatten_on_end:
+                await self._flatten("end_of_data")
+        except asyncio.CancelledError:
+            status = "terminated"
+            raise
+        finally:
+            await self.recorder.flush()
+            await self._heartbeat(status)
+            await self.recorder.close()  # its last attempt to empty the spool
+            metrics = self.recorder.metrics()
+            await self.executor.shutdown()
+        return SessionResult(
+            self.session_id, status, self._events, self._bar_count, self.decisions, self.closed,
+            list(self.positions.values()), self.config.risk.starting_equity, self.equity, metrics,
+            time.monotonic() - started, self._first_time, self._last_time, self._warm_up_bars,
+        )
+
+    async def _warm_up(self, feed: WarmUpFeed) -> None:
+        """Recent closed bars from the feed's history fill the indicators' warm-up; no trading on them."""
+        for bar in await feed.warm_up(self.config.strategy.indicators.history_bars):
+            if self._traded_bar(bar):
+                self._remember_bar(bar)
+                self._warm_up_bars += 1
+
+    async def _consume(self, started: float) -> str:
+        # aclosing: a feed left early (max_events, stop) closes its connections now, not at GC time.
+        async with contextlib.aclosing(self.feed.events()) as events:
+            last_heartbeat = time.monotonic()
+            while True:
+                if self.stop.is_set():
+                    return "terminated"
+                if self.config.max_events is not None and self._events >= self.config.max_events:
+                    return "max_events"
+                if (self.config.max_duration is not None
+                        and time.monotonic() - started >= self.config.max_duration.total_seconds()):
+                    return "max_duration"
+                event = await self._next_event(events)
+                if event is None:
+                    return "terminated" if self.stop.is_set() else "completed"
+                await self.on_event(event)
+                if time.monotonic() - last_heartbeat >= self.config.heartbeat_seconds:
+                    await self._heartbeat("running")
+                    last_heartbeat = time.monotonic()
+
+    async def _heartbeat(self, status: str) -> None:
+        """Heartbeat and pending decisions; while PostgreSQL is away they wait for the next beat
+        (trading goes on: the recorder keeps the trades durable in its spool meanwhile)."""
+        try:
+            await asyncio.to_thread(self.journal.heartbeat, self._events, self._summary(), status=status)
+        except DBAPIError as error:
+            log.warning("session %s: heartbeat not written (%s); %d decisions wait for the next one",
+                        self.session_id, type(error.orig).__name__, self.journal.pending)
+
+    async def _next_event(self, events) -> KlineEvent | BookEvent | None:
+        """The next event, or None at the end of the feed or once `stop` is set while waiting."""
+        pending = asyncio.ensure_future(anext(events))
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=0.25)
+            if done:
+                try:
+                    return pending.result()
+                except StopAsyncIteration:
+                    return None
+            if self.stop.is_set():
+                pending.cancel()
+                await asyncio.wait({pending})  # the feed has stopped before it is closed
+                return None
+
+    async def on_event(self, event: KlineEvent | BookEvent) -> None:
+        self._events += 1
+        if isinstance(event, BookEvent):
+            now = event.exchange_time
+            await self._on_book(event)
+        elif isinstance(event, KlineEvent):
+            now = kline_end(event)
+            if self._traded_bar(event):
+                await self._on_bar(event, now)
+        else:
+            raise TypeError(f"session {self.session_id}: unexpected feed event {type(event).__name__}")
+        self._first_time = self._first_time or now
+        self._last_time = now
+        await self._check_time_stops(now)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    async def _on_book(self, event: BookEvent) -> None:
+        if event.best_bid is None or event.best_ask is None:
+            return
+        self._books[event.symbol] = _Book(event.best_bid, event.best_ask, event.exchange_time)
+        position = self.positions.get(event.symbol)
+        if position is None:
+            return
+        exit_price = event.best_bid if position.side == "LONG" else event.best_ask
+        if hit := price_exit(position, exit_price, exit_price):
+            await self._close(position, hit[0], exit_price, event.exchange_time)
+
+    def _traded_bar(self, event: KlineEvent) -> bool:
+        return event.closed and (self.config.interval is None or event.interval == self.config.interval)
+
+    def _remember_bar(self, bar: KlineEvent) -> None:
+        self._last_close[bar.symbol] = bar.close
+        history = self._bars.setdefault(bar.symbol, deque(maxlen=self.config.strategy.indicators.history_bars))
+        history.append((bar.open_time, bar.open, bar.high, bar.low, bar.close, bar.volume))
+
+    async def _on_bar(self, bar: KlineEvent, now: dt.datetime) -> None:
+        self._bar_count += 1
+        position = self.positions.get(bar.symbol)
+        if position is not None and (hit := price_exit(position, bar.low, bar.high, bar.open)):
+            await self._close(position, hit[0], hit[1], now)
+        self._remember_bar(bar)
+        if self.config.trade_from is None or now > self.config.trade_from:
+            await self._consider_entry(bar.symbol, now)
+
+    async def _consider_entry(self, symbol: str, now: dt.datetime) -> None:
+        if symbol in self.positions:
+            return
+        bars = pd.DataFrame(list(self._bars[symbol]), columns=list(BAR_COLUMNS))
+        verdict = evaluate(bars, self.config.strategy)
+        if verdict.signal is None:
+            if verdict.side is not None:  # a trend was there and was turned down: worth keeping
+                self._decide(now, symbol, "skip", verdict.reason, bars["close"].iloc[-1], details=verdict.features)
+            return
+        signal = verdict.signal
+        if refusal := can_open(symbol, self.positions, self.config.risk):
+            self._decide(now, symbol, "skip", refusal, signal.price, details=verdict.features)
+            return
+        reference = self._reference_price(symbol, signal.side, now, opening=True)
+        stop_loss, take_profit = stop_levels(signal.side, reference, signal.atr, self.config.risk)
+        quantity = position_size(self.equity, reference, stop_loss, self.config.risk)
+        if quantity <= 0:
+            self._decide(now, symbol, "skip", "position below the minimum notional", reference,
+                         details=verdict.features)
+            return
+        fill = await self.executor.open(symbol, signal.side, quantity, reference, now)
+        await self._opened(symbol, signal.side, fill, stop_loss, take_profit, signal.confidence, verdict.features,
+                           verdict.reason)
+
+    async def _check_time_stops(self, now: dt.datetime) -> None:
+        for position in list(self.positions.values()):
+            if time_stop_due(position.entry_time, now, self.config.risk):
+                price = self._reference_price(position.symbol, position.side, now, opening=False)
+                await self._close(position, "time_stop", price, now)
+
+    # -- positions ------------------------------------------------------------------------------
+
+    def _reference_price(self, symbol: str, side: str, now: dt.datetime, *, opening: bool) -> float:
+        """Best ask to buy, best bid to sell when the book is fresh; else the last close."""
+        book = self._books.get(symbol)
+        if book is not None and now - book.time <= self.config.book_stale_after:
+            buying = (side == "LONG") == opening
+            return book.ask if buying else book.bid
+        if symbol in self._last_close:
+            return self._last_close[symbol]
+        if book is not None:
+            return (book.bid + book.ask) / 2
+        raise RuntimeError(f"session {self.session_id}: no price known for {symbol}")
+
+    async def _opened(self, symbol: str, side: str, fill: Fill, stop_loss: float, take_profit: float,
+                      confidence: float, features: dict[str, Any], reason: str) -> None:
+        self._entries += 1
+        trade_uid = f"{self.session_id}-{symbol}-{self._entries:04d}"
+        position = Position(trade_uid, symbol, side, fill.quantity, fill.price, fill.time, stop_loss, take_profit,
+                            fill.fees)
+        self.positions[symbol] = position
+        leverage = fill.price * fill.quantity / self.equity
+        await self.recorder.record_entry(TradeOpened(
+            trade_uid=trade_uid, symbol=symbol, side=side, entry_time=fill.time, entry_price=fill.price,
+            quantity=fill.quantity, leverage=round(leverage, 6), stop_loss=stop_loss, take_profit=take_profit,
+            strategy=STRATEGY_NAME, confidence=confidence, features=features,
+            is_virtual=self.executor.mode != "live",
+        ))
+        self._decide(fill.time, symbol, "enter", reason, fill.price, trade_uid,
+                     {"side": side, "quantity": fill.quantity, "stop_loss": stop_loss, "take_profit": take_profit})
+
+    async def _close(self, position: Position, reason: str, reference: float, now: dt.datetime) -> None:
+        fill = await self.executor.close(position.symbol, position.side, position.quantity, reference, now)
+        fees = position.entry_fees + fill.fees
+        pnl = gross_pnl(position, fill.price) - fees
+        pnl_pct = pnl / (position.entry_price * position.quantity)
+        del self.positions[position.symbol]
+        self.equity += pnl
+        await self.recorder.record_exit(TradeClosed(
+            trade_uid=position.trade_uid, symbol=position.symbol, exit_time=fill.time, exit_price=fill.price,
+            pnl=pnl, pnl_pct=pnl_pct, fees=fees, exit_reason=reason,
+        ))
+        self.closed.append(ClosedTrade(position.trade_uid, position.symbol, position.side, position.entry_time,
+                                       fill.time, position.entry_price, fill.price, position.quantity, pnl, pnl_pct,
+                                       fees, reason))
+        self._decide(fill.time, position.symbol, "exit", reason, fill.price, position.trade_uid,
+                     {"side": position.side, "pnl": pnl, "pnl_pct": pnl_pct})
+
+    async def _flatten(self, reason: str) -> None:
+        for position in list(self.positions.values()):
+            when = self._last_time or dt.datetime.now(dt.UTC)
+            await self._close(position, reason, self._reference_price(position.symbol, position.side, when,
+                                                                       opening=False), when)
+
+    async def _resume(self) -> None:
+        for position in await asyncio.to_thread(self.journal.open_positions, self.recorder.source):
+            self.positions[position.symbol] = position
+            self._decide(position.entry_time, position.symbol, "resume", "open position left by an earlier session",
+                         position.entry_price, position.trade_uid, {"side": position.side})
+
+    def _decide(self, ts: dt.datetime, symbol: str, action: str, reason: str, price: float | None = None,
+                trade_uid: str | None = None, details: dict[str, Any] | None = None) -> None:
+        decision = Decision(ts, symbol, action, reason, None if price is None else float(price), trade_uid,
+                            details or {})
+        self.decisions.append(decision)
+        self.journal.add(decision)
+
+    def _summary(self) -> dict[str, Any]:
+        return {
+            "events": self._events, "bars": self._bar_count, "warm_up_bars": self._warm_up_bars, "equity": self.equity,
+            "open_positions": sorted(self.positions), "closed_trades": len(self.closed),
+            "last_event_time": self._last_time.isoformat() if self._last_time else None,
+        }
+
+
+def _describe(config: SessionConfig) -> dict[str, Any]:
+    """The config as JSON-ready values (for the session's row)."""
+    return _json_ready(asdict(config))
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return value
