@@ -60,6 +60,15 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of the test module's own, which its tests may stop and restart."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("own-pg"), server_options=_FAST_SERVER)
+    server.ensure_running()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def template_database(pg_server: URL) -> Iterator[str]:
     name = f"winiswin_template_{uuid.uuid4().hex[:8]}"

@@ -12,27 +12,19 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.embedded import EmbeddedPostgres, ensure_database_exists
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
-from winiswin_pipelines_tests.test_recorder import assert_prefix_recorded, event_stream, record
-
-_FAST_SERVER = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-
-
-@pytest.fixture(scope="module")
-def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("own-pg"), server_options=_FAST_SERVER)
-    server.ensure_running()
-    yield server
-    server.stop()
+from winiswin_pipelines_tests.test_recorder import (
+    assert_prefix_recorded,
+    event_stream,
+    record,
+)
 
 
 @pytest_asyncio.fixture(loop_scope="function")

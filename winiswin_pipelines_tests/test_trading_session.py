@@ -24,7 +24,6 @@ from winiswin_pipelines.trading.runner import run_session, run_session_in_thread
 from winiswin_pipelines.trading.session import SessionConfig
 from winiswin_pipelines.trading.strategy import StrategyConfig
 from winiswin_pipelines_tests.binance_server import LocalBinanceServer
-from winiswin_pipelines_tests.test_recorder_durability import own_server  # noqa: F401 - a server of our own to stop
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 # The bundled captures are 8 minutes long: the short-horizon profile trades them.
