@@ -48,12 +48,16 @@ def copy_upsert(
     *,
     conflict_columns: Sequence[str],
     update_columns: Sequence[str] | None = None,
+    update_where: str | None = None,
 ) -> UpsertResult:
     """Upsert `rows` (tuples in `columns` order) into `table` inside the caller's transaction.
 
     Within the batch the last row of a key wins (earlier ones count as duplicates). Rows equal to
     what is stored are left untouched (counted as unchanged), so re-running a load changes nothing.
     `update_columns` defaults to every non-key column; `updated_at` is refreshed on real updates.
+    `update_where` is an extra SQL condition on the stored row `t` and `EXCLUDED` that a conflicting
+    row must meet to be updated (the rows it keeps count as unchanged). A `bytes` value in a JSONB
+    column is taken as already-serialised JSON text.
     Daily partitions of partitioned tables are created for the days the rows fall on.
     """
     raw = conn.connection.driver_connection
@@ -79,7 +83,9 @@ def copy_upsert(
         staged = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(ident(stage))).fetchone()[0]
     if table in DAILY_PARTITIONED_TABLES:
         _ensure_partitions_for_stage(conn, table, stage)
-    inserted, affected, distinct = _merge(conn, table, stage, columns, conflict_columns, updates, table_columns)
+    inserted, affected, distinct = _merge(
+        conn, table, stage, columns, conflict_columns, updates, table_columns, update_where
+    )
     return UpsertResult(
         staged=staged, inserted=inserted, updated=affected - inserted,
         unchanged=distinct - affected, duplicates=staged - distinct,
@@ -105,8 +111,12 @@ def _wrap_json(rows: Iterable[Sequence[Any]], positions: list[int]) -> Iterator[
         row = list(row)
         for i in positions:
             if row[i] is not None:
-                row[i] = Jsonb(row[i])
+                row[i] = Jsonb(row[i], dumps=_as_is) if isinstance(row[i], bytes) else Jsonb(row[i])
         yield row
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
 
 
 def _ensure_partitions_for_stage(conn: Connection, table: str, stage: str) -> None:
@@ -115,7 +125,9 @@ def _ensure_partitions_for_stage(conn: Connection, table: str, stage: str) -> No
     ensure_daily_partitions(conn, table, [d for d in days if d is not None])
 
 
-def _merge(conn, table, stage, columns, conflict_columns, updates, table_columns) -> tuple[int, int, int]:
+def _merge(
+    conn, table, stage, columns, conflict_columns, updates, table_columns, update_where=None
+) -> tuple[int, int, int]:
     ident = sql.Identifier
     cols = sql.SQL(", ").join(map(ident, columns))
     keys = sql.SQL(", ").join(map(ident, conflict_columns))
@@ -127,6 +139,8 @@ def _merge(conn, table, stage, columns, conflict_columns, updates, table_columns
             sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in updates),
             sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(ident(c)) for c in updates),
         )
+        if update_where:
+            changed = sql.SQL("{} AND ({})").format(changed, sql.SQL(update_where))
         action = sql.SQL("DO UPDATE SET {} WHERE {}").format(sql.SQL(", ").join(assignments), changed)
     else:
         action = sql.SQL("DO NOTHING")
@@ -150,9 +164,12 @@ def dataframe_rows(frame: pd.DataFrame, columns: Sequence[str]) -> Iterator[tupl
     for name in columns:
         series = frame[name]
         if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(series):
-            values = [None if pd.isna(v) else v.to_pydatetime() for v in series]
+            # One conversion for the column: a Timestamp per value costs ~3 µs, 10x more.
+            values = [None if v is pd.NaT else v for v in series.dt.to_pydatetime().tolist()]
         elif pd.api.types.is_float_dtype(series):
-            values = [None if math.isnan(v) else v for v in series.tolist()]
+            values = series.tolist()
+            if series.isna().any():  # the per-value pass only where a NULL is needed
+                values = [None if math.isnan(v) else v for v in values]
         else:
             values = [None if _is_missing(v) else v for v in series.tolist()]
         converted.append(values)

@@ -35,6 +35,7 @@ class RawRecord:
     raw_json: bytes | None = None
     size: int = 0
     flags: tuple[str, ...] = ()
+    variant: str | None = None  # set by readers that know it from the structure (SQLite table, CSV event)
 
 
 @dataclass(slots=True)
@@ -56,6 +57,7 @@ class Row:
     key: str
     values: tuple[Any, ...]
     variant: str
+    position: str
     first_time: dt.datetime | None
     last_time: dt.datetime | None
     size: int = 0
@@ -66,7 +68,6 @@ class Merged:
     """An input row whose whole content travels in another row (an OPEN event paired with its CLOSE)."""
 
     position: str
-    key: str
     variant: str
     size: int = 0
 
@@ -76,5 +77,6 @@ Outcome = Row | Rejected | Merged
 
 def safe_text(data: bytes | str) -> str:
     """Text PostgreSQL can store: undecodable bytes and NUL characters become visible escapes."""
-    text = data.decode("utf-8", "backslashreplace") if isinstance(data, bytes) else data
-    return text.replace("\x00", "\\x00")
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    return data.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")

@@ -1,0 +1,149 @@
+"""Legacy migration benchmark: a generated 1,000,000-record `trades.jsonl` end to end.
+
+Read, normalise, bulk upsert (COPY + one INSERT ... ON CONFLICT per batch) and verify against
+PostgreSQL, timed as one; then, in the same run, a naive row-by-row ORM insert (one session.add +
+commit per record) of a sample of the same records, extrapolated. Targets: >= 100,000 records/s,
+peak memory < 1 GB, >= 20x the naive insert.
+
+    .venv/bin/python benchmarks/bench_legacy_migration.py [--records 1000000] [--naive-sample 2000]
+
+Uses DATABASE_URL when set (a fresh database is created on that server), else a throw-away
+embedded PostgreSQL in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import random
+import resource
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+
+import orjson
+
+from winiswin_pipelines import settings
+from winiswin_pipelines.db.embedded import EmbeddedPostgres, ensure_database_exists
+from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.db.models import Trade
+from winiswin_pipelines.db.url import normalize_database_url
+from winiswin_pipelines.legacy.load import migrate_store, verify_store
+from winiswin_pipelines.legacy.pipeline import iter_outcomes
+from winiswin_pipelines.legacy.records import TRADE_COLUMNS, Row
+from winiswin_pipelines.legacy.sniff import Store, StoreFormat
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "LINKUSDT")
+# Variant A1 (legacy-system.md §2.1), 39 keys, the shape TradeRecorder._create_ml_record wrote.
+A1_LINE = (
+    '{"symbol":"%(symbol)s","direction":"%(direction)s","entry_price":%(entry).2f,"exit_price":%(exit).2f,'
+    '"entry_timestamp":"%(entry_ts)s","exit_timestamp":"%(exit_ts)s","hold_duration_hours":%(hold).3f,'
+    '"confidence_score":%(conf).4f,"leverage":%(lev)d,"position_value":%(value).2f,"pnl":%(pnl).4f,'
+    '"pnl_pct":%(pnl_pct).6f,"is_winner":%(winner)s,"close_reason":"%(reason)s","trend_1h":"bullish",'
+    '"trend_15m":"bullish","trend_5m":"neutral","market_structure":"bullish","order_blocks_count":2,'
+    '"liquidity_zones_count":1,"stop_loss":%(sl).2f,"take_profit":%(tp).2f,"risk_reward_ratio":1.5,'
+    '"max_favorable_excursion":0,"max_adverse_excursion":0,"trade_id":"%(symbol)s_%(epoch).6f",'
+    '"recorded_at":"%(exit_ts)s","rsi_entry":58.2,"macd_entry":12.4,"macd_signal_entry":9.8,'
+    '"macd_histogram_entry":2.6,"atr_entry":180.3,"bb_upper_entry":67400.0,"bb_middle_entry":66900.0,'
+    '"bb_lower_entry":66400.0,"bb_width_pct":0.0149,"volume_sma_ratio":1.31,"price_vs_ema50":0.0042,'
+    '"price_vs_ema200":0.0113}\n'
+)
+
+
+def generate_trades_jsonl(path: Path, records: int, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    start = dt.datetime(2025, 10, 25, 8, 0, 0)
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(records):
+            entry_at = start + dt.timedelta(seconds=i * 3, microseconds=rng.randrange(1_000_000))
+            exit_at = entry_at + dt.timedelta(minutes=rng.randrange(5, 240))
+            entry = rng.uniform(0.5, 70_000)
+            change = rng.uniform(-0.03, 0.03)
+            value = rng.uniform(20, 500)
+            out.write(A1_LINE % {
+                "symbol": SYMBOLS[i % len(SYMBOLS)], "direction": "LONG" if i % 2 else "SHORT",
+                "entry": entry, "exit": entry * (1 + change), "entry_ts": entry_at.isoformat(),
+                "exit_ts": exit_at.isoformat(), "hold": (exit_at - entry_at).total_seconds() / 3600,
+                "conf": rng.random(), "lev": rng.randrange(1, 20), "value": value, "pnl": value * change,
+                "pnl_pct": change, "winner": "true" if change > 0 else "false",
+                "reason": "TAKE_PROFIT" if change > 0 else "STOP_LOSS", "sl": entry * 0.98, "tp": entry * 1.03,
+                "epoch": entry_at.replace(tzinfo=dt.UTC).timestamp(),
+            })
+
+
+@contextmanager
+def benchmark_database(folder: Path):
+    """A fresh database: on DATABASE_URL's server when set, else on a throw-away embedded server."""
+    server = None
+    if settings.database_url():
+        base = normalize_database_url(settings.database_url())
+    else:
+        server = EmbeddedPostgres(folder / "pg")
+        base = server.ensure_running().url()
+    name = f"winiswin_bench_{uuid.uuid4().hex[:8]}"
+    ensure_database_exists(base, name)
+    manager = DatabaseManager(base.set(database=name).render_as_string(hide_password=False))
+    try:
+        yield manager
+    finally:
+        manager.dispose()
+        if server:
+            server.stop()
+
+
+def naive_orm_rate(manager: DatabaseManager, store: Store, sample: int) -> float:
+    """Records/s of the naive way: read + normalise, then one ORM object and one commit per record."""
+    started = time.perf_counter()
+    rows = [o for o in islice(iter_outcomes(store), sample) if isinstance(o, Row)]
+    with manager.session() as session:
+        for row in rows:
+            values = dict(zip(TRADE_COLUMNS, row.values, strict=True))
+            values["trade_uid"] = "naive:" + values["trade_uid"]
+            values["raw"], values["origin"] = orjson.loads(values["raw"]), orjson.loads(values["origin"])
+            session.add(Trade(**values))
+            session.commit()
+    return len(rows) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--naive-sample", type=int, default=2_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_legacy_") as tmp:
+        folder = Path(tmp)
+        os.environ["WINISWIN_STATE_DIR"] = str(folder / "state")  # the migration's ledger goes away with the run
+        legacy = folder / "data"
+        legacy.mkdir()
+        started = time.perf_counter()
+        generate_trades_jsonl(legacy / "trades.jsonl", args.records)
+        size_mb = (legacy / "trades.jsonl").stat().st_size / 1e6
+        print(f"generated {args.records:,} A1 records ({size_mb:,.0f} MB) in {time.perf_counter() - started:.1f} s")
+        store = Store(legacy, "trades.jsonl", StoreFormat.JSONL)
+        python_only = migrate_store(None, store, dry_run=True)  # where the time goes: the Python side alone
+        with benchmark_database(folder) as manager:
+            started = time.perf_counter()
+            report = migrate_store(manager.engine, store)
+            migrated_at = time.perf_counter()
+            verification = verify_store(manager.engine, store)
+            elapsed = time.perf_counter() - started
+            naive = naive_orm_rate(manager, store, args.naive_sample)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rate = report.read / elapsed
+    print(report.summary_line())
+    print(f"verification: {'passed' if verification.passed else 'FAILED: ' + '; '.join(verification.problems)}")
+    print(f"end to end (read, normalise, upsert, verify): {elapsed:.1f} s "
+          f"(migrate {migrated_at - started:.1f} s, verify {elapsed - (migrated_at - started):.1f} s)")
+    print(f"records/s:            {rate:>12,.0f}   target >= 100,000  {'OK' if rate >= 100_000 else 'MISSED'}")
+    print(f"  of which read + normalise alone (dry run): {python_only.read / python_only.seconds:,.0f} records/s")
+    print(f"naive ORM records/s:  {naive:>12,.0f}   (sample of {args.naive_sample:,}, one commit per record)")
+    print(f"ratio vs naive:       {rate / naive:>12,.1f}x  target >= 20x     {'OK' if rate / naive >= 20 else 'MISSED'}")
+    print(f"peak memory (RSS):    {peak_mb:>12,.0f} MB target < 1024 MB {'OK' if peak_mb < 1024 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

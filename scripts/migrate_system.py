@@ -1,0 +1,80 @@
+"""Migrate the legacy bot's trade stores into PostgreSQL (the command line over the Dagster asset's code).
+
+    .venv/bin/python scripts/migrate_system.py --legacy-dir data/ [--dry-run] [--naive-timezone UTC]
+
+Every trade store found in the folder (sniffed from its content) is read, normalised and upserted
+into `trades` / `trade_partial_exits`; what cannot be migrated goes to `legacy_quarantine` with the
+reason. Each store is then verified against PostgreSQL. `--dry-run` reads and normalises only.
+The database is DATABASE_URL's, else the embedded server. The legacy files are never modified.
+Exit status: 0 when every store balances and verifies, 1 otherwise, 2 on a missing folder or store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from winiswin_pipelines import settings
+from winiswin_pipelines.db.manager import get_database_manager
+from winiswin_pipelines.legacy.load import BATCH_SIZE, migrate_store, verify_store
+from winiswin_pipelines.legacy.records import LegacySourceError
+from winiswin_pipelines.legacy.sniff import Store, discover_stores, store_for
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Migrate the legacy trade stores into PostgreSQL.")
+    parser.add_argument("--legacy-dir", type=Path, default=settings.legacy_dir(),
+                        help="the legacy bot's folder (default: WINISWIN_LEGACY_DIR or data/)")
+    parser.add_argument("--dry-run", action="store_true", help="read, normalise and report; write nothing")
+    parser.add_argument("--naive-timezone", default="UTC", help="timezone assumed for naive timestamps (default UTC)")
+    parser.add_argument("--store", action="append", dest="stores", metavar="PATH",
+                        help="only this store (path inside the legacy folder); repeatable")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        stores, skipped = discover_stores(args.legacy_dir)
+        if args.stores:
+            stores = [store_for(args.legacy_dir, relpath) for relpath in args.stores]
+    except LegacySourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.legacy_dir.resolve()}: {len(stores)} trade store(s)")
+    for file in skipped:
+        print(f"  skipped {file.relpath}: {file.reason}")
+    engine = None if args.dry_run else get_database_manager().engine
+    if engine is not None:
+        print(f"database: {get_database_manager().masked_url}")
+    ok = True
+    for store in stores:
+        ok &= migrate_one(engine, store, args)
+    return 0 if ok else 1
+
+
+def migrate_one(engine, store: Store, args: argparse.Namespace) -> bool:
+    with tqdm(total=store.path.stat().st_size, unit="B", unit_scale=True, desc=store.relpath, leave=False) as bar:
+        def progress(records: int, size: int) -> None:
+            bar.update(size)
+
+        report = migrate_store(
+            engine, store, naive_timezone=args.naive_timezone, dry_run=args.dry_run,
+            batch_size=args.batch_size, progress=progress,
+        )
+    rate = f", {report.read / report.seconds:,.0f} records/s" if report.seconds and report.read else ""
+    print(f"  {report.summary_line()} ({report.seconds:.1f} s{rate})")
+    if args.dry_run:
+        return True
+    verification = verify_store(engine, store)
+    verdict = "passed" if verification.passed else "FAILED: " + "; ".join(verification.problems)
+    print(f"    verified against PostgreSQL: {verdict}")
+    return report.balanced and verification.passed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Accounting of one store's migration: every record read is inserted, updated, unchanged, a duplicate or quarantined.
+
+- inserted: a new row in `trades` / `trade_partial_exits`;
+- updated: a stored row of this store replaced by a changed record (or an OPEN trade closed by it);
+- unchanged: already stored exactly so (a re-run), or the same trade already migrated from another
+  store (a closed trade is never reopened by a pending entry);
+- duplicates: records whose trade another record of the same store carries (the same id twice in
+  the batch, or an OPEN row paired with its CLOSE row in the positions CSV);
+- quarantined: in `legacy_quarantine` with the reason (unreadable, invalid, or refused by PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+
+import orjson
+
+from winiswin_pipelines.legacy.records import Merged, Outcome, Rejected, Row
+
+
+@dataclass
+class VariantStats:
+    read: int = 0
+    migrated: int = 0
+    quarantined: int = 0
+    first_time: dt.datetime | None = None
+    last_time: dt.datetime | None = None
+
+    def add_times(self, first: dt.datetime | None, last: dt.datetime | None) -> None:
+        if first is not None and (self.first_time is None or first < self.first_time):
+            self.first_time = first
+        if last is not None and (self.last_time is None or last > self.last_time):
+            self.last_time = last
+
+
+@dataclass
+class SourceReport:
+    source: str
+    file: str
+    format: str
+    naive_timezone: str
+    dry_run: bool = False
+    read: int = 0
+    migrated: int = 0
+    quarantined: int = 0
+    merged: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    batch_duplicates: int = 0
+    db_rejected: int = 0
+    seconds: float = 0.0
+    variants: dict[str, VariantStats] = field(default_factory=dict)
+
+    def add(self, outcome: Outcome) -> None:
+        stats = self._variant(outcome.variant or "unknown")
+        stats.read += 1
+        self.read += 1
+        if type(outcome) is Row:
+            self.migrated += 1
+            stats.migrated += 1
+            stats.add_times(outcome.first_time, outcome.last_time)
+        elif type(outcome) is Rejected:
+            self.quarantined += 1
+            stats.quarantined += 1
+        elif type(outcome) is Merged:
+            self.merged += 1
+
+    def add_upsert(self, inserted: int, updated: int, unchanged: int, duplicates: int) -> None:
+        self.inserted += inserted
+        self.updated += updated
+        self.unchanged += unchanged
+        self.batch_duplicates += duplicates
+
+    def refused_by_database(self, row: Row) -> None:
+        """A row PostgreSQL refused: it moves from migrated to quarantined."""
+        stats = self._variant(row.variant)
+        self.migrated -= 1
+        stats.migrated -= 1
+        self.quarantined += 1
+        stats.quarantined += 1
+        self.db_rejected += 1
+
+    def _variant(self, name: str) -> VariantStats:
+        if name not in self.variants:
+            self.variants[name] = VariantStats()
+        return self.variants[name]
+
+    @property
+    def duplicates(self) -> int:
+        return self.batch_duplicates + self.merged
+
+    @property
+    def accounted(self) -> int:
+        return self.inserted + self.updated + self.unchanged + self.duplicates + self.quarantined
+
+    @property
+    def balanced(self) -> bool:
+        """read = inserted + updated + unchanged + duplicates + quarantined (a dry run only reads)."""
+        return self.dry_run or self.read == self.accounted
+
+    @property
+    def time_range(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+        firsts = [s.first_time for s in self.variants.values() if s.first_time]
+        lasts = [s.last_time for s in self.variants.values() if s.last_time]
+        return (min(firsts) if firsts else None, max(lasts) if lasts else None)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: bytes) -> SourceReport:
+        data = orjson.loads(text)
+        variants = {name: VariantStats(**_times(stats)) for name, stats in data.pop("variants", {}).items()}
+        return cls(**data, variants=variants)
+
+    def summary_line(self) -> str:
+        if self.dry_run:
+            return (f"{self.file}: read {self.read:,} = would migrate {self.migrated:,} + paired {self.merged:,} "
+                    f"+ quarantine {self.quarantined:,} (dry run)")
+        return (
+            f"{self.file}: read {self.read:,} = inserted {self.inserted:,} + updated {self.updated:,} "
+            f"+ unchanged {self.unchanged:,} + duplicates {self.duplicates:,} + quarantined {self.quarantined:,}"
+            f" [{'balanced' if self.balanced else 'NOT BALANCED'}]"
+        )
+
+
+def _times(stats: dict) -> dict:
+    for key in ("first_time", "last_time"):
+        if stats.get(key):
+            stats[key] = dt.datetime.fromisoformat(stats[key])
+    return stats

@@ -1,0 +1,312 @@
+"""Write a store's normalised records to PostgreSQL through `copy_upsert`, and prove the result.
+
+Streaming: batches of `batch_size` records; while batches are written (COPY + one INSERT ... ON
+CONFLICT, in worker threads) the next one is read and normalised, so memory stays flat. A batch
+PostgreSQL refuses is split until the refused rows are isolated; they go to quarantine with the
+database's reason and the run goes on.
+
+Every migration leaves a ledger (the keys of every record: trade uid, partial-exit uid, quarantine
+position) and its report under the state folder; `verify_store` checks them against the tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import Connection, Engine, text
+
+from winiswin_pipelines import settings
+from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert
+from winiswin_pipelines.legacy.accounting import SourceReport
+from winiswin_pipelines.legacy.pipeline import iter_outcomes
+from winiswin_pipelines.legacy.readers import count_records
+from winiswin_pipelines.legacy.records import (
+    PARTIAL_EXIT_COLUMNS,
+    PARTIAL_EXITS,
+    QUARANTINE_COLUMNS,
+    TRADE_COLUMNS,
+    TRADES,
+    Outcome,
+    Rejected,
+    Row,
+    safe_text,
+)
+from winiswin_pipelines.legacy.sniff import Store
+
+BATCH_SIZE = 20_000
+# Batches written at once, each on its own connection; safe because a batch upserts in key order
+# (no lock-order deadlock) and the update rule below does not depend on which batch lands first.
+WRITERS = 2
+# A stored trade takes a conflicting record of its own store when that record comes later in the
+# store (so a trade held twice settles on the last record, whatever the batch boundaries, and a
+# re-run changes nothing), and a record of another store only when it closes a trade still OPEN (a
+# pending entry never reopens a closed trade; the same trade in two files stays with the first).
+UPDATE_RULES = {
+    TRADES: "(t.source = EXCLUDED.source"
+    " AND COALESCE((t.origin->>'seq')::bigint, 0) <= (EXCLUDED.origin->>'seq')::bigint)"
+    " OR (t.source <> EXCLUDED.source AND t.status = 'OPEN' AND EXCLUDED.status <> 'OPEN')",
+    PARTIAL_EXITS: "t.source = EXCLUDED.source",  # the uid is the content: only the source can differ
+}
+_COLUMNS = {TRADES: TRADE_COLUMNS, PARTIAL_EXITS: PARTIAL_EXIT_COLUMNS}
+_KEYS = {TRADES: "trade_uid", PARTIAL_EXITS: "exit_uid"}
+_LEDGER_KINDS = {TRADES: "T", PARTIAL_EXITS: "P"}
+_COPY_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_REFUSALS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+
+Progress = Callable[[int, int], None]  # (records, bytes) done since the last call
+
+
+@dataclass
+class BatchResult:
+    rows: UpsertResult = EMPTY_RESULT
+    refused: list[Row] = field(default_factory=list)
+
+    def __add__(self, other: BatchResult) -> BatchResult:
+        return BatchResult(self.rows + other.rows, self.refused + other.refused)
+
+
+def migrate_store(
+    engine: Engine | None, store: Store, *, naive_timezone: str = "UTC", dry_run: bool = False,
+    batch_size: int = BATCH_SIZE, progress: Progress | None = None,
+) -> SourceReport:
+    """Migrate one store (or only read and normalise it with `dry_run`); returns its accounting."""
+    started = time.perf_counter()
+    report = SourceReport(store.source, store.relpath, store.format.value, naive_timezone, dry_run=dry_run)
+    ledger = None if dry_run else Ledger.for_store(engine, store)
+    quarantined: list[str] = []
+    in_flight: deque[tuple[Future[BatchResult], Sequence[Outcome]]] = deque()
+    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="legacy-writer") as writers:
+        for batch in _batched(iter_outcomes(store, naive_timezone), batch_size):
+            for outcome in batch:
+                report.add(outcome)
+            if progress:
+                progress(len(batch), sum(o.size for o in batch))
+            if dry_run:
+                continue
+            if len(in_flight) == WRITERS:
+                _settle(report, ledger, quarantined, *in_flight.popleft())
+            in_flight.append((writers.submit(write_batch, engine, store.source, batch), batch))
+        while in_flight:
+            _settle(report, ledger, quarantined, *in_flight.popleft())
+    report.seconds = time.perf_counter() - started
+    if ledger:
+        _drop_stale_quarantine(engine, store.source, quarantined)
+        ledger.close(report)
+    return report
+
+
+def _batched(items: Iterator[Outcome], size: int) -> Iterator[list[Outcome]]:
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def _settle(
+    report: SourceReport, ledger: Ledger, quarantined: list[str], future: Future[BatchResult], batch: Sequence[Outcome]
+) -> None:
+    result = future.result()
+    refused = {id(row) for row in result.refused}
+    for row in result.refused:
+        report.refused_by_database(row)
+    report.add_upsert(result.rows.inserted, result.rows.updated, result.rows.unchanged, result.rows.duplicates)
+    for outcome in batch:
+        if type(outcome) is Rejected or id(outcome) in refused:
+            quarantined.append(outcome.position)
+    ledger.write(batch, refused)
+
+
+def write_batch(engine: Engine, source: str, batch: Sequence[Outcome]) -> BatchResult:
+    """Upsert one batch in one transaction; isolate rows PostgreSQL refuses (they go to quarantine)."""
+    rows = [o for o in batch if type(o) is Row]
+    rejected = [o for o in batch if type(o) is Rejected]
+    return _write(engine, source, rows, rejected)
+
+
+def _write(engine: Engine, source: str, rows: list[Row], rejected: list[Rejected]) -> BatchResult:
+    try:
+        with engine.begin() as conn:
+            # A batch's DISTINCT ON sort fits in memory; a crash loses at most the last batches, which
+            # the next (idempotent) run writes again, so commits need not wait for the WAL flush.
+            conn.execute(text("SET LOCAL work_mem = '256MB'; SET LOCAL synchronous_commit = off"))
+            result = sum((_upsert_rows(conn, table, [r for r in rows if r.table == table]) for table in _COLUMNS),
+                         EMPTY_RESULT)
+            _upsert_quarantine(conn, source, rejected)
+        return BatchResult(result)
+    except _REFUSALS as exc:
+        if len(rows) <= 1:
+            refusals = [_refused(row, exc) for row in rows]
+            with engine.begin() as conn:
+                _upsert_quarantine(conn, source, rejected + refusals)
+            return BatchResult(EMPTY_RESULT, rows)
+        half = len(rows) // 2
+        return _write(engine, source, rows[:half], rejected) + _write(engine, source, rows[half:], [])
+
+
+def _upsert_rows(conn: Connection, table: str, rows: list[Row]) -> UpsertResult:
+    if not rows:
+        return EMPTY_RESULT
+    return copy_upsert(
+        conn, table, _COLUMNS[table], (row.values for row in rows), conflict_columns=[_KEYS[table]],
+        update_where=UPDATE_RULES[table],
+    )
+
+
+def _upsert_quarantine(conn: Connection, source: str, rejected: list[Rejected]) -> None:
+    if rejected:
+        values = ((source, r.position, r.reason, r.raw_text, r.variant) for r in rejected)
+        copy_upsert(conn, "legacy_quarantine", QUARANTINE_COLUMNS, values, conflict_columns=["source", "position"])
+
+
+def _refused(row: Row, exc: Exception) -> Rejected:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    raw = row.values[_COLUMNS[row.table].index("raw")]
+    return Rejected(row.position, f"refused by PostgreSQL: {reason}", safe_text(raw), row.variant, row.size)
+
+
+def _drop_stale_quarantine(engine: Engine, source: str, positions: list[str]) -> None:
+    """Records quarantined by an earlier run that now migrate leave the quarantine."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("DELETE FROM legacy_quarantine WHERE source = :source AND NOT (position = ANY(:positions))"),
+            {"source": source, "positions": positions},
+        )
+
+
+# ledger and verification ------------------------------------------------------------------------
+
+
+class Ledger:
+    """The keys of every record a migration wrote (COPY text lines `kind<TAB>key`) and its report."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = None
+
+    @classmethod
+    def for_store(cls, engine: Engine, store: Store) -> Ledger:
+        url = engine.url
+        identity = f"{url.host}:{url.port}/{url.database}|{store.path.resolve()}"
+        name = hashlib.sha256(identity.encode()).hexdigest()[:24]
+        return cls(settings.state_dir() / "legacy_ledgers" / f"{name}.ledger")
+
+    @property
+    def report_path(self) -> Path:
+        return self.path.with_suffix(".report.json")
+
+    def write(self, batch: Sequence[Outcome], refused: set[int]) -> None:
+        if self._handle is None:
+            self.report_path.unlink(missing_ok=True)  # a report only ever describes a finished ledger
+            self._handle = self.path.open("w", encoding="utf-8")
+        lines = []
+        for outcome in batch:
+            if type(outcome) is Row and id(outcome) not in refused:
+                lines.append(f"{_LEDGER_KINDS[outcome.table]}\t{outcome.key.translate(_COPY_TEXT_ESCAPES)}\n")
+            elif type(outcome) is Rejected or id(outcome) in refused:
+                lines.append(f"Q\t{outcome.position.translate(_COPY_TEXT_ESCAPES)}\n")
+        self._handle.writelines(lines)
+
+    def close(self, report: SourceReport) -> None:
+        if self._handle is None:
+            self.path.write_text("", encoding="utf-8")
+        else:
+            self._handle.close()
+        self.report_path.write_bytes(report.to_json())
+
+    def report(self) -> SourceReport | None:
+        return SourceReport.from_json(self.report_path.read_bytes()) if self.report_path.is_file() else None
+
+    def chunks(self) -> Iterator[bytes]:
+        with self.path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                yield chunk
+
+
+@dataclass
+class Verification:
+    """What PostgreSQL actually holds for one store, against the store and the migration's accounting."""
+
+    source: str
+    report: SourceReport | None
+    records_in_store: int
+    missing: dict[str, int] = field(default_factory=dict)
+    missing_examples: list[str] = field(default_factory=list)
+    quarantine_rows: int = 0
+    held_by_other_stores: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def verify_store(engine: Engine, store: Store) -> Verification:
+    """Prove read = inserted + updated + unchanged + duplicates + quarantined against PostgreSQL."""
+    ledger = Ledger.for_store(engine, store)
+    report = ledger.report()
+    result = Verification(store.source, report, count_records(store))
+    if report is None:
+        result.problems.append(f"{store.relpath} has not been migrated into this database yet (no ledger)")
+        return result
+    if result.records_in_store != report.read:
+        result.problems.append(
+            f"the store holds {result.records_in_store:,} records but the migration read {report.read:,}"
+        )
+    if not report.balanced:
+        result.problems.append(f"read {report.read:,} != accounted {report.accounted:,}")
+    with engine.begin() as conn:
+        _load_ledger(conn, ledger)
+        _check_presence(conn, store.source, result)
+    if result.quarantine_rows != report.quarantined:
+        result.problems.append(
+            f"legacy_quarantine holds {result.quarantine_rows:,} rows for {store.source}, the migration quarantined "
+            f"{report.quarantined:,}"
+        )
+    return result
+
+
+def _load_ledger(conn: Connection, ledger: Ledger) -> None:
+    conn.execute(text("CREATE TEMP TABLE _legacy_ledger (kind char(1), key text) ON COMMIT DROP"))
+    with conn.connection.driver_connection.cursor() as cur, cur.copy("COPY _legacy_ledger FROM STDIN") as copy:
+        for chunk in ledger.chunks():
+            copy.write(chunk)
+    conn.execute(text("ANALYZE _legacy_ledger"))  # a million keys want a hash join, not a million probes
+
+
+# One pass per table: (missing count, first missing keys, keys now held by another store's record).
+_PRESENCE_SQL = {
+    "trades": """
+        SELECT count(*) FILTER (WHERE t.trade_uid IS NULL),
+               (array_agg(l.key) FILTER (WHERE t.trade_uid IS NULL))[1:5],
+               count(DISTINCT l.key) FILTER (WHERE t.source <> :source)
+        FROM _legacy_ledger l LEFT JOIN trades t ON t.trade_uid = l.key WHERE l.kind = 'T'""",
+    "trade_partial_exits": """
+        SELECT count(*) FILTER (WHERE p.exit_uid IS NULL), (array_agg(l.key) FILTER (WHERE p.exit_uid IS NULL))[1:5], 0
+        FROM _legacy_ledger l LEFT JOIN trade_partial_exits p ON p.exit_uid = l.key WHERE l.kind = 'P'""",
+    "legacy_quarantine": """
+        SELECT count(*) FILTER (WHERE q.position IS NULL), (array_agg(l.key) FILTER (WHERE q.position IS NULL))[1:5], 0
+        FROM _legacy_ledger l LEFT JOIN legacy_quarantine q ON q.source = :source AND q.position = l.key
+        WHERE l.kind = 'Q'""",
+}
+
+
+def _check_presence(conn: Connection, source: str, result: Verification) -> None:
+    for table, statement in _PRESENCE_SQL.items():
+        missing, examples, held_elsewhere = conn.execute(text(statement), {"source": source}).one()
+        if missing:
+            result.missing[table] = missing
+            result.missing_examples += [f"{table}: {key}" for key in examples][: 5 - len(result.missing_examples)]
+        result.held_by_other_stores += held_elsewhere
+    if result.missing:
+        detail = ", ".join(f"{count:,} from {table}" for table, count in result.missing.items())
+        result.problems.append(f"records migrated but missing in PostgreSQL: {detail}")
+    result.quarantine_rows = conn.execute(
+        text("SELECT count(*) FROM legacy_quarantine WHERE source = :source"), {"source": source}
+    ).scalar_one()

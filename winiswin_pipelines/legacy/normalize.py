@@ -1,0 +1,445 @@
+"""Normalisation: one raw legacy record -> a `trades` / `trade_partial_exits` row, or a rejection.
+
+Conventions (design.md): symbols as Binance spells them (`BTCUSDT`), side LONG/SHORT, confidence
+and probabilities on 0..1, `pnl` in USDT, `pnl_pct` as a fraction, every time UTC-aware. Naive
+legacy timestamps are read under an assumed timezone (default UTC) that is recorded in `origin`;
+stores whose writer used UTC (`utcnow()`, SQLite CURRENT_TIMESTAMP) are read as UTC and say so.
+The original record is kept whole in `raw`; `origin` says where it came from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from winiswin_pipelines.legacy import variants as v
+from winiswin_pipelines.legacy.records import (
+    PARTIAL_EXITS,
+    TRADES,
+    RawRecord,
+    Rejected,
+    Row,
+    safe_text,
+)
+
+UTC = dt.UTC
+_parse_iso = dt.datetime.fromisoformat
+_SYMBOL = re.compile(r"^[A-Z0-9]{2,32}$")
+_UID_MAX = 128
+_STRATEGY_MAX = 64
+_SIDES = {"LONG": "LONG", "BUY": "LONG", "SHORT": "SHORT", "SELL": "SHORT", "1": "LONG", "-1": "SHORT"}
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no", ""}
+_STATUSES = {"OPEN": "OPEN", "ACTIVE": "OPEN", "CLOSED": "CLOSED", "CANCELLED": "CANCELLED", "LIQUIDATED": "LIQUIDATED"}
+WRITER_UTC = "UTC (the legacy writer stored UTC)"
+_SYMBOLS_SEEN: dict[str, str] = {}
+
+
+class RecordError(ValueError):
+    """Why one record cannot be migrated (becomes the quarantine reason)."""
+
+
+class Normalizer:
+    """Normalises the records of one store (`source`, file `relpath`) under a naive-time assumption."""
+
+    def __init__(self, source: str, relpath: str, naive_timezone: str = "UTC"):
+        self.source = source
+        self.relpath = relpath
+        try:
+            self.naive_tz = UTC if naive_timezone.upper() == "UTC" else ZoneInfo(naive_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone for naive legacy timestamps: {naive_timezone!r}") from exc
+        self.assumed = f"{naive_timezone} (assumed)"
+        self._seq = 0
+        self._handlers: dict[str, Callable[[dict, dict], dict]] = {
+            v.A0: self._ml_record, v.A1: self._ml_record, v.B: self._ml_record, v.B_PRIME: self._ml_record,
+            v.C: self._ml_record, v.D: self._enhanced_record, v.PENDING: self._pending_entry,
+            v.PENDING_D: self._enhanced_record, v.VIRTUAL_POSITION: self._virtual_position,
+            v.SIBLING_LOG: self._sibling_log, v.SIBLING_PAIRED: self._sibling_paired,
+            v.SIBLING_ENTRY: self._sibling_paired, "sqlite-v1": self._sqlite_trade, "sqlite-v2": self._sqlite_trade,
+            "sqlite-v2-current": self._sqlite_current, "positions-pair": self._positions_pair,
+            "positions-open": self._positions_single, "positions-close": self._positions_single,
+        }
+
+    def normalize(self, record: RawRecord) -> Row | Rejected:
+        variant = record.variant or v.classify(record.data)
+        try:
+            if variant == v.PARTIAL_EXIT:
+                return self._partial_exit(record)
+            handler = self._handlers.get(variant) if variant else None
+            if handler is None:
+                raise RecordError(f"unknown record variant (keys: {', '.join(sorted(record.data)[:12])})")
+            self._seq += 1  # read order: when a store holds a trade twice, its later record wins
+            origin = {"file": self.relpath, "position": record.position, "variant": variant, "seq": self._seq}
+            fields = handler(record.data, origin)
+            return self._trade_row(record, variant, fields, origin)
+        except RecordError as exc:
+            return Rejected(record.position, str(exc), self._raw_text(record), variant, record.size)
+
+    # rows ---------------------------------------------------------------------------------------
+
+    def _trade_row(self, record: RawRecord, variant: str, f: dict, origin: dict) -> Row:
+        get = f.get
+        symbol = symbol_of(get("symbol"))
+        side = side_of(get("side"))
+        entry_time, exit_time = get("entry_time"), get("exit_time")
+        status = get("status") or ("CLOSED" if exit_time or get("exit_price") is not None else "OPEN")
+        if record.flags:
+            origin["notes"] = list(record.flags) + origin.get("notes", [])
+        uid = get("uid") or content_uid("trade", record.data)
+        values = (
+            uid, symbol, side, status, bool(get("is_virtual", False)), entry_time, get("entry_price"),
+            exit_time, get("exit_price"), get("quantity"), get("leverage"), get("stop_loss"),
+            get("take_profit"), get("pnl"), get("pnl_pct"), get("fees"), get("exit_reason"),
+            _strategy(get("strategy")), get("confidence"), get("win_probability"), self.source,
+            self._raw(record), orjson.dumps(origin),
+        )
+        first, last = entry_time or exit_time, exit_time or entry_time
+        return Row(TRADES, uid, values, variant, record.position, first, last, record.size)
+
+    def _partial_exit(self, record: RawRecord) -> Row:
+        r = record.data
+        exit_time = self._time(r, "exit_timestamp")
+        if exit_time is None:
+            raise RecordError("partial exit without exit_timestamp")
+        uid = content_uid("partial", r)
+        values = (
+            uid, symbol_of(r.get("symbol")), exit_time, price(r, "exit_price"), number(r, "closed_quantity"),
+            number(r, "pnl"), number(r, "pnl_pct"),  # pnl_pct of a partial is pnl / risk_amount (a fraction)
+            number(r, "fees"), _text(r.get("reason")), self.source, self._raw(record),
+        )
+        return Row(PARTIAL_EXITS, uid, values, v.PARTIAL_EXIT, record.position, exit_time, exit_time, record.size)
+
+    def _raw(self, record: RawRecord) -> bytes:
+        # JSON text (bytes): the original line goes to PostgreSQL as it is, never re-serialised.
+        return record.raw_json if record.raw_json is not None else orjson.dumps(record.data)
+
+    def _raw_text(self, record: RawRecord) -> str:
+        return safe_text(self._raw(record))
+
+    # variants -----------------------------------------------------------------------------------
+
+    def _ml_record(self, r: dict, origin: dict) -> dict:
+        """winiswin2 TradeRecorder lines A0/A1/B/B'/C: one closed trade, flat."""
+        origin["naive_time"] = self.assumed
+        trade_id = _text(r.get("trade_id"))
+        pnl, pnl_pct = number(r, "pnl"), number(r, "pnl_pct")
+        is_virtual = False
+        if origin["variant"] in (v.A0, v.A1) and pnl is not None and pnl != 0 and pnl == pnl_pct:
+            # v3.16 fed virtual closes through the same recorder with pnl = current_pnl / 100 (a fraction).
+            is_virtual = True
+            value = number(r, "position_value")
+            pnl = pnl_pct * value if value else None
+            origin["notes"] = ["virtual close inferred (pnl == pnl_pct): pnl recomputed as pnl_pct * position_value"]
+        if trade_id and trade_id.startswith("REBUILT_"):
+            origin["rebuilt"] = True
+        return {
+            "uid": legacy_uid(trade_id), "symbol": r.get("symbol"), "side": r.get("direction"),
+            "entry_time": self._time(r, "entry_timestamp"), "exit_time": self._time(r, "exit_timestamp"),
+            "entry_price": price(r, "entry_price"), "exit_price": price(r, "exit_price"),
+            "stop_loss": price(r, "stop_loss"), "take_profit": price(r, "take_profit"),
+            "leverage": number(r, "leverage"), "pnl": pnl, "pnl_pct": pnl_pct, "is_virtual": is_virtual,
+            "exit_reason": _text(r.get("close_reason")),
+            "confidence": unit(r, "confidence_score") if "confidence_score" in r else unit(r, "confidence"),
+            "win_probability": unit(r, "win_probability"),
+        }
+
+    def _enhanced_record(self, r: dict, origin: dict) -> dict:
+        """EnhancedTradeRecorder (D): entry and exit merged flat, `reason`; or its pending entry."""
+        origin["naive_time"] = self.assumed
+        return {
+            "uid": legacy_uid(_text(r.get("entry_id")) or _text(r.get("trade_id"))), "symbol": r.get("symbol"),
+            "side": r.get("direction"), "entry_time": self._time(r, "entry_timestamp"),
+            "exit_time": self._time(r, "exit_timestamp"), "entry_price": price(r, "entry_price"),
+            "exit_price": price(r, "exit_price"), "quantity": number(r, "quantity"), "leverage": number(r, "leverage"),
+            "pnl": number(r, "pnl"), "pnl_pct": number(r, "pnl_pct"), "exit_reason": _text(r.get("reason")),
+            "confidence": unit(r, "confidence"), "win_probability": unit(r, "win_probability"),
+        }
+
+    def _pending_entry(self, r: dict, origin: dict) -> dict:
+        """TradeRecorder's pending entry: a position that never got its exit recorded -> OPEN."""
+        origin["naive_time"] = self.assumed
+        return {
+            "uid": legacy_uid(_text(r.get("entry_id"))), "symbol": r.get("symbol"), "side": r.get("direction"),
+            "status": "OPEN", "entry_time": self._time(r, "entry_timestamp"), "entry_price": price(r, "entry_price"),
+            "leverage": number(r, "leverage"), "confidence": unit(r, "confidence"),
+            "win_probability": unit(r, "win_probability"),
+        }
+
+    def _virtual_position(self, r: dict, origin: dict) -> dict:
+        """VirtualPositionManager: paper positions keyed by symbol; pnl figures there are percent."""
+        origin["naive_time"] = self.assumed
+        closed = boolean(r, "is_closed") or str(r.get("status", "")).lower() == "closed"
+        entry_time = self._time(r, "entry_timestamp")
+        identity = _text(r.get("signal_id")) or f"virtual:{r.get('symbol')}:{r.get('direction')}:{r.get('entry_timestamp')}"
+        pnl_pct = percent(r, "pnl_pct") if r.get("pnl_pct") is not None else percent(r, "current_pnl")
+        return {
+            "uid": legacy_uid(identity), "symbol": r.get("symbol"), "side": r.get("direction"),
+            "status": "CLOSED" if closed else "OPEN", "is_virtual": True, "entry_time": entry_time,
+            "exit_time": self._time(r, "close_timestamp") if closed else None,
+            "entry_price": price(r, "entry_price"), "exit_price": price(r, "current_price") if closed else None,
+            "stop_loss": price(r, "stop_loss"), "take_profit": price(r, "take_profit"),
+            "leverage": number(r, "leverage"), "pnl_pct": pnl_pct if closed else None,
+            "exit_reason": _text(r.get("close_reason")), "confidence": unit(r, "confidence"),
+        }
+
+    def _sibling_log(self, r: dict, origin: dict) -> dict:
+        """Sibling TradeLogger.log_trade rows (utcnow): one event; with an exit price it is a close."""
+        origin["naive_time"] = WRITER_UTC
+        at = self._time(r, "timestamp", tz=UTC)
+        exit_price = price(r, "exit_price")
+        closing = exit_price is not None or str(r.get("type", "")).upper() in ("EXIT", "CLOSE")
+        return {
+            "symbol": r.get("symbol"), "side": r.get("side") or r.get("type"), "status": "CLOSED" if closing else "OPEN",
+            "entry_time": None if closing else at, "exit_time": at if closing else None,
+            "entry_price": price(r, "entry_price"), "exit_price": exit_price, "quantity": number(r, "quantity"),
+            "stop_loss": price(r, "stop_loss"), "take_profit": price(r, "take_profit"), "pnl": number(r, "pnl"),
+            "pnl_pct": percent(r, "pnl_percent"), "exit_reason": _text(r.get("reason")), "strategy": r.get("strategy"),
+        }
+
+    def _sibling_paired(self, r: dict, origin: dict) -> dict:
+        """Sibling ml_training_data.json (entry + `exit`) or a pending entry alone; confidence 0..100."""
+        origin["naive_time"] = WRITER_UTC
+        features = r.get("signal_features") if isinstance(r.get("signal_features"), dict) else {}
+        exit_ = r.get("exit") if isinstance(r.get("exit"), dict) else {}
+        if r.get("exit") is not None and not exit_:
+            raise RecordError("exit: expected an object")
+        return {
+            "uid": legacy_uid(_text(r.get("trade_id"))), "symbol": r.get("symbol"), "side": r.get("side"),
+            "entry_time": self._time(r, "timestamp", tz=UTC), "entry_price": price(r, "entry_price"),
+            "quantity": number(r, "quantity"), "stop_loss": price(r, "stop_loss"),
+            "take_profit": price(r, "take_profit"), "leverage": number(r, "leverage"),
+            "is_virtual": boolean(r, "is_virtual") or boolean(exit_, "is_virtual"),
+            "confidence": unit(features, "confidence", percent=True),
+            "strategy": features.get("strategy"),
+            "exit_time": self._time(exit_, "timestamp", tz=UTC) if exit_ else None,
+            "exit_price": price(exit_, "exit_price"), "pnl": number(exit_, "pnl"),
+            "pnl_pct": percent(exit_, "pnl_percent"), "exit_reason": _text(exit_.get("exit_reason")),
+        }
+
+    def _sqlite_trade(self, r: dict, origin: dict) -> dict:
+        """trading_data.db trade_history: v1 (test rows, CURRENT_TIMESTAMP UTC) or v2 (with trade_uid)."""
+        v2 = origin["variant"] == "sqlite-v2"
+        origin["naive_time"] = self.assumed if v2 else WRITER_UTC
+        tz = None if v2 else UTC
+        identity = _text(r.get("trade_uid")) if v2 else None
+        return {
+            "uid": legacy_uid(identity) if identity else content_uid(
+                "sqlite", {k: r.get(k) for k in ("id", "symbol", "direction", "entry_time", "entry_price", "position_size")}
+            ),
+            "symbol": r.get("symbol"), "side": r.get("direction"), "status": status_of(r.get("status")),
+            "entry_time": self._time(r, "entry_time", tz=tz), "exit_time": self._time(r, "exit_time", tz=tz),
+            "entry_price": price(r, "entry_price"), "exit_price": price(r, "exit_price"),
+            "quantity": number(r, "position_size"), "pnl": number(r, "pnl"),
+            "pnl_pct": percent(r, "pnl_percentage"), "fees": number(r, "commission"),
+            "exit_reason": _text(r.get("exit_reason")), "strategy": r.get("strategy_version"),
+            "confidence": unit(r, "confidence"), "win_probability": unit(r, "win_probability"),
+        }
+
+    def _sqlite_current(self, r: dict, origin: dict) -> dict:
+        """trading_data.db v2 current_positions: the open positions (same trade_uid as trade_history)."""
+        origin["naive_time"] = self.assumed
+        return {
+            "uid": legacy_uid(_text(r.get("trade_uid"))), "symbol": r.get("symbol"), "side": r.get("direction"),
+            "status": "OPEN", "entry_time": self._time(r, "entry_time"), "entry_price": price(r, "entry_price"),
+            "quantity": number(r, "position_size"), "leverage": number(r, "leverage"),
+            "stop_loss": price(r, "stop_loss_price"), "take_profit": price(r, "take_profit_price"),
+            "confidence": unit(r, "confidence"), "win_probability": unit(r, "win_probability"),
+        }
+
+    def _positions_pair(self, r: dict, origin: dict) -> dict:
+        """ml_data/positions.csv OPEN row + its CLOSE row (same position_id) -> one closed trade."""
+        fields = self._positions_fields(r["close"], origin)
+        fields["entry_time"] = self._time(r["open"], "timestamp")
+        fields["uid"] = positions_uid(r["open"])
+        return fields
+
+    def _positions_single(self, r: dict, origin: dict) -> dict:
+        """A positions.csv OPEN without CLOSE (an open trade) or a CLOSE whose OPEN is missing."""
+        fields = self._positions_fields(r, origin)
+        if r["event"].strip().upper() == "OPEN":
+            fields.update(entry_time=self._time(r, "timestamp"), exit_time=None, status="OPEN", exit_price=None)
+        elif (minutes := number(r, "holding_duration_minutes")) is not None and fields["exit_time"]:
+            fields["entry_time"] = fields["exit_time"] - dt.timedelta(minutes=minutes)
+            origin["notes"] = ["entry_time derived from the close time and holding_duration_minutes"]
+        fields["uid"] = positions_uid(r)
+        return fields
+
+    def _positions_fields(self, r: dict, origin: dict) -> dict:
+        origin["naive_time"] = self.assumed
+        return {
+            "symbol": r.get("symbol"), "side": r.get("direction"), "is_virtual": boolean(r, "is_virtual"),
+            "exit_time": self._time(r, "timestamp"), "entry_price": price(r, "entry_price"),
+            "exit_price": price(r, "exit_price"), "stop_loss": price(r, "stop_loss"),
+            "take_profit": price(r, "take_profit"), "quantity": number(r, "quantity"),
+            "leverage": number(r, "leverage"), "confidence": unit(r, "confidence"), "pnl": number(r, "pnl"),
+            "pnl_pct": percent(r, "pnl_pct"), "exit_reason": _text(r.get("close_reason")),
+        }
+
+    # time ---------------------------------------------------------------------------------------
+
+    def _time(self, r: dict, key: str, tz: dt.tzinfo | None = None) -> dt.datetime | None:
+        value = r.get(key)
+        if value is None or value == "":
+            return None
+        return to_utc(value, key, tz or self.naive_tz)
+
+
+# field helpers (raise RecordError with the field name) ------------------------------------------
+
+
+def to_utc(value: Any, field: str, naive_tz: dt.tzinfo) -> dt.datetime:
+    """An ISO string (naive -> `naive_tz`) or epoch seconds/milliseconds, as an aware UTC datetime."""
+    if type(value) is str:
+        try:
+            parsed = _parse_iso(value)
+        except ValueError:
+            try:
+                parsed = _parse_iso(value.strip())
+            except ValueError:
+                raise RecordError(f"{field}: not a timestamp: {value[:40]!r}") from None
+    elif type(value) in (int, float) and math.isfinite(value):
+        seconds = value / 1000 if abs(value) > 1e11 else value
+        try:
+            return dt.datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise RecordError(f"{field}: epoch value out of range: {value}") from None
+    else:
+        raise RecordError(f"{field}: expected a timestamp, got {type(value).__name__}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=naive_tz)
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+
+
+def number(r: dict, key: str) -> float | None:
+    value = r.get(key)
+    kind = type(value)
+    if kind is float:  # the common case first: this runs for every numeric field of every record
+        if value - value == 0:  # false for NaN and +-Infinity
+            return value
+        raise RecordError(f"{key}: {value} is NaN or Infinity")
+    if value is None or value == "":
+        return None
+    if kind is int:
+        result = float(value)
+    elif kind is str:
+        try:
+            result = float(value)
+        except ValueError:
+            raise RecordError(f"{key}: expected a number, got {value[:40]!r}") from None
+    else:
+        raise RecordError(f"{key}: expected a number, got {kind.__name__}")
+    if not math.isfinite(result):
+        raise RecordError(f"{key}: {value} is NaN or Infinity")
+    return result
+
+
+def price(r: dict, key: str) -> float | None:
+    """A price; 0 means "unknown" in the legacy records (stop_loss/take_profit defaults)."""
+    value = number(r, key)
+    if value is None or value == 0:
+        return None
+    if value < 0:
+        raise RecordError(f"{key}: negative price {value}")
+    return value
+
+
+def unit(r: dict, key: str, *, percent: bool = False) -> float | None:
+    """A confidence or probability on 0..1. Stores written on 0..100 say `percent`; elsewhere a value
+    above 1 can only have been written on 0..100 (the legacy scales were mixed) and is scaled too."""
+    value = number(r, key)
+    if value is None:
+        return None
+    scaled = value / 100 if percent or value > 1 else value
+    if not 0 <= scaled <= 1:
+        raise RecordError(f"{key}: {r[key]} is outside 0..1 and 0..100")
+    return scaled
+
+
+def percent(r: dict, key: str) -> float | None:
+    """A value written in percent (2.0 = 2 %), as a fraction."""
+    value = number(r, key)
+    return None if value is None else value / 100
+
+
+def boolean(r: dict, key: str) -> bool:
+    value = r.get(key)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if type(value) is int:
+        return value != 0
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise RecordError(f"{key}: expected a boolean, got {str(value)[:40]!r}")
+
+
+def symbol_of(value: Any) -> str:
+    """`BTC/USDT`, `btcusdt`, `BTC/USDT:USDT`, `BTC-USDT` -> `BTCUSDT`."""
+    known = _SYMBOLS_SEEN.get(value) if type(value) is str else None
+    if known is not None:
+        return known
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError(f"symbol: missing or not a string ({value!r:.40})")
+    symbol = value.strip().upper().split(":", 1)[0].replace("/", "").replace("-", "").replace("_", "")
+    if not _SYMBOL.match(symbol):
+        raise RecordError(f"symbol: {value[:40]!r} is not a Binance symbol")
+    if len(_SYMBOLS_SEEN) < 100_000:  # a few hundred symbols in practice: the bound only guards memory
+        _SYMBOLS_SEEN[value] = symbol
+    return symbol
+
+
+def side_of(value: Any) -> str:
+    """LONG/SHORT from LONG/SHORT, BUY/SELL (any case) or the ±1 of early feature records."""
+    side = _SIDES.get(value) if type(value) is str else None
+    if side is None and value is not None:
+        side = _SIDES.get(str(value).strip().upper().removesuffix(".0"))
+    if side is None:
+        raise RecordError(f"direction: {str(value)[:40]!r} is not LONG/SHORT or BUY/SELL")
+    return side
+
+
+def status_of(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    status = _STATUSES.get(str(value).strip().upper())
+    if status is None:
+        raise RecordError(f"status: unknown status {str(value)[:40]!r}")
+    return status
+
+
+def legacy_uid(identity: str | None) -> str | None:
+    """`legacy:<id>` for a record's own id (ids that are too long are hashed)."""
+    if not identity:
+        return None
+    uid = f"legacy:{identity}"
+    return uid if len(uid) <= _UID_MAX else f"legacy:sha256:{hashlib.sha256(identity.encode()).hexdigest()}"
+
+
+def content_uid(kind: str, content: Any) -> str:
+    """A deterministic uid from a record's content: the same record always gets the same uid."""
+    digest = hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return f"legacy:{kind}:{digest}"
+
+
+def positions_uid(row: dict) -> str:
+    # position_id restarts at POS_0000 with every bot run: symbol and open time make it unique.
+    return legacy_uid(f"pos:{row.get('position_id')}:{row.get('symbol')}:{row.get('timestamp')}")
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _strategy(value: Any) -> str | None:
+    text = _text(value)
+    return text[:_STRATEGY_MAX] if text else None

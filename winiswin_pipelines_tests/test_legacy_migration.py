@@ -1,0 +1,186 @@
+"""Legacy migration into a real PostgreSQL: accounting, duplicates across files, re-runs, verification."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.legacy.accounting import SourceReport
+from winiswin_pipelines.legacy.load import migrate_store, verify_store, write_batch
+from winiswin_pipelines.legacy.pipeline import iter_outcomes
+from winiswin_pipelines.legacy.records import Row
+from winiswin_pipelines.legacy.sniff import discover_stores, store_for
+from winiswin_pipelines_tests.legacy_fixtures import write_legacy_folder
+
+CLOSED_A1 = "legacy:BTCUSDT_1761467469.637214"  # in trades.json, trades.jsonl and (as pending) ml_pending_entries.json
+
+
+@pytest.fixture
+def legacy(tmp_path: Path):
+    root = tmp_path / "legacy"
+    return root, write_legacy_folder(root)
+
+
+def migrate_all(db: DatabaseManager, root: Path, **kwargs) -> dict[str, SourceReport]:
+    stores, _ = discover_stores(root)
+    return {store.relpath: migrate_store(db.engine, store, **kwargs) for store in stores}
+
+
+def scalar(db: DatabaseManager, sql: str, **params):
+    with db.engine.connect() as conn:
+        return conn.execute(text(sql), params).scalar_one()
+
+
+def test_every_record_is_migrated_or_quarantined_and_verified(db, legacy):
+    root, expected = legacy
+    reports = migrate_all(db, root)
+    for relpath, report in reports.items():
+        assert report.balanced, report.summary_line()
+        assert (report.read, report.quarantined) == (expected.stores[relpath]["read"], expected.stores[relpath]["quarantined"])
+        verification = verify_store(db.engine, store_for(root, relpath))
+        assert verification.passed, verification.problems
+    with db.engine.connect() as conn:
+        quarantine = {(s, p): r for s, p, r in conn.execute(text("SELECT source, position, reason FROM legacy_quarantine"))}
+    assert set(quarantine) == set(expected.quarantine_reasons)
+    for key, reason in expected.quarantine_reasons.items():
+        assert reason in quarantine[key]
+    expected_uids = {o.key for s in discover_stores(root)[0] for o in iter_outcomes(s) if isinstance(o, Row) and o.table == "trades"}
+    assert scalar(db, "SELECT count(*) FROM trades") == len(expected_uids)
+    assert scalar(db, "SELECT count(*) FROM trade_partial_exits") == 2
+    assert scalar(db, "SELECT count(*) FROM trades WHERE entry_time IS NOT NULL AND extract(timezone FROM entry_time) <> 0") == 0
+
+
+def test_duplicates_across_files_and_a_pending_entry_closed_elsewhere(db, legacy):
+    root, _ = legacy
+    reports = migrate_all(db, root)
+    # pending file (read first) inserted the trade OPEN; trades.json closed it; trades.jsonl had it again
+    assert reports["data/ml_pending_entries.json"].inserted == 2
+    assert reports["data/trades.json"].updated == 1
+    jsonl = reports["data/trades.jsonl"]
+    assert jsonl.unchanged == 1 and jsonl.duplicates == 1  # the A1 line of trades.json; the D record twice
+    assert reports["data/trades_20251104_120000.jsonl.gz"].unchanged == 1  # the C record of trades.jsonl
+    assert reports["trading_data.db"].duplicates == 1  # current_positions + trade_history of one trade
+    assert reports["ml_data/positions.csv"].duplicates == 2  # OPEN rows carried by their CLOSE rows
+    with db.engine.connect() as conn:
+        status, source, exit_time = conn.execute(
+            text("SELECT status, source, exit_time FROM trades WHERE trade_uid = :uid"), {"uid": CLOSED_A1}).one()
+    assert (status, source) == ("CLOSED", "legacy:data/trades.json")
+    assert exit_time == dt.datetime(2025, 10, 26, 10, 2, 11, 120034, tzinfo=dt.UTC)
+    verification = verify_store(db.engine, store_for(root, "data/ml_pending_entries.json"))
+    assert verification.passed and verification.held_by_other_stores == 1
+
+
+def test_a_pending_entry_never_reopens_a_closed_trade(db, legacy):
+    root, _ = legacy
+    for relpath in ("data/trades.json", "data/ml_pending_entries.json"):  # the other order
+        report = migrate_store(db.engine, store_for(root, relpath))
+        assert report.balanced
+    assert report.unchanged == 1 and report.inserted == 1
+    assert scalar(db, "SELECT status FROM trades WHERE trade_uid = :uid", uid=CLOSED_A1) == "CLOSED"
+
+
+def test_rerunning_the_migration_changes_nothing(db, legacy):
+    root, _ = legacy
+    first = migrate_all(db, root, batch_size=4)  # small batches: duplicates fall in different batches
+    snapshot = "SELECT count(*), max(updated_at), sum(hashtext(raw::text || origin::text)) FROM trades"
+    with db.engine.connect() as conn:
+        before = conn.execute(text(snapshot)).one(), conn.execute(text("SELECT count(*), max(updated_at) FROM legacy_quarantine")).one()
+    second = migrate_all(db, root, batch_size=4)
+    for relpath, report in second.items():
+        assert (report.inserted, report.updated) == (0, 0), relpath
+        assert report.unchanged == first[relpath].migrated - report.batch_duplicates, relpath
+        assert report.balanced and report.read == first[relpath].read
+    with db.engine.connect() as conn:
+        after = conn.execute(text(snapshot)).one(), conn.execute(text("SELECT count(*), max(updated_at) FROM legacy_quarantine")).one()
+    assert after == before
+
+
+def test_check_fails_when_a_row_is_missing(db, legacy):
+    root, _ = legacy
+    store = store_for(root, "data/trades.jsonl")
+    migrate_store(db.engine, store)
+    assert verify_store(db.engine, store).passed
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM trades WHERE trade_uid = 'legacy:SOLUSDT_1762200000.000001'"))
+    failed = verify_store(db.engine, store)
+    assert not failed.passed and failed.missing == {"trades": 1}
+    assert failed.missing_examples == ["trades: legacy:SOLUSDT_1762200000.000001"]
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM legacy_quarantine WHERE position = 'line 9'"))
+    failed = verify_store(db.engine, store)
+    assert failed.missing == {"trades": 1, "legacy_quarantine": 1}
+    assert any("legacy_quarantine holds 9 rows" in p for p in failed.problems)
+
+
+def test_check_fails_when_the_store_changed_or_was_never_migrated(db, legacy):
+    root, _ = legacy
+    store = store_for(root, "data/trades.json")
+    assert "has not been migrated" in verify_store(db.engine, store).problems[0]
+    migrate_store(db.engine, store)
+    with store.path.open("a") as handle:
+        handle.write('{"symbol": "BTCUSDT"}\n')
+    assert "holds 5 records but the migration read 4" in verify_store(db.engine, store).problems[0]
+
+
+def test_a_fixed_record_leaves_the_quarantine_on_the_next_run(db, legacy):
+    root, _ = legacy
+    store = store_for(root, "data/trades.jsonl")
+    migrate_store(db.engine, store)
+    lines = store.path.read_bytes().split(b"\n")
+    lines[13] = lines[13].replace(b'"sixty thousand"', b"60000.0")  # line 14: entry_price fixed
+    store.path.write_bytes(b"\n".join(lines))
+    report = migrate_store(db.engine, store)
+    assert report.balanced and report.quarantined == 9 and report.inserted == 1
+    assert scalar(db, "SELECT count(*) FROM legacy_quarantine WHERE position = 'line 14'") == 0
+    assert verify_store(db.engine, store).passed
+
+
+def test_rows_postgresql_refuses_are_isolated_and_quarantined(db, legacy):
+    root, _ = legacy
+    store = store_for(root, "data/trades.json")
+    batch = list(iter_outcomes(store))
+    bad = batch[1]
+    batch[1] = Row(bad.table, bad.key, (bad.values[0], bad.values[1], "UP", *bad.values[3:]), bad.variant,
+                   bad.position, bad.first_time, bad.last_time)  # side violates the CHECK constraint
+    result = write_batch(db.engine, store.source, batch)
+    assert [row.key for row in result.refused] == [bad.key]
+    assert result.rows.inserted == 3
+    reason = scalar(db, "SELECT reason FROM legacy_quarantine WHERE position = :p", p=bad.position)
+    assert reason.startswith("refused by PostgreSQL:") and "side_valid" in reason
+
+
+def test_dry_run_writes_nothing(db, legacy):
+    root, expected = legacy
+    reports = migrate_all(db, root, dry_run=True)
+    assert reports["data/trades.jsonl"].migrated == expected.stores["data/trades.jsonl"]["migrated"]
+    assert scalar(db, "SELECT count(*) FROM trades") == 0
+    assert scalar(db, "SELECT count(*) FROM legacy_quarantine") == 0
+
+
+def test_naive_time_assumption_is_applied_and_recorded(db, legacy):
+    root, _ = legacy
+    migrate_store(db.engine, store_for(root, "data/trades.json"), naive_timezone="America/New_York")
+    with db.engine.connect() as conn:
+        entry, origin = conn.execute(
+            text("SELECT entry_time, origin FROM trades WHERE trade_uid = :uid"), {"uid": CLOSED_A1}).one()
+    assert entry == dt.datetime(2025, 10, 26, 12, 31, 9, 637214, tzinfo=dt.UTC)  # 08:31 EDT
+    assert origin["naive_time"] == "America/New_York (assumed)"
+
+
+def test_the_real_samples_migrate_and_verify(db, tmp_path):
+    from winiswin_pipelines import settings
+
+    root = tmp_path / "samples"
+    shutil.copytree(settings.SAMPLE_DATA_DIR / "legacy", root)
+    reports = migrate_all(db, root)
+    assert {k: (r.read, r.inserted, r.duplicates, r.quarantined) for k, r in reports.items()} == {
+        "example_positions.csv": (100, 50, 50, 0), "ml_pending_entries.json": (0, 0, 0, 0),
+        "test_ml_data.json": (1, 1, 0, 0), "trading_data.db": (3, 3, 0, 0),
+    }
+    assert all(verify_store(db.engine, store_for(root, k)).passed for k in reports)
+    assert scalar(db, "SELECT count(*) FROM trades WHERE status = 'OPEN'") == 3
