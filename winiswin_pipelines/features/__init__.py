@@ -9,4 +9,6 @@ from winiswin_pipelines.features.microstructure import (
     compute_features,
 )
 
-__all__ = ["BOOK_STATES", "FEATURE_COLUMNS", "BookArrays", "FeatureConfig", "book_arrays_from_frame", "compute_features"]
+__all__ = [
+    "BOOK_STATES", "FEATURE_COLUMNS", "BookArrays", "FeatureConfig", "book_arrays_from_frame", "compute_features",
+]

@@ -20,7 +20,8 @@ Defined behaviour at the edges:
 
 - Zero volume on both sides (level 1, or all depth levels): `obi` / `obi_depth` are 0 (no imbalance
   to measure) and `microprice` is the mid.
-- Missing levels (fewer levels than `depth_levels`, NaN price or size): they add no volume.
+- Missing levels (fewer levels than `depth_levels`, NaN price or size): they add no volume (nor
+  does a negative size, which no exchange sends).
 - Locked book (ask == bid): valid, `spread_pct` is 0 (`book_state` "locked").
 - Crossed book (ask < bid) or a side without a price ("one_sided"): not a usable book. Every
   book-derived feature is NaN and the snapshot takes no part in the flow features (`ofi`,
@@ -31,6 +32,7 @@ Defined behaviour at the edges:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +50,8 @@ FEATURE_COLUMNS = (
 
 @dataclass(frozen=True)
 class FeatureConfig:
+    """Levels in the depth imbalance, and the look-back windows of the flow features."""
+
     depth_levels: int = 10
     ofi_window: pd.Timedelta = pd.Timedelta(seconds=10)
     return_horizon: pd.Timedelta = pd.Timedelta(seconds=10)
@@ -71,11 +75,18 @@ class BookArrays:
 
     def __post_init__(self) -> None:
         shapes = {a.shape for a in (self.bid_px, self.bid_qty, self.ask_px, self.ask_qty)}
-        if len(shapes) != 1 or len(self.ts.shape) != 1 or next(iter(shapes)) [:1] != self.ts.shape:
-            raise ValueError(f"book arrays must be (n, levels) with n = len(ts); got {sorted(shapes)} and {self.ts.shape}")
+        if len(shapes) != 1 or len(self.ts.shape) != 1 or next(iter(shapes))[:1] != self.ts.shape:
+            raise ValueError(
+                f"book arrays must be (n, levels) with n = len(ts); got {sorted(shapes)} and {self.ts.shape}"
+            )
         if len(self.ts) > 1 and not (np.diff(self.ts) > 0).all():
             position = int(np.argmax(np.diff(self.ts) <= 0)) + 1
             raise ValueError(f"snapshot times must be strictly increasing; row {position} is not")
+
+    def head(self, stop: int) -> BookArrays:
+        """The first `stop` snapshots."""
+        arrays = (self.ts, self.bid_px, self.bid_qty, self.ask_px, self.ask_qty)
+        return BookArrays(*(array[:stop] for array in arrays))
 
 
 def compute_features(book: BookArrays, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
@@ -104,16 +115,17 @@ def compute_features(book: BookArrays, config: FeatureConfig = FeatureConfig()) 
 
 
 def _volume(qty: np.ndarray, price: np.ndarray) -> np.ndarray:
-    # A level with no price or no size holds no volume (qty + 0 * price is NaN when either is missing).
-    volume = qty + 0.0 * price
-    volume[~np.isfinite(volume)] = 0.0
-    return volume
+    """Sizes with absent levels (no price or no size, both NaN) as 0: price * 0 + qty is NaN there, fmax drops it."""
+    volume = np.multiply(price, 0.0)
+    volume += qty
+    return np.fmax(volume, 0.0, out=volume)
 
 
 def _book_state(bid: np.ndarray, ask: np.ndarray) -> np.ndarray:
-    two_sided = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask > 0)
-    state = np.where(ask > bid, 0, np.where(ask == bid, 1, 2))
-    return np.where(two_sided, state, 3).astype(np.int8)
+    """0 ok (ask > bid), 1 locked, 2 crossed, 3 one-sided (a side without a positive price)."""
+    state = (ask <= bid).view(np.int8) + (ask < bid).view(np.int8)
+    state[~((bid > 0) & (ask > 0))] = 3
+    return state
 
 
 def _depth_imbalance(book: BookArrays, levels: int) -> np.ndarray:
@@ -200,18 +212,21 @@ def book_arrays_from_frame(snapshots: pd.DataFrame, levels: int = 10) -> BookArr
         raise ValueError("book snapshots: exchange_time must be timezone-aware UTC")
     arrays = {}
     for side in ("bid", "ask"):
-        prices = _level_matrix(snapshots[f"{side}_prices"], levels)
-        sizes = _level_matrix(snapshots[f"{side}_sizes"], levels)
+        prices = _level_matrix(snapshots[f"{side}_prices"].tolist(), levels)
+        sizes = _level_matrix(snapshots[f"{side}_sizes"].tolist(), levels)
         prices[:, 0] = snapshots[f"best_{side}"].to_numpy(dtype=float)
         sizes[:, 0] = snapshots[f"best_{side}_qty"].to_numpy(dtype=float)
         arrays[f"{side}_px"], arrays[f"{side}_qty"] = prices, sizes
     return BookArrays(ts=times.tz_convert("UTC").as_unit("ns").asi8, **arrays)
 
 
-def _level_matrix(column: pd.Series, levels: int) -> np.ndarray:
-    matrix = np.full((len(column), levels), np.nan)
-    for row, values in enumerate(column.tolist()):
+def _level_matrix(rows: Sequence[Sequence[float] | None], levels: int) -> np.ndarray:
+    """Per-row level arrays (None or short where levels are missing) as an (n, levels) matrix, NaN-padded."""
+    if rows and all(values is not None and len(values) >= levels for values in rows):
+        return np.array([values[:levels] for values in rows], dtype=float)  # the usual full-depth case, in C
+    matrix = np.full((len(rows), levels), np.nan)
+    for row, values in enumerate(rows):
         if values is not None and len(values):
-            head = values[:levels]
+            head = np.asarray(values[:levels], dtype=float)
             matrix[row, : len(head)] = head
     return matrix

@@ -18,13 +18,18 @@ Semantics (AFML snippets 3.2-3.4 and the mlfinlab/mlfinpy lineage):
 
 How it is fast: the first bar of a path beyond a barrier is found for all events at once by binary
 lifting over a sparse table of range maxima and minima of the prices (log2(horizon) vectorised steps,
-no per-event loop). Returns are compared exactly as a per-event loop computes them: division by a
-positive price and subtracting 1 are monotone under IEEE rounding, so the extreme price of a block
-gives the extreme return of the block bit for bit.
+no per-event loop); for a few events on long data the (events, path) matrix of returns is cheaper
+than the tables and is used instead. Returns are compared exactly as a per-event loop computes them:
+division by a positive price and subtracting 1 are monotone under IEEE rounding, so the extreme price
+of a block gives the extreme return of the block bit for bit.
+
+On purpose, unlike the mlfinpy reference, the label says which barrier fired: the reference re-derives
+it from log returns, so with pt_sl != (1, 1) an event that touched a barrier can come out 0.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +38,7 @@ import pandas as pd
 from winiswin_pipelines.labels.volatility import check_price_series
 
 BARRIERS = ("upper", "lower", "vertical")
+_PATH_MATRIX_CELLS = 4_000_000  # returns held at once by the few-events search
 _LABEL_OF_BARRIER = np.array([1, -1, 0], dtype=np.int8)
 
 
@@ -66,10 +72,10 @@ def get_triple_barrier_label(
     vertical = _vertical_positions(index, start, horizon)
     end = np.minimum(vertical, len(values) - 1)
 
-    table = _RangeExtremes(values, int((end - start).max(initial=0)) + 1)
+    first_beyond = _touch_search(values, len(start), int((end - start).max(initial=0)) + 1)
     p0 = values[start]
-    upper = table.first_beyond(start, end, p0, sides, pt * target) if pt > 0 else end + 1
-    lower = table.first_beyond(start, end, p0, -sides, sl * target) if sl > 0 else end + 1
+    upper = first_beyond(start, end, p0, sides, pt * target) if pt > 0 else end + 1
+    lower = first_beyond(start, end, p0, -sides, sl * target) if sl > 0 else end + 1
     touched = np.minimum(upper, lower)
     has_label = (touched <= end) | (vertical < len(values))
     barrier = np.where(touched > end, 2, np.where(upper < lower, 0, 1))[has_label]
@@ -84,6 +90,31 @@ def get_triple_barrier_label(
         },
         index=index[t0].rename("t0"),
     )
+
+
+def _touch_search(values: np.ndarray, events: int, longest_path: int):
+    """The cheaper of two exact searches: every path's returns at once for few events, else sparse tables."""
+    if events * longest_path <= len(values) * longest_path.bit_length():
+        return functools.partial(_first_beyond_on_paths, values, longest_path)
+    return _RangeExtremes(values, longest_path).first_beyond
+
+
+def _first_beyond_on_paths(
+    values: np.ndarray, longest_path: int, start: np.ndarray, end: np.ndarray, p0: np.ndarray, sign: np.ndarray,
+    bound: np.ndarray,
+) -> np.ndarray:
+    """Like `_RangeExtremes.first_beyond`, from the (events, path) matrix of returns, in chunks of events."""
+    first = np.empty(len(start), dtype=np.int64)
+    steps = np.arange(longest_path)
+    chunk = max(1, _PATH_MATRIX_CELLS // longest_path)
+    for lo in range(0, len(start), chunk):
+        rows = slice(lo, lo + chunk)
+        s, e = start[rows, None], end[rows, None]
+        positions = s + steps
+        returns = (values[np.minimum(positions, len(values) - 1)] / p0[rows, None] - 1) * sign[rows, None]
+        beyond = (returns > bound[rows, None]) & (positions <= e)
+        first[lo : lo + chunk] = np.where(beyond.any(axis=1), s[:, 0] + beyond.argmax(axis=1), e[:, 0] + 1)
+    return first
 
 
 class _RangeExtremes:

@@ -1,0 +1,267 @@
+"""Features, labels and the training dataset as Dagster assets on a real PostgreSQL, across midnight.
+
+The book comes from the real capture of 2023-04-04 23:58:20 -> 2023-04-05 00:06:54 (BTCUSDT).
+"""
+
+import datetime as dt
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+from sqlalchemy import text
+
+from winiswin_pipelines.db.bulk import copy_upsert, dataframe_rows
+from winiswin_pipelines.defs import features as training
+from winiswin_pipelines.features import FEATURE_COLUMNS, book_arrays_from_frame, compute_features
+from winiswin_pipelines.labels import get_return_vol, get_triple_barrier_label
+from winiswin_pipelines.marketdata.capture import read_capture
+from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS, rebuild_book_snapshots
+from winiswin_pipelines.marketdata.samples import CAPTURE_BTCUSDT_20230404, CAPTURE_BTCUSDT_20230405
+from winiswin_pipelines.resources import PostgresResource
+from winiswin_pipelines.sample_run import SampleRunner
+
+FIRST, SECOND = "2023-04-04", "2023-04-05"
+MIDNIGHT = pd.Timestamp(SECOND, tz="UTC")
+FEATURE_CHECKS = [training.features_required_not_null, training.features_in_range, training.features_no_look_ahead]
+
+
+@pytest.fixture(scope="module")
+def snapshots() -> pd.DataFrame:
+    messages = (m for path in (CAPTURE_BTCUSDT_20230404, CAPTURE_BTCUSDT_20230405) for m in read_capture(path))
+    return rebuild_book_snapshots(messages, symbol="BTCUSDT", cadence=dt.timedelta(seconds=1), depth=10)
+
+
+@pytest.fixture
+def resources(db, database_url, snapshots) -> dict:
+    with db.engine.begin() as conn:
+        copy_upsert(conn, "book_snapshots", BOOK_SNAPSHOT_COLUMNS, dataframe_rows(snapshots, BOOK_SNAPSHOT_COLUMNS),
+                    conflict_columns=("symbol", "exchange_time"))
+    return {"postgres": PostgresResource(database_url=database_url)}
+
+
+def run(assets, resources, instance, partition=None, *, days=None, **kwargs) -> dg.ExecuteInProcessResult:
+    tags = training.range_tags(*days) if days else None
+    return dg.materialize(assets, resources=resources, instance=instance, partition_key=partition, tags=tags, **kwargs)
+
+
+def stored(db, columns: str) -> pd.DataFrame:
+    with db.engine.connect() as conn:
+        return pd.read_sql_query(text(f"SELECT ts, {columns} FROM training_features ORDER BY ts"), conn).set_index("ts")
+
+
+def expected_features(snapshots: pd.DataFrame) -> pd.DataFrame:
+    """Features computed in memory over the whole capture at once."""
+    return compute_features(book_arrays_from_frame(snapshots, levels=10), training.FEATURES).set_index("ts")
+
+
+def expected_labels(mid: pd.Series) -> pd.DataFrame:
+    config = training.LABELS
+    vol = get_return_vol(mid, config.horizon, config.vol_span)
+    return get_triple_barrier_label(mid, vol, config.horizon, pt_sl=config.pt_sl, min_ret=config.min_ret)
+
+
+def assert_checks_passed(result: dg.ExecuteInProcessResult, count: int) -> None:
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == count and all(e.passed for e in evaluations), [
+        (e.check_name, e.metadata) for e in evaluations if not e.passed
+    ]
+
+
+def test_features_at_the_start_of_a_day_use_the_previous_day(db, resources, snapshots, dagster_instance):
+    result = run([training.microstructure_features, *FEATURE_CHECKS], resources, dagster_instance, SECOND)
+    assert_checks_passed(result, 3)
+    got = stored(db, ", ".join(FEATURE_COLUMNS))
+    assert got.index.min() == MIDNIGHT  # only the partition's own day is written
+    expected = expected_features(snapshots).loc[MIDNIGHT:, list(FEATURE_COLUMNS)]
+    pd.testing.assert_frame_equal(got, expected, check_index_type=False, check_names=False, rtol=1e-12)
+    # The first snapshot of the day has a full window of history from the day before.
+    assert got.loc[MIDNIGHT, ["ofi", "ret_short", "realized_vol"]].notna().all()
+    metadata = result.asset_materializations_for_node("microstructure_features")[0].metadata
+    assert metadata["inserted"].value == len(got) and metadata["symbols"].value == "BTCUSDT"
+
+
+def test_crossed_and_one_sided_books_are_skipped_and_counted(db, resources, dagster_instance):
+    crossed, one_sided = MIDNIGHT + pd.Timedelta(milliseconds=300), MIDNIGHT + pd.Timedelta(milliseconds=600)
+    with db.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO book_snapshots (symbol, exchange_time, last_update_id, best_bid, best_bid_qty, best_ask, "
+            "best_ask_qty, bid_prices, bid_sizes, ask_prices, ask_sizes) VALUES "
+            "('BTCUSDT', :crossed, 1, 28150.0, 1, 28149.9, 1, '{28150.0}', '{1}', '{28149.9}', '{1}'), "
+            "('BTCUSDT', :one_sided, 2, 28150.0, 1, NULL, NULL, '{28150.0}', '{1}', NULL, NULL)"
+        ), {"crossed": crossed, "one_sided": one_sided})
+    result = run([training.microstructure_features, *FEATURE_CHECKS], resources, dagster_instance, SECOND)
+    assert_checks_passed(result, 3)
+    metadata = result.asset_materializations_for_node("microstructure_features")[0].metadata
+    assert (metadata["skipped_crossed_books"].value, metadata["skipped_one_sided_books"].value) == (1, 1)
+    assert not set(stored(db, "mid").index) & {crossed, one_sided}
+
+
+def label_metadata(result: dg.ExecuteInProcessResult) -> dict:
+    return result.asset_materializations_for_node("triple_barrier_labels")[0].metadata
+
+
+def label_frame(db) -> pd.DataFrame:
+    return stored(db, "mid, label, label_ret, label_t1, label_barrier, labels_computed_at")
+
+
+def assert_labels_match_one_pass_over_all_data(db) -> None:
+    frame = label_frame(db)
+    expected = expected_labels(frame["mid"])
+    labelled = frame[frame["label"].notna()]
+    assert list(labelled.index) == list(expected.index)
+    assert (labelled["label"].astype(int) == expected["label"]).all()
+    assert (labelled["label_barrier"] == expected["barrier"]).all()
+    assert (pd.DatetimeIndex(labelled["label_t1"]) == pd.DatetimeIndex(expected["t1"])).all()
+    assert np.allclose(labelled["label_ret"], expected["ret"], rtol=0, atol=0)
+    assert frame["labels_computed_at"].notna().all()
+
+
+def test_labels_near_midnight_wait_for_the_next_day_and_complete_when_it_arrives(db, resources, dagster_instance):
+    labels = [training.triple_barrier_labels, training.labels_consistent]
+    run([training.microstructure_features], resources, dagster_instance, FIRST)
+    first = run(labels, resources, dagster_instance, FIRST)
+    assert_checks_passed(first, 1)
+    pending = label_metadata(first)["pending_next_day"].value
+    waiting = label_frame(db)
+    # Paths of the last minute of 2023-04-04 run into 2023-04-05, which is not there yet.
+    assert pending > 5 and waiting["label"].isna().sum() >= pending
+
+    run([training.microstructure_features], resources, dagster_instance, SECOND)
+    second = run(labels, resources, dagster_instance, SECOND)
+    assert_checks_passed(second, 1)
+    assert label_metadata(second)["completed_previous_day"].value == pending
+    day_one = label_frame(db).loc[: MIDNIGHT - pd.Timedelta(microseconds=1)]
+    assert day_one["label_t1"].max() >= MIDNIGHT  # labels completed with the next day's prices
+    assert_labels_match_one_pass_over_all_data(db)
+
+    # The capture ends at 00:06:54: a day without data completes nothing and changes nothing.
+    assert label_metadata(second)["pending_next_day"].value > 0
+    third = run(labels, resources, dagster_instance, "2023-04-06")
+    assert label_metadata(third)["completed_previous_day"].value == 0
+    assert_labels_match_one_pass_over_all_data(db)
+
+
+def test_one_run_over_both_days_gives_the_same_labels_and_the_dataset(db, resources, dagster_instance, tmp_path):
+    assets = [training.microstructure_features, training.triple_barrier_labels, training.training_dataset,
+              *FEATURE_CHECKS, training.labels_consistent]
+    config = {"ops": {"training_dataset": {"config": {"output_dir": str(tmp_path)}}}}
+    result = run(assets, resources, dagster_instance, days=(FIRST, SECOND), run_config=config)
+    assert_checks_passed(result, 4)
+    assert_labels_match_one_pass_over_all_data(db)
+
+    dataset = ds.dataset(tmp_path / "training_dataset", format="parquet", partitioning="hive").to_table().to_pandas()
+    labelled = label_frame(db).dropna(subset=["label"])
+    assert len(dataset) == len(labelled) > 300
+    assert sorted(dataset["date"].astype(str).unique()) == [FIRST, SECOND]
+    assert {"symbol", "ts", *FEATURE_COLUMNS, "label", "label_ret", "label_t1", "label_barrier"} <= set(dataset.columns)
+    assert set(dataset["label"]) <= {-1, 0, 1} and dataset["obi"].between(-1, 1).all()
+    metadata = result.asset_materializations_for_node("training_dataset")[0].metadata
+    assert metadata["rows"].value == len(dataset)
+
+    # Re-running changes no label and rewrites the same files.
+    again = run(assets, resources, dagster_instance, days=(FIRST, SECOND), run_config=config)
+    features_again = again.asset_materializations_for_node("microstructure_features")[0].metadata
+    assert features_again["unchanged"].value == features_again["rows"].value > 500
+    assert label_metadata(again)["unchanged"].value == label_metadata(again)["rows"].value > 500
+    reread = ds.dataset(tmp_path / "training_dataset", format="parquet", partitioning="hive").to_table().to_pandas()
+    pd.testing.assert_frame_equal(reread, dataset)
+
+
+def leaky_features(book, config):
+    """Planted look-ahead: the 'short return' peeks 3 snapshots into the future."""
+    features = compute_features(book, config)
+    features["ret_short"] = features["mid"].shift(-3) / features["mid"] - 1
+    return features
+
+
+def test_look_ahead_check_fails_on_a_planted_look_ahead(db, resources, dagster_instance, monkeypatch):
+    monkeypatch.setattr(training, "compute_features", leaky_features)
+    result = run([training.microstructure_features, training.features_no_look_ahead], resources, dagster_instance,
+                 SECOND, raise_on_error=False)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    assert evaluation.metadata["mismatches"].value > 0
+    assert "ret_short" in evaluation.metadata["first_mismatches"].value
+
+
+def test_range_and_null_checks_fail_on_bad_rows(db, resources, dagster_instance):
+    # Rows between snapshots: the asset does not rewrite them, so the checks must see them.
+    between = [MIDNIGHT + pd.Timedelta(milliseconds=500), MIDNIGHT + pd.Timedelta(milliseconds=1500)]
+    bad = [(between[0], 1.5, 1e-5), (between[1], 0.1, None)]
+    with db.engine.begin() as conn:
+        for ts, obi, spread in bad:
+            conn.execute(
+                text("INSERT INTO training_features (symbol, ts, mid, microprice, obi, obi_depth, spread_pct, "
+                     "hour_sin, hour_cos, dow_sin, dow_cos, features_computed_at) "
+                     "VALUES ('BTCUSDT', :ts, 1, 1, :obi, 0, :spread, 0, 1, 0, 1, now())"),
+                {"ts": ts, "obi": obi, "spread": spread},
+            )
+    checks = [training.features_required_not_null, training.features_in_range]
+    result = run([training.microstructure_features, *checks], resources, dagster_instance, SECOND, raise_on_error=False)
+    verdicts = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not verdicts["features_in_range"].passed
+    assert verdicts["features_in_range"].metadata["obi_out_of_range"].value == 1
+    assert not verdicts["features_required_not_null"].passed
+    assert verdicts["features_required_not_null"].metadata["null_counts"].value == {"spread_pct": 1}
+
+
+def test_daily_schedule_requests_yesterday_and_the_day_before_in_one_run():
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2023, 4, 6, 1, 0, tzinfo=dt.UTC))
+    request = training.training_data_daily(context)
+    assert request.tags["dagster/asset_partition_range_start"] == FIRST
+    assert request.tags["dagster/asset_partition_range_end"] == SECOND
+    assert request.run_key == f"training-data-{FIRST}..{SECOND}"
+    assert training.training_data_daily.job_name == "training_data_job"
+
+
+def test_make_run_steps_process_every_day_with_book_snapshots(db, resources, dagster_instance, monkeypatch, tmp_path):
+    monkeypatch.setenv("WINISWIN_STATE_DIR", str(tmp_path))
+    runner = SampleRunner(dagster_instance, resources, db)
+    assert training.book_day_ranges(db) == [(dt.date(2023, 4, 4), dt.date(2023, 4, 5))]
+    features_lines = training.sample_features(runner)
+    labels_lines = training.sample_labels(runner)
+    dataset_lines = training.sample_dataset(runner)
+    assert features_lines[0].startswith(f"{FIRST}..{SECOND}: ") and features_lines[0].endswith("checks: 3 passed")
+    assert "labelled" in labels_lines[0] and labels_lines[0].endswith("checks: 1 passed")
+    written = ds.dataset(tmp_path / "datasets" / "training_dataset", format="parquet", partitioning="hive").count_rows()
+    assert f"{written:,} rows" in dataset_lines[0] and written == label_frame(db)["label"].notna().sum()
+
+
+def test_a_day_without_book_snapshots_writes_nothing(db, resources, dagster_instance, tmp_path):
+    assets = [training.microstructure_features, training.triple_barrier_labels, training.training_dataset,
+              *FEATURE_CHECKS, training.labels_consistent]
+    config = {"ops": {"training_dataset": {"config": {"output_dir": str(tmp_path)}}}}
+    result = run(assets, resources, dagster_instance, "2023-04-03", run_config=config)
+    assert_checks_passed(result, 4)
+    assert result.asset_materializations_for_node("microstructure_features")[0].metadata["rows"].value == 0
+    assert result.asset_materializations_for_node("training_dataset")[0].metadata["rows"].value == 0
+    assert not (tmp_path / "training_dataset" / "date=2023-04-03").exists()
+
+
+def test_look_ahead_check_skips_days_whose_book_was_archived(db, resources, dagster_instance):
+    run([training.microstructure_features], resources, dagster_instance, SECOND)
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM book_snapshots WHERE exchange_time >= :day"), {"day": MIDNIGHT})
+    result = run([training.microstructure_features, training.features_no_look_ahead], resources, dagster_instance,
+                 SECOND)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed and evaluation.metadata["rows_checked"].value == 0
+    assert evaluation.metadata["not_checked_book_archived"].value == f"BTCUSDT {SECOND}"
+    assert len(stored(db, "mid")) > 400  # the features stay
+
+
+def test_labels_do_not_jump_a_gap_in_the_data(db, resources, dagster_instance):
+    run([training.microstructure_features], resources, dagster_instance, days=(FIRST, SECOND))
+    later = MIDNIGHT + pd.Timedelta(days=400)
+    with db.engine.begin() as conn:  # the same symbol's features resume 400 days later
+        conn.execute(text("INSERT INTO training_features (symbol, ts, mid) VALUES ('BTCUSDT', :ts, 1000)"),
+                     [{"ts": later + pd.Timedelta(seconds=k)} for k in range(120)])
+    run([training.triple_barrier_labels], resources, dagster_instance, days=(FIRST, SECOND))
+    frame = label_frame(db).loc[:MIDNIGHT + pd.Timedelta(days=1)]
+    labelled = frame.dropna(subset=["label"])
+    assert (pd.DatetimeIndex(labelled["label_t1"]) - labelled.index <= pd.Timedelta(minutes=2)).all()
+    # Without the gap the last minute is pending too: same labels as one pass over the capture alone.
+    expected = expected_labels(frame["mid"])
+    assert list(labelled.index) == list(expected.index)
