@@ -21,8 +21,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from winiswin_pipelines.db.embedded import EmbeddedPostgres
 from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.db.scratch import scratch_database
 from winiswin_pipelines.db.partitions import ensure_daily_partitions
 from winiswin_pipelines.defs.features import FEATURES, day_features, read_day_book, write_day_features
 
@@ -103,22 +103,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="feature rows in the partition")
     parser.add_argument("--symbols", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--database-url", help="a scratch database (default: a throwaway embedded server)")
+    parser.add_argument("--database-url", help="a server to create a scratch database on (default: a throwaway embedded server)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-features-") as folder:
-        server = None if args.database_url else EmbeddedPostgres(Path(folder) / "pg")
-        url = args.database_url or server.ensure_running().url().render_as_string(hide_password=False)
-        manager = DatabaseManager(url)
-        try:
+        with scratch_database(Path(folder), args.database_url) as manager:
             started = time.perf_counter()
             fill(manager, args.rows, args.symbols)
             print(f"generated {args.rows:,} snapshots (+1 h warm-up) in {time.perf_counter() - started:.1f} s")
             print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine)")
             measure(manager, args.repeat)
-        finally:
-            manager.dispose()
-            if server:
-                server.stop()
 
 
 if __name__ == "__main__":

@@ -20,18 +20,15 @@ import random
 import resource
 import tempfile
 import time
-import uuid
-from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
 import orjson
 
 from winiswin_pipelines import settings
-from winiswin_pipelines.db.embedded import EmbeddedPostgres, ensure_database_exists
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import Trade
-from winiswin_pipelines.db.url import normalize_database_url
+from winiswin_pipelines.db.scratch import scratch_database
 from winiswin_pipelines.legacy.load import migrate_store, verify_store
 from winiswin_pipelines.legacy.pipeline import iter_outcomes
 from winiswin_pipelines.legacy.records import TRADE_COLUMNS, Row
@@ -75,26 +72,6 @@ def generate_trades_jsonl(path: Path, records: int, seed: int = 7) -> None:
             })
 
 
-@contextmanager
-def benchmark_database(folder: Path):
-    """A fresh database: on DATABASE_URL's server when set, else on a throw-away embedded server."""
-    server = None
-    if settings.database_url():
-        base = normalize_database_url(settings.database_url())
-    else:
-        server = EmbeddedPostgres(folder / "pg")
-        base = server.ensure_running().url()
-    name = f"winiswin_bench_{uuid.uuid4().hex[:8]}"
-    ensure_database_exists(base, name)
-    manager = DatabaseManager(base.set(database=name).render_as_string(hide_password=False))
-    try:
-        yield manager
-    finally:
-        manager.dispose()
-        if server:
-            server.stop()
-
-
 def naive_orm_rate(manager: DatabaseManager, store: Store, sample: int) -> float:
     """Records/s of the naive way: read + normalise, then one ORM object and one commit per record."""
     started = time.perf_counter()
@@ -125,7 +102,7 @@ def main() -> None:
         print(f"generated {args.records:,} A1 records ({size_mb:,.0f} MB) in {time.perf_counter() - started:.1f} s")
         store = Store(legacy, "trades.jsonl", StoreFormat.JSONL)
         python_only = migrate_store(None, store, dry_run=True)  # where the time goes: the Python side alone
-        with benchmark_database(folder) as manager:
+        with scratch_database(folder, settings.database_url()) as manager:
             started = time.perf_counter()
             report = migrate_store(manager.engine, store)
             migrated_at = time.perf_counter()

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from winiswin_pipelines.db.embedded import EmbeddedPostgres
 from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.db.scratch import scratch_database
 from winiswin_pipelines.trading.events import TradeClosed, TradeEvent, TradeOpened, TradePartiallyClosed
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 
@@ -80,19 +80,12 @@ async def run(manager: DatabaseManager, events: list[TradeEvent], spool: Path) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trades", type=int, default=40_000, help="trades to record (3 events each)")
-    parser.add_argument("--database-url", help="an existing database (default: a throwaway embedded server)")
+    parser.add_argument("--database-url", help="a server to create a scratch database on (default: a throwaway embedded server)")
     args = parser.parse_args()
     events = trade_events(args.trades)
     with tempfile.TemporaryDirectory(prefix="bench-recorder-") as folder:
-        server = None if args.database_url else EmbeddedPostgres(Path(folder) / "pg")
-        url = args.database_url or server.ensure_running().url().render_as_string(hide_password=False)
-        manager = DatabaseManager(url)
-        try:
+        with scratch_database(Path(folder), args.database_url) as manager:
             result = asyncio.run(run(manager, events, Path(folder) / "spool"))
-        finally:
-            manager.dispose()
-            if server:
-                server.stop()
     print(f"recorded {result['events']:,} events, written {result['written']:,}, spooled {result['spooled']:,}")
     print(f"throughput : {result['events_per_s']:,.0f} events/s into PostgreSQL "
           f"(target {TARGET_EVENTS_PER_S:,}; ratio {result['events_per_s'] / TARGET_EVENTS_PER_S:.2f}x); "

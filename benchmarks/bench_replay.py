@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from winiswin_pipelines.db.embedded import EmbeddedPostgres
 from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.db.scratch import scratch_database
 from winiswin_pipelines.marketdata.feed import ReplayFeed
 from winiswin_pipelines.trading.runner import run_session
 from winiswin_pipelines.trading.session import SessionConfig
@@ -54,14 +54,11 @@ def replay(manager: DatabaseManager, name: str, feed, profile: str) -> tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--database-url", help="an existing database (default: a throwaway embedded server)")
+    parser.add_argument("--database-url", help="a server to create a scratch database on (default: a throwaway embedded server)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as folder:
         os.environ["WINISWIN_STATE_DIR"] = str(Path(folder) / "state")  # the recorder's spool
-        server = None if args.database_url else EmbeddedPostgres(Path(folder) / "pg")
-        url = args.database_url or server.ensure_running().url().render_as_string(hide_password=False)
-        manager = DatabaseManager(url)
-        try:
+        with scratch_database(Path(folder), args.database_url) as manager:
             events = ReplayFeed().load()
             span = (events[-1].time - events[0].time).total_seconds()
             print(f"capture: {len(events):,} events (klines and 1 s book snapshots, BTCUSDT + ETHUSDT), "
@@ -80,10 +77,6 @@ def main() -> None:
                       f"{span / best / TARGET_SPEEDUP:.2f})")
                 print(f"  session loop alone         : best {loop:.2f} s -> {span / loop:,.0f}x real time, "
                       f"{len(events) / loop:,.0f} events/s; feed build {max(best - loop, 0):.2f} s")
-        finally:
-            manager.dispose()
-            if server:
-                server.stop()
 
 
 if __name__ == "__main__":
