@@ -14,11 +14,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from boto3.s3.transfer import TransferConfig
 
 _CHUNK = 8 * 1024 * 1024
-MULTIPART_THRESHOLD = 64 * 1024 * 1024
+MULTIPART_THRESHOLD = 128 * 1024 * 1024  # one PUT below (S3 and R2 take up to 5 GiB)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,11 @@ class ColdStore(Protocol):
 
 
 class LocalColdStore:
-    """Objects as files under `root`; the checksum lives in a `<file>.sha256` sidecar."""
+    """Objects as files under `root`; each checksum lives in a hidden `.<file>.sha256` sidecar.
+
+    Sidecars and partial uploads are hidden files, which pyarrow datasets, DuckDB and Spark skip,
+    so the folder reads as a clean Hive-partitioned Parquet dataset.
+    """
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -55,17 +60,21 @@ class LocalColdStore:
     def _path(self, key: str) -> Path:
         return self.root / key
 
+    def _sidecar(self, key: str) -> Path:
+        path = self._path(key)
+        return path.with_name(f".{path.name}.sha256")
+
     def uri(self, key: str) -> str:
-        return self._path(key).resolve().as_uri()
+        return "file://" + quote(str(self._path(key).resolve()), safe="/=")
 
     def put_file(self, path: Path, key: str, sha256: str) -> StoredObject:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
+        partial = target.with_name(f".{target.name}.partial")
         shutil.copyfile(path, partial)
         with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
-        Path(str(target) + ".sha256").write_text(sha256)
+        self._sidecar(key).write_text(sha256)
         partial.replace(target)  # atomic: a reader never sees half an object
         return self.head(key)
 
@@ -73,7 +82,7 @@ class LocalColdStore:
         target = self._path(key)
         if not target.is_file():
             return None
-        sidecar = Path(str(target) + ".sha256")
+        sidecar = self._sidecar(key)
         checksum = sidecar.read_text().strip() if sidecar.exists() else None
         return StoredObject(key, self.uri(key), target.stat().st_size, checksum)
 
@@ -81,13 +90,14 @@ class LocalColdStore:
         shutil.copyfile(self._path(key), path)
 
     def list_keys(self, prefix: str = "") -> list[str]:
-        if not self.root.exists():
+        folder = self.root / prefix.rpartition("/")[0]  # walk only the folder the prefix names
+        if not folder.is_dir():
             return []
-        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
-        return sorted(k for k in keys if k.startswith(prefix) and not k.endswith((".sha256", ".partial")))
+        files = (p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(k for k in (p.relative_to(self.root).as_posix() for p in files) if k.startswith(prefix))
 
     def delete(self, key: str) -> None:
-        for path in (self._path(key), Path(str(self._path(key)) + ".sha256")):
+        for path in (self._path(key), self._sidecar(key)):
             path.unlink(missing_ok=True)
 
 
@@ -115,8 +125,12 @@ class S3ColdStore:
                     ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(), **extra,
                 )
         else:
+            # Multipart: every part carries its own SHA-256 that the store checks (R2 included);
+            # the whole file's SHA-256 travels in the metadata and is re-checked on read-back.
             config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
-            self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=config)
+            self.client.upload_file(
+                str(path), self.bucket, self._key(key), ExtraArgs={**extra, "ChecksumAlgorithm": "SHA256"}, Config=config
+            )
         return self.head(key)
 
     def head(self, key: str) -> StoredObject | None:

@@ -1,0 +1,180 @@
+"""Benchmark: archive one day of 1,000,000 `book_snapshots` rows (10 book levels) end to end.
+
+Target (issue 4): export, upload to the loopback S3 server, verify and delete at >= 150,000 rows/s,
+within 2x of a bare `COPY ... TO STDOUT` of the same rows measured in the same run, with a peak
+memory under 1.5 GB. Runs on DATABASE_URL's server, else on an embedded PostgreSQL in a temporary
+folder; the S3 server (moto) runs in its own process, as a real endpoint would.
+
+    .venv/bin/python benchmarks/bench_archive.py [--rows 1000000] [--levels 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import psycopg
+from dagster_aws.s3 import S3Resource
+from sqlalchemy import text
+
+from winiswin_pipelines.archive import archive_old_data
+from winiswin_pipelines.archive.archiver import table_disk_bytes
+from winiswin_pipelines.db.embedded import EmbeddedPostgres
+from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.db.partitions import ensure_daily_partitions
+from winiswin_pipelines.db.url import normalize_database_url
+from winiswin_pipelines.resources import ColdStorageResource
+
+DAY = dt.date(2024, 1, 10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_s3() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return server, endpoint
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError("the moto S3 server did not start")
+
+
+def fill(manager: DatabaseManager, rows: int, levels: int) -> None:
+    """One UTC day of two symbols' 10-level books on a 0.1 tick grid, generated inside PostgreSQL."""
+    bids = ", ".join(f"round((mid - {i} * 0.1)::numeric, 1)::float8" for i in range(levels))
+    asks = ", ".join(f"round((mid + {i + 1} * 0.1)::numeric, 1)::float8" for i in range(levels))
+    sizes = ", ".join("round((random() * 5)::numeric, 3)::float8" for _ in range(levels))
+    step_us = 86_400_000_000 // rows
+    with manager.engine.begin() as conn:
+        ensure_daily_partitions(conn, "book_snapshots", [DAY])
+        conn.execute(text(f"""
+            INSERT INTO book_snapshots
+            SELECT CASE WHEN g % 2 = 0 THEN 'BTCUSDT' ELSE 'ETHUSDT' END, ts, ts + interval '3 ms', 3000000000 + g,
+                   round(mid::numeric, 1)::float8, round((random() * 5)::numeric, 3)::float8,
+                   round((mid + 0.1)::numeric, 1)::float8, round((random() * 5)::numeric, 3)::float8,
+                   ARRAY[{bids}], ARRAY[{sizes}], ARRAY[{asks}], ARRAY[{sizes}], 'bench'
+            FROM (SELECT g, timestamptz '{DAY.isoformat()} 00:00:00+00' + g * interval '{step_us} microseconds' AS ts,
+                         40000 + 50 * sin(g / 5000.0) AS mid
+                  FROM generate_series(0, {rows - 1}) g) s"""))
+        conn.execute(text("ANALYZE book_snapshots"))
+
+
+def bare_copy_seconds(manager: DatabaseManager) -> tuple[float, int]:
+    url = manager.url
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                         dbname=url.database) as conn, conn.cursor() as cur:
+        started, size = time.perf_counter(), 0
+        query = (f"COPY (SELECT * FROM book_snapshots WHERE exchange_time >= '{DAY}' "
+                 f"AND exchange_time < '{DAY + dt.timedelta(days=1)}') TO STDOUT")
+        with cur.copy(query) as copy:
+            for chunk in copy:
+                size += len(chunk)
+        return time.perf_counter() - started, size
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def server_url(folder: Path):
+    if os.environ.get("DATABASE_URL"):
+        return None, normalize_database_url(os.environ["DATABASE_URL"])
+    server = EmbeddedPostgres(folder)
+    return server, server.ensure_running().url("postgres")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--levels", type=int, default=10)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-archive-") as folder:
+        server, maintenance = server_url(Path(folder))
+        name = f"bench_archive_{uuid.uuid4().hex[:8]}"
+        admin = dict(host=maintenance.host, port=maintenance.port, user=maintenance.username,
+                     password=maintenance.password, dbname=maintenance.database, autocommit=True)
+        with psycopg.connect(**admin) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        s3, endpoint = start_s3()
+        manager = DatabaseManager(maintenance.set(database=name).render_as_string(hide_password=False))
+        try:
+            run(manager, endpoint, args.rows, args.levels)
+        finally:
+            manager.dispose()
+            s3.terminate()
+            with psycopg.connect(**admin) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if server:
+                server.stop()
+
+
+def run(manager: DatabaseManager, endpoint: str, rows: int, levels: int) -> None:
+    started = time.perf_counter()
+    fill(manager, rows, levels)
+    print(f"generated {rows:,} book_snapshots rows ({levels} levels) of {DAY} in {time.perf_counter() - started:.1f} s")
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                 aws_secret_access_key="bench").create_bucket(Bucket="bench")
+    store = ColdStorageResource(
+        bucket_name="bench", prefix="bench",
+        s3=S3Resource(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                      aws_secret_access_key="bench"),
+    ).store()
+
+    copy_s, copy_bytes = bare_copy_seconds(manager)
+    with manager.engine.connect() as conn:
+        before = table_disk_bytes(conn, "book_snapshots")
+    steps: dict[str, float] = {}
+    started = time.perf_counter()
+    summary = archive_old_data(manager=manager, store=store, tables=["book_snapshots"], days=[DAY],
+                               progress=lambda step, *_: steps.setdefault(step, time.perf_counter() - started))
+    archive_s = time.perf_counter() - started
+    with manager.engine.connect() as conn:
+        after = table_disk_bytes(conn, "book_snapshots")
+        left = conn.execute(text("SELECT count(*) FROM book_snapshots")).scalar_one()
+    result = summary.results[0]
+    if result.status != "archived" or left:
+        raise SystemExit(f"archival did not complete: {result.status} {result.error}; {left} rows left")
+
+    ratio = archive_s / copy_s
+    print(f"bare COPY TO STDOUT (text)  {copy_s:7.2f} s  {rows / copy_s:>10,.0f} rows/s  {copy_bytes / 1e6:,.0f} MB")
+    print(f"archive end to end          {archive_s:7.2f} s  {rows / archive_s:>10,.0f} rows/s  "
+          f"(export, upload to S3, read back + verify, drop partition)")
+    marks = [("export", "exported"), ("upload", "uploaded"), ("verify", "verified"), ("delete", "archived")]
+    previous = 0.0
+    for label, step in marks:
+        print(f"  {label:<26}{steps[step] - previous:7.2f} s")
+        previous = steps[step]
+    print(f"ratio archive / bare COPY   {ratio:7.2f}x  (target <= 2x)")
+    print(f"throughput target           {'met' if rows / archive_s >= 150_000 else 'MISSED'} (>= 150,000 rows/s)")
+    print(f"Parquet                     {result.bytes:,} B in {len(result.object_uris)} object(s), "
+          f"compression ratio {result.compression_ratio} (Arrow in memory / Parquet zstd)")
+    print(f"peak memory (RSS)           {peak_rss_bytes() / 2**20:,.0f} MiB  (target < 1,536 MiB; whole process)")
+    print(f"book_snapshots on disk      {before:,} B before -> {after:,} B after")
+
+
+if __name__ == "__main__":
+    main()
