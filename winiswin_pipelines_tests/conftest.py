@@ -8,6 +8,7 @@ template migrated once to head, so a fresh database costs milliseconds.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlalchemy.engine import URL
 from winiswin_pipelines.db.embedded import EmbeddedPostgres
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.url import normalize_database_url
+from winiswin_pipelines.settings import PROJECT_DIR
 
 # Durability is not under test when a whole server is thrown away after the session.
 _FAST_SERVER = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -143,3 +145,14 @@ def s3_bucket(s3_endpoint: str) -> str:
 def dagster_instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as instance:
         yield instance
+
+
+@pytest.fixture
+def postgres_dagster_home(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A DAGSTER_HOME with the project's dagster.yaml, storing runs on the test database's server."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return home

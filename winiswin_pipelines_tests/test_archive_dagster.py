@@ -3,7 +3,6 @@
 import datetime as dt
 import os
 import runpy
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,14 +140,7 @@ def test_restore_job_and_cli_bring_archived_days_back_idempotently(
     assert all_rows(db) == before
 
 
-def test_pruning_deletes_old_runs_and_trims_the_event_log_of_asset_runs(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("DATABASE_URL", database_url)
+def test_pruning_deletes_old_runs_and_trims_the_event_log_of_asset_runs(postgres_dagster_home: Path) -> None:
 
     @dg.asset
     def probe(context: dg.AssetExecutionContext) -> None:

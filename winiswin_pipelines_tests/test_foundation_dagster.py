@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +12,6 @@ from sqlalchemy import create_engine, text
 from winiswin_pipelines.archive.store import LocalColdStore, S3ColdStore, sha256_file
 from winiswin_pipelines.definitions import defs
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource, build_resources
-from winiswin_pipelines.settings import PROJECT_DIR
 
 
 def test_definitions_are_loadable_with_the_shared_resources() -> None:
@@ -41,14 +39,7 @@ def test_postgres_resource_gives_the_process_wide_manager(database_url: str) -> 
         assert conn.execute(text("SELECT count(*) FROM trades")).scalar_one() == 0
 
 
-def test_dagster_instance_stores_runs_in_postgres(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("DATABASE_URL", database_url)
+def test_dagster_instance_stores_runs_in_postgres(database_url: str, postgres_dagster_home: Path) -> None:
 
     @dg.asset
     def probe() -> dg.MaterializeResult:
