@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export DAGSTER_HOME := $(CURDIR)/.state/dagster_home
 
-.PHONY: setup run test dev db-start db-stop clean
+.PHONY: setup run test lint dev db-start db-stop clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check winiswin_pipelines winiswin_pipelines_tests benchmarks scripts
 
 # The Dagster UI (webserver and daemon) on 127.0.0.1:3000; Ctrl-C stops everything.
 dev: setup

@@ -18,8 +18,7 @@ import pytest
 from dagster_aws.s3 import S3Resource
 from sqlalchemy import text
 
-from winiswin_pipelines.archive import archive_old_data, read_history, restore_days
-from winiswin_pipelines.archive import manifest
+from winiswin_pipelines.archive import archive_old_data, manifest, read_history, restore_days
 from winiswin_pipelines.archive.archiver import ARCHIVED, BUSY, FAILED, first_kept_day
 from winiswin_pipelines.archive.parquet import Fingerprint
 from winiswin_pipelines.archive.store import LocalColdStore

@@ -15,7 +15,11 @@ from winiswin_pipelines.archive.store import LocalColdStore
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.defs.archive import (
-    archive_every_24_hours, archive_key, cold_archive, manifest_checks, restore_archive_job,
+    archive_every_24_hours,
+    archive_key,
+    cold_archive,
+    manifest_checks,
+    restore_archive_job,
 )
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 from winiswin_pipelines.settings import PROJECT_DIR

@@ -138,7 +138,7 @@ def test_ranges_on_random_books():
     assert usable[["obi", "obi_depth"]].abs().max().max() <= 1
     assert (usable["spread_pct"] >= 0).all()
     assert usable[["mid", "microprice", "obi", "obi_depth", "spread_pct"]].notna().all().all()
-    assert ((usable["microprice"] >= usable["mid"] - usable["spread_pct"] * usable["mid"] / 2 - 1e-9)).all()
+    assert (usable["microprice"] >= usable["mid"] - usable["spread_pct"] * usable["mid"] / 2 - 1e-9).all()
 
 
 def test_unordered_or_misshaped_books_are_rejected():

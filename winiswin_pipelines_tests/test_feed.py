@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 
 import pytest
@@ -29,7 +30,7 @@ async def test_replay_yields_time_ordered_events_deterministically():
     assert {e.symbol for e in books} == {"BTCUSDT", "ETHUSDT"}
     for symbol in ("BTCUSDT", "ETHUSDT"):
         grid = [e.exchange_time for e in books if e.symbol == symbol]
-        assert all(b - a == dt.timedelta(seconds=1) for a, b in zip(grid, grid[1:]))  # a book every second
+        assert all(b - a == dt.timedelta(seconds=1) for a, b in itertools.pairwise(grid))  # a book every second
     assert all(e.best_bid < e.best_ask and len(e.bid_prices) == len(e.ask_prices) == 10 for e in books)
     klines = [e for e in first if isinstance(e, KlineEvent)]
     # 23:57 and 23:59 are partial in this capture: only 23:58 is complete for each symbol.

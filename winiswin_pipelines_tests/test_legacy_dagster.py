@@ -15,7 +15,7 @@ from winiswin_pipelines import settings
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.defs.legacy import build_legacy_migration, migrate_bundled_samples
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_run import SampleRunner
+from winiswin_pipelines.sample_steps import SampleRunner
 from winiswin_pipelines_tests.legacy_fixtures import write_legacy_folder
 
 PROJECT = settings.PROJECT_DIR

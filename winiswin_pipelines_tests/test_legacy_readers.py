@@ -16,7 +16,14 @@ from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.normalize import Normalizer, content_uid
 from winiswin_pipelines.legacy.pipeline import iter_outcomes
 from winiswin_pipelines.legacy.readers import count_records, read_records
-from winiswin_pipelines.legacy.records import PARTIAL_EXIT_COLUMNS, TRADE_COLUMNS, LegacySourceError, Merged, Rejected, Row
+from winiswin_pipelines.legacy.records import (
+    PARTIAL_EXIT_COLUMNS,
+    TRADE_COLUMNS,
+    LegacySourceError,
+    Merged,
+    Rejected,
+    Row,
+)
 from winiswin_pipelines.legacy.sniff import Store, StoreFormat, discover_stores, store_for
 from winiswin_pipelines_tests.legacy_fixtures import a1, sibling_log, write_legacy_folder
 

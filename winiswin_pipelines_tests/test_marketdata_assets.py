@@ -25,7 +25,7 @@ from winiswin_pipelines.marketdata import samples
 from winiswin_pipelines.marketdata.capture import read_capture
 from winiswin_pipelines.marketdata.orderbook import rebuild_book_snapshots
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_run import SampleRunner
+from winiswin_pipelines.sample_steps import SampleRunner
 
 UTC = dt.UTC
 

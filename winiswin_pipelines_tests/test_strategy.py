@@ -12,11 +12,22 @@ import pytest
 from winiswin_pipelines.marketdata.klines import read_kline_csv
 from winiswin_pipelines.marketdata.samples import BTCUSDT_5M_2023_04_CSV
 from winiswin_pipelines.trading.execution import (
-    LiveTradingRefused, PaperExecutor, SymbolFilters, check_live_permission, symbol_filters,
+    LiveTradingRefused,
+    PaperExecutor,
+    SymbolFilters,
+    check_live_permission,
+    symbol_filters,
 )
 from winiswin_pipelines.trading.performance import summarize
 from winiswin_pipelines.trading.risk import (
-    Position, RiskConfig, can_open, gross_pnl, position_size, price_exit, stop_levels, time_stop_due,
+    Position,
+    RiskConfig,
+    can_open,
+    gross_pnl,
+    position_size,
+    price_exit,
+    stop_levels,
+    time_stop_due,
 )
 from winiswin_pipelines.trading.session import ClosedTrade
 from winiswin_pipelines.trading.strategy import WEIGHTS, StrategyConfig, analyse, evaluate

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,11 +10,18 @@ import ta
 from winiswin_pipelines.marketdata.capture import read_capture
 from winiswin_pipelines.marketdata.klines import aggregate_trades_to_klines, read_kline_csv, trades_from_capture
 from winiswin_pipelines.marketdata.samples import (
-    BTCUSDT_5M_2023_04_CSV, CAPTURE_BTCUSDT_20230404, CAPTURE_BTCUSDT_20230405,
+    BTCUSDT_5M_2023_04_CSV,
+    CAPTURE_BTCUSDT_20230404,
+    CAPTURE_BTCUSDT_20230405,
 )
 from winiswin_pipelines.technical import IndicatorConfig, compute_indicators, resample_klines, warmup_bars
 from winiswin_pipelines.technical.ict import (
-    IctConfig, detect_ict, fair_value_gaps, market_structure, order_blocks, swing_points,
+    IctConfig,
+    detect_ict,
+    fair_value_gaps,
+    market_structure,
+    order_blocks,
+    swing_points,
 )
 
 

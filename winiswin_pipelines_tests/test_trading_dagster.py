@@ -12,7 +12,12 @@ from sqlalchemy import func, select
 from winiswin_pipelines.db.bulk import copy_upsert, dataframe_rows
 from winiswin_pipelines.db.models import Trade, TradingDecision, TradingSession
 from winiswin_pipelines.defs.trading import (
-    IN_FLIGHT, LANE_TAG, TradingSessionConfig, backtest, backtest_trades_closed_in_their_day, trading_session_job,
+    IN_FLIGHT,
+    LANE_TAG,
+    TradingSessionConfig,
+    backtest,
+    backtest_trades_closed_in_their_day,
+    trading_session_job,
     trading_session_supervisor,
 )
 from winiswin_pipelines.marketdata.klines import KLINE_COLUMNS, read_kline_csv

@@ -7,6 +7,7 @@ import _thread
 import asyncio
 import datetime as dt
 import inspect
+import signal
 import time
 import uuid
 from dataclasses import replace
@@ -33,7 +34,7 @@ REPLAY = SessionConfig(strategy=StrategyConfig.short_horizon(), interval="1m", f
 class ListFeed:
     """Recorded events, in order, with `actions[i]` run (and awaited if it returns an awaitable) before
     event i (len(events): after the last); with `then_wait` it then stays silent, as a live feed with
-    nothing to say."""
+    nothing to say (for a minute at most, so a test that expects an interrupt fails instead of hanging)."""
 
     def __init__(self, events, *, actions=None, then_wait=False):
         self._events, self._actions, self._then_wait = events, actions or {}, then_wait
@@ -45,7 +46,7 @@ class ListFeed:
             if event is not None:
                 yield event
         if self._then_wait:
-            await asyncio.Event().wait()
+            await asyncio.sleep(60)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,16 @@ def test_time_stop_fires_after_restart(db, capture_events):
         assert get_all_entry_times(conn) == {}
 
 
-def test_terminate_flushes_and_leaves_positions_recorded(db, capture_events):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler: a test process started in the background inherits SIGINT ignored,
+    and then `_thread.interrupt_main` (what terminating a run delivers) would do nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_terminate_flushes_and_leaves_positions_recorded(db, capture_events, python_sigint_handler):
     # The feed delivers the capture, then the operator terminates the run while the session waits.
     feed = ListFeed(capture_events, actions={len(capture_events): _thread.interrupt_main}, then_wait=True)
     with pytest.raises(KeyboardInterrupt):

@@ -20,7 +20,7 @@ from winiswin_pipelines.marketdata.capture import read_capture
 from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS, rebuild_book_snapshots
 from winiswin_pipelines.marketdata.samples import CAPTURE_BTCUSDT_20230404, CAPTURE_BTCUSDT_20230405
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_run import SampleRunner
+from winiswin_pipelines.sample_steps import SampleRunner
 
 FIRST, SECOND = "2023-04-04", "2023-04-05"
 MIDNIGHT = pd.Timestamp(SECOND, tz="UTC")

@@ -35,7 +35,13 @@ from sqlalchemy import Connection, text
 from winiswin_pipelines.archive import manifest
 from winiswin_pipelines.archive.export import arrow_reader, decode_sent_arrays
 from winiswin_pipelines.archive.parquet import (
-    DayWriter, WrittenPart, combined_fingerprint, day_prefix, part_key, prefetched, read_content,
+    DayWriter,
+    WrittenPart,
+    combined_fingerprint,
+    day_prefix,
+    part_key,
+    prefetched,
+    read_content,
 )
 from winiswin_pipelines.archive.restore import restore_entry
 from winiswin_pipelines.archive.store import ColdStore, sha256_file

@@ -13,16 +13,21 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy import text
 
-from winiswin_pipelines.archive import archive_old_data, read_history, restore_days
-from winiswin_pipelines.archive import manifest
+from winiswin_pipelines.archive import archive_old_data, manifest, read_history, restore_days
 from winiswin_pipelines.archive.archiver import (
-    ALREADY_ARCHIVED, ARCHIVED, DEFAULT_DAYS_TO_KEEP, EMPTY, DayResult, eligible_days, first_kept_day,
+    ALREADY_ARCHIVED,
+    ARCHIVED,
+    DEFAULT_DAYS_TO_KEEP,
+    EMPTY,
+    DayResult,
+    eligible_days,
+    first_kept_day,
 )
 from winiswin_pipelines.archive.instance_pruning import prune_instance_storage
 from winiswin_pipelines.archive.parquet import day_prefix
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES, archived_table
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
-from winiswin_pipelines.sample_run import SampleRunner, sample_step
+from winiswin_pipelines.sample_steps import SampleRunner, sample_step
 
 archive_partitions = dg.DailyPartitionsDefinition(start_date="2019-09-01", timezone="UTC")
 _RANGE_START, _RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"

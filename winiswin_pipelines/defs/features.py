@@ -12,8 +12,8 @@ Partitions are UTC days, the same as `book_snapshots`. Across day boundaries:
 
 import datetime as dt
 import os
-from concurrent.futures import ThreadPoolExecutor
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,19 +22,23 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field
 from psycopg import sql
+from pydantic import Field
 from sqlalchemy import Connection, text
 
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert, dataframe_rows
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.features import (
-    BOOK_STATES, FEATURE_COLUMNS, BookArrays, FeatureConfig, compute_features,
+    BOOK_STATES,
+    FEATURE_COLUMNS,
+    BookArrays,
+    FeatureConfig,
+    compute_features,
 )
 from winiswin_pipelines.labels import get_return_vol, get_triple_barrier_label
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_run import SampleRunner, sample_step
+from winiswin_pipelines.sample_steps import SampleRunner, sample_step
 
 training_partitions = dg.DailyPartitionsDefinition(start_date="2019-09-01", timezone="UTC")
 DAY = dt.timedelta(days=1)

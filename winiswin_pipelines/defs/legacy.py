@@ -21,7 +21,7 @@ from winiswin_pipelines.legacy.load import BATCH_SIZE, Verification, migrate_sto
 from winiswin_pipelines.legacy.records import LegacySourceError
 from winiswin_pipelines.legacy.sniff import SkippedFile, Store, discover_stores, store_for
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_run import SampleRunner, sample_step
+from winiswin_pipelines.sample_steps import SampleRunner, sample_step
 
 _PROGRESS_EVERY_SECONDS = 10.0
 

@@ -33,7 +33,7 @@ from winiswin_pipelines.marketdata.orderbook import (
 )
 from winiswin_pipelines.marketdata.samples import MARKET_SAMPLES_DIR, CaptureFile, MarketFiles, scan_market_folder
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_run import SampleRunner, sample_step
+from winiswin_pipelines.sample_steps import SampleRunner, sample_step
 
 market_daily_partitions = dg.DailyPartitionsDefinition(start_date="2019-09-01", timezone="UTC")
 _WRITE_BATCH = 50_000

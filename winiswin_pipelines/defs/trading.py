@@ -24,7 +24,7 @@ from winiswin_pipelines.defs.marketdata import market_daily_partitions
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BINANCE_FUTURES_WS
 from winiswin_pipelines.marketdata.feed import BinanceFeed, MarketFeed, ReplayFeed
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_run import SampleRunner, sample_step
+from winiswin_pipelines.sample_steps import SampleRunner, sample_step
 from winiswin_pipelines.trading.backtest import backtest_day
 from winiswin_pipelines.trading.execution import LiveTradingRefused
 from winiswin_pipelines.trading.performance import summarize
@@ -248,7 +248,7 @@ def run_sample_paper_session(runner: SampleRunner) -> list[str]:
     # Eight minutes hold 7 one-minute bars per symbol: the short-horizon profile can trade them.
     config = TradingSessionConfig(session_id=session_id, strategy_profile="short_horizon", max_events=100_000)
     run_config = dg.RunConfig(ops={"trading_session": config})
-    trading_session_job.execute_in_process(run_config=run_config, instance=runner.instance, resources=runner.resources)
+    runner.execute_job(trading_session_job, run_config)
     with runner.manager.session() as session:
         traded = select(TradingDecision.trade_uid).where(TradingDecision.session_id == session_id,
                                                          TradingDecision.action == "enter")

@@ -46,7 +46,14 @@ from winiswin_pipelines.trading.execution import Executor, Fill
 from winiswin_pipelines.trading.journal import Decision, SessionJournal
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.risk import (
-    Position, RiskConfig, can_open, gross_pnl, position_size, price_exit, stop_levels, time_stop_due,
+    Position,
+    RiskConfig,
+    can_open,
+    gross_pnl,
+    position_size,
+    price_exit,
+    stop_levels,
+    time_stop_due,
 )
 from winiswin_pipelines.trading.strategy import STRATEGY_NAME, StrategyConfig, evaluate
 
