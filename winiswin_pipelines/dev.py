@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from winiswin_pipelines import settings
+
 _GRACE_SECONDS = 20
 
 
@@ -24,7 +26,7 @@ def _restore_default_signals() -> None:
 
 def main() -> int:
     dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "dev", "-h", "127.0.0.1", "-p", os.environ.get("DAGSTER_PORT", "3000"),
+    command = [str(dagster), "dev", "-h", "127.0.0.1", "-p", settings.dagster_port(),
                "-w", "workspace.yaml"]
     child = subprocess.Popen(command, start_new_session=True, preexec_fn=_restore_default_signals)
 

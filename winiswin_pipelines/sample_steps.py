@@ -13,7 +13,6 @@ import dagster as dg
 
 from winiswin_pipelines.db.manager import DatabaseManager
 
-
 # The steps print their own summaries; the runs' full event logs are in the Dagster UI.
 _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 

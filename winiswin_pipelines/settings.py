@@ -26,6 +26,16 @@ def state_dir() -> Path:
     return Path(env("WINISWIN_STATE_DIR") or PROJECT_DIR / ".state").resolve()
 
 
+def pg_bin_dir() -> str | None:
+    """`WINISWIN_PG_BIN`: the PostgreSQL server binaries for the embedded server (default: found)."""
+    return env("WINISWIN_PG_BIN")
+
+
+def dagster_port() -> str:
+    """`DAGSTER_PORT`: the port of `make dev`'s Dagster UI on 127.0.0.1."""
+    return env("DAGSTER_PORT", "3000")
+
+
 def cold_storage_dir() -> Path:
     """The local cold-storage folder used when no `BUCKET_NAME` is set."""
     return Path(env("COLD_STORAGE_DIR") or state_dir() / "cold_storage").resolve()

@@ -30,6 +30,8 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import URL
 
+from winiswin_pipelines import settings
+
 SUPERUSER = "winiswin"
 APP_DATABASE = "winiswin"
 
@@ -68,7 +70,7 @@ class ServerInfo:
 def find_bin_dir() -> Path:
     """The folder holding initdb/pg_ctl/postgres: WINISWIN_PG_BIN, the machine's, or the wheel's."""
     candidates: list[Path] = []
-    if override := os.environ.get("WINISWIN_PG_BIN"):
+    if override := settings.pg_bin_dir():
         candidates.append(Path(override))
     if pg_config := shutil.which("pg_config"):
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
