@@ -69,6 +69,20 @@ def test_supervisor_keeps_one_session_and_restarts_a_crashed_one(dagster_instanc
     assert isinstance(_tick(dagster_instance, restarted.cursor), dg.SkipReason)
 
 
+def test_supervisor_replays_a_finished_replay_session_only_once(dagster_instance, monkeypatch):
+    monkeypatch.delenv("WINISWIN_LIVE_TRADING", raising=False)
+    monkeypatch.delenv("WINISWIN_TRADING_FEED", raising=False)  # the default: the bundled replay
+    first = _tick(dagster_instance, None)
+    _launch(dagster_instance, first.run_requests[0], dg.DagsterRunStatus.SUCCESS)  # the replay ran to its end
+    skipped = _tick(dagster_instance, first.cursor)
+    assert isinstance(skipped, dg.SkipReason) and "completed" in skipped.skip_message
+
+    # The same finished session on the live exchange feed is started again: it must stay alive.
+    monkeypatch.setenv("WINISWIN_TRADING_FEED", "binance")
+    again = _tick(dagster_instance, first.cursor)
+    assert [r.run_key for r in again.run_requests] == [f"{first.run_requests[0].tags['winiswin/session']}-a2"]
+
+
 def test_supervisor_does_not_launch_live_sessions_that_would_be_refused(dagster_instance, monkeypatch):
     monkeypatch.setenv("WINISWIN_LIVE_TRADING", "1")
     monkeypatch.delenv("BINANCE_API_KEY", raising=False)

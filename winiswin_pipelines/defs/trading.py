@@ -131,9 +131,19 @@ def supervised_mode() -> str:
     return "live" if settings.live_trading_opt_in() else "paper"
 
 
+def session_feed(mode: str) -> str:
+    return "binance" if mode == "live" else settings.trading_feed()  # live prices only from the exchange
+
+
 def session_run_config(session_run_key: str, mode: str) -> dg.RunConfig:
-    feed = "binance" if mode == "live" else settings.trading_feed()  # live prices only from the exchange
-    return dg.RunConfig(ops={"trading_session": TradingSessionConfig(session_id=session_run_key, mode=mode, feed=feed)})
+    config = TradingSessionConfig(session_id=session_run_key, mode=mode, feed=session_feed(mode))
+    return dg.RunConfig(ops={"trading_session": config})
+
+
+def _session_completed(instance: dg.DagsterInstance, session: str) -> bool:
+    last = instance.get_run_records(dg.RunsFilter(job_name=trading_session_job.name, tags={SESSION_TAG: session}),
+                                    limit=1)
+    return bool(last) and last[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
 
 
 @dg.sensor(job=trading_session_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
@@ -152,6 +162,10 @@ def trading_session_supervisor(context: dg.SensorEvaluationContext) -> dg.Sensor
     except LiveTradingRefused as refused:  # a run would only fail: say why instead, once per tick
         return dg.SkipReason(str(refused))
     session = f"{mode}-{dt.datetime.now(dt.UTC):%Y-%m-%d}"  # one session per UTC day and mode
+    feed = session_feed(mode)
+    if feed != "binance" and _session_completed(context.instance, session):
+        # A live feed never runs out, so a finished live session restarts; a replay has nothing left.
+        return dg.SkipReason(f"session {session} completed: the {feed} feed has nothing more to replay")
     attempt = state["attempt"] + 1 if state["session"] == session else 1
     run_key = f"{session}-a{attempt}"
     return dg.SensorResult(
