@@ -24,7 +24,7 @@ from sqlalchemy import text
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.partitions import ensure_daily_partitions
 from winiswin_pipelines.db.scratch import scratch_database
-from winiswin_pipelines.defs.features import FEATURES, day_features, read_day_book, write_day_features
+from winiswin_pipelines.features.store import FEATURES, day_features, read_day_book, write_day_features
 
 DAY = dt.datetime(2024, 1, 10, tzinfo=dt.UTC)
 TARGET_ROWS_PER_S = 100_000

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from winiswin_pipelines.db.bulk import copy_upsert, dataframe_rows
 from winiswin_pipelines.defs import features as training
 from winiswin_pipelines.features import FEATURE_COLUMNS, book_arrays_from_frame, compute_features
+from winiswin_pipelines.features import store as feature_store
 from winiswin_pipelines.labels import get_return_vol, get_triple_barrier_label
 from winiswin_pipelines.marketdata.capture import read_capture
 from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS, rebuild_book_snapshots
@@ -177,7 +178,7 @@ def leaky_features(book, config):
 
 
 def test_look_ahead_check_fails_on_a_planted_look_ahead(db, resources, dagster_instance, monkeypatch):
-    monkeypatch.setattr(training, "compute_features", leaky_features)
+    monkeypatch.setattr(feature_store, "compute_features", leaky_features)
     result = run([training.microstructure_features, training.features_no_look_ahead], resources, dagster_instance,
                  SECOND, raise_on_error=False)
     (evaluation,) = result.get_asset_check_evaluations()

@@ -1,4 +1,4 @@
-"""Microstructure features of order-book snapshots, pure numpy/pandas."""
+"""Microstructure features of order-book snapshots, pure numpy/pandas (`store` holds their PostgreSQL I/O)."""
 
 from winiswin_pipelines.features.microstructure import (
     BOOK_STATES,
