@@ -15,26 +15,18 @@ from pathlib import Path
 
 import boto3
 import dagster as dg
-import psycopg
 import pytest
 from moto.server import ThreadedMotoServer
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from winiswin_pipelines.db.embedded import EmbeddedPostgres
+from winiswin_pipelines.db.embedded import EmbeddedPostgres, admin_connection
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.url import normalize_database_url
 from winiswin_pipelines.settings import PROJECT_DIR
 
 # Durability is not under test when a whole server is thrown away after the session.
 _FAST_SERVER = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-
-
-def _connect(url: URL, **kwargs) -> psycopg.Connection:
-    return psycopg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-        dbname=url.database, autocommit=True, **kwargs,
-    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -74,18 +66,18 @@ def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPos
 @pytest.fixture(scope="session")
 def template_database(pg_server: URL) -> Iterator[str]:
     name = f"winiswin_template_{uuid.uuid4().hex[:8]}"
-    with _connect(pg_server) as conn:
+    with admin_connection(pg_server) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     manager = DatabaseManager(pg_server.set(database=name).render_as_string(hide_password=False))
     manager.dispose()
     yield name
-    with _connect(pg_server) as conn:
+    with admin_connection(pg_server) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def create_test_database(pg_server: URL, template: str | None) -> str:
     name = f"winiswin_test_{uuid.uuid4().hex[:12]}"
-    with _connect(pg_server) as conn:
+    with admin_connection(pg_server) as conn:
         statement = "CREATE DATABASE {} TEMPLATE {}" if template else "CREATE DATABASE {}"
         identifiers = [sql.Identifier(name)] + ([sql.Identifier(template)] if template else [])
         conn.execute(sql.SQL(statement).format(*identifiers))
@@ -93,7 +85,7 @@ def create_test_database(pg_server: URL, template: str | None) -> str:
 
 
 def drop_test_database(pg_server: URL, name: str) -> None:
-    with _connect(pg_server) as conn:
+    with admin_connection(pg_server) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 

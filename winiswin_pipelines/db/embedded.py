@@ -257,14 +257,19 @@ def _ensure_database(info: ServerInfo, name: str) -> None:
     ensure_database_exists(info.url("postgres"), name)
 
 
-def ensure_database_exists(server_url: URL, name: str) -> None:
-    """CREATE DATABASE `name` on the server of `server_url` unless it exists."""
+def admin_connection(server_url: URL) -> psycopg.Connection:
+    """An autocommit connection to the database of `server_url`, for statements such as CREATE DATABASE."""
     params = {
         "host": server_url.host, "port": server_url.port or 5432, "user": server_url.username,
         "password": server_url.password, "dbname": server_url.database or "postgres",
         **{key: value for key, value in server_url.query.items() if isinstance(value, str)},
     }
-    with psycopg.connect(autocommit=True, connect_timeout=10, **params) as conn:
+    return psycopg.connect(autocommit=True, connect_timeout=10, **params)
+
+
+def ensure_database_exists(server_url: URL, name: str) -> None:
+    """CREATE DATABASE `name` on the server of `server_url` unless it exists."""
+    with admin_connection(server_url) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
             try:

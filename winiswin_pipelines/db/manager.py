@@ -135,8 +135,9 @@ _managers_lock = threading.Lock()
 
 def get_database_manager(url: str | None = None) -> DatabaseManager:
     """The process-wide DatabaseManager for `url` (default: DATABASE_URL or the embedded server)."""
-    key = resolve_database_url(url).render_as_string(hide_password=False)
+    # Keyed by what the caller asked for, so a cached manager costs no look-up of the embedded server.
+    key = url if url is not None else (settings.database_url() or "")
     with _managers_lock:
         if key not in _managers:
-            _managers[key] = DatabaseManager(key)
+            _managers[key] = DatabaseManager(key or None)
         return _managers[key]
