@@ -36,5 +36,7 @@ db-start: setup
 db-stop:
 	$(PY) -m winiswin_pipelines.db stop
 
-clean: db-stop
+# Stops the embedded server and deletes its data (also when it lives in a temporary folder).
+clean:
+	-$(PY) -m winiswin_pipelines.db destroy
 	rm -rf .state

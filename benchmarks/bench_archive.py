@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import resource
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import boto3
@@ -27,12 +25,12 @@ import psycopg
 from dagster_aws.s3 import S3Resource
 from sqlalchemy import text
 
+from winiswin_pipelines import settings
 from winiswin_pipelines.archive import archive_old_data
 from winiswin_pipelines.archive.archiver import table_disk_bytes
-from winiswin_pipelines.db.embedded import EmbeddedPostgres
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.partitions import ensure_daily_partitions
-from winiswin_pipelines.db.url import normalize_database_url
+from winiswin_pipelines.db.scratch import scratch_database
 from winiswin_pipelines.resources import ColdStorageResource
 
 DAY = dt.date(2024, 1, 10)
@@ -99,37 +97,19 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def server_url(folder: Path):
-    if os.environ.get("DATABASE_URL"):
-        return None, normalize_database_url(os.environ["DATABASE_URL"])
-    server = EmbeddedPostgres(folder)
-    return server, server.ensure_running().url("postgres")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--levels", type=int, default=10)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-archive-") as folder:
-        server, maintenance = server_url(Path(folder))
-        name = f"bench_archive_{uuid.uuid4().hex[:8]}"
-        admin = dict(host=maintenance.host, port=maintenance.port, user=maintenance.username,
-                     password=maintenance.password, dbname=maintenance.database, autocommit=True)
-        with psycopg.connect(**admin) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+    with tempfile.TemporaryDirectory(prefix="bench-archive-") as folder, \
+            scratch_database(Path(folder), settings.database_url()) as manager:
         s3, endpoint = start_s3()
-        manager = DatabaseManager(maintenance.set(database=name).render_as_string(hide_password=False))
         try:
             run(manager, endpoint, args.rows, args.levels)
         finally:
-            manager.dispose()
             s3.terminate()
-            with psycopg.connect(**admin) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            if server:
-                server.stop()
 
 
 def run(manager: DatabaseManager, endpoint: str, rows: int, levels: int) -> None:

@@ -51,7 +51,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), server_options=_FAST_SERVER)
     info = server.ensure_running()
     yield info.url("postgres")
-    server.stop()
+    server.destroy()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPos
     server = EmbeddedPostgres(tmp_path_factory.mktemp("own-pg"), server_options=_FAST_SERVER)
     server.ensure_running()
     yield server
-    server.stop()
+    server.destroy()
 
 
 @pytest.fixture(scope="session")

@@ -181,6 +181,13 @@ def test_embedded_server_starts_is_reused_and_stops(tmp_path: Path) -> None:
         assert server.stop() is True
     assert not server.is_running()
     assert server.stop() is False
+    # destroy() deletes the data wherever it lives (a temporary folder when root's tmp_path is
+    # unreachable for the service user), so throwaway servers leave nothing behind.
+    assert info.data_dir.exists()
+    server.ensure_running()
+    server.destroy()
+    assert not server.is_running()
+    assert not Path(info.root).exists() and not (tmp_path / "state" / "postgres.json").exists()
 
 
 def test_copy_upsert_counts_dedupes_and_leaves_equal_rows_alone(db: DatabaseManager) -> None:
@@ -238,5 +245,5 @@ def test_no_database_url_means_the_embedded_server(monkeypatch: pytest.MonkeyPat
         assert manager.current_revision() == manager.head_revision()
     finally:
         manager.dispose()
-        EmbeddedPostgres(tmp_path).stop()
+        EmbeddedPostgres(tmp_path).destroy()
     assert os.environ["WINISWIN_STATE_DIR"] == str(tmp_path)

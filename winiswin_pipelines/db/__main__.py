@@ -2,6 +2,7 @@
 
   start     start (or reuse) the server (embedded unless DATABASE_URL) and bring the schema to head
   stop      stop the embedded server
+  destroy   stop the embedded server and delete its data (`make clean`)
   status    where the database is and its schema version
   upgrade   bring the schema to a revision (default head)
   downgrade take the schema down to a revision (default base)
@@ -21,7 +22,7 @@ from winiswin_pipelines.db.url import DatabaseConfigError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m winiswin_pipelines.db", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["start", "stop", "status", "upgrade", "downgrade"])
+    parser.add_argument("command", choices=["start", "stop", "destroy", "status", "upgrade", "downgrade"])
     parser.add_argument("revision", nargs="?", help="target revision for upgrade/downgrade")
     args = parser.parse_args(argv)
     try:
@@ -35,6 +36,10 @@ def _run(command: str, revision: str | None) -> int:
     if command == "stop":
         stopped = EmbeddedPostgres(settings.state_dir()).stop()
         print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+        return 0
+    if command == "destroy":
+        EmbeddedPostgres(settings.state_dir()).destroy()
+        print("embedded PostgreSQL stopped and its data deleted")
         return 0
     manager = DatabaseManager(migrate=command == "start")
     if command == "upgrade":

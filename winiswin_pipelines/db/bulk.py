@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import pandas as pd
@@ -61,7 +62,7 @@ def copy_upsert(
     Daily partitions of partitioned tables are created for the days the rows fall on.
     """
     raw = conn.connection.driver_connection
-    stage = f"_stage_{table}"
+    stage = f"_stage_{table}"  # the rows plus `_ord`, their position in `rows`
     table_columns = Base.metadata.tables[table].columns
     updates = list(update_columns if update_columns is not None else [c for c in columns if c not in conflict_columns])
     ident = sql.Identifier
@@ -69,35 +70,72 @@ def copy_upsert(
     with raw.cursor() as cur:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(stage)))
         cur.execute(
-            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {}, 0::bigint AS _ord FROM {} WITH NO DATA").format(
                 ident(stage), col_list, ident(table)
             )
         )
-        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN _ord bigserial").format(ident(stage)))
-        oids = _column_oids(cur, stage, columns)
-        jsonb_positions = [i for i, oid in enumerate(oids) if oid == _JSONB_OID]
-        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(ident(stage), col_list)) as copy:
-            copy.set_types(oids)
-            for row in _wrap_json(rows, jsonb_positions):
-                copy.write_row(row)
-        staged = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(ident(stage))).fetchone()[0]
+    keys = _KeyTracker([columns.index(c) for c in conflict_columns])
+    copy_rows(conn, stage, [*columns, "_ord"], keys.numbered(rows))
     if table in DAILY_PARTITIONED_TABLES:
         _ensure_partitions_for_stage(conn, table, stage)
-    inserted, affected, distinct = _merge(
-        conn, table, stage, columns, conflict_columns, updates, table_columns, update_where
+    existing, affected = _merge(
+        conn, table, stage, columns, conflict_columns, updates, table_columns, update_where,
+        deduplicate=keys.duplicates > 0,
     )
+    distinct = keys.staged - keys.duplicates
+    inserted = distinct - existing
     return UpsertResult(
-        staged=staged, inserted=inserted, updated=affected - inserted,
-        unchanged=distinct - affected, duplicates=staged - distinct,
+        staged=keys.staged, inserted=inserted, updated=affected - inserted,
+        unchanged=distinct - affected, duplicates=keys.duplicates,
     )
 
 
-def _column_oids(cur, stage: str, columns: Sequence[str]) -> list[int]:
-    # Binary COPY needs each column's exact type: read it from the staging table itself.
+class _KeyTracker:
+    """Numbers rows (`_ord`: the last row of a key wins) and counts repeated keys on the way to the
+    staging table, so a batch without duplicates skips the de-duplicating sort."""
+
+    def __init__(self, positions: list[int]):
+        self._key = itemgetter(*positions)
+        self._seen: set = set()
+        self.staged = 0
+        self.duplicates = 0
+
+    def numbered(self, rows: Iterable[Sequence[Any]]) -> Iterator[tuple[Any, ...]]:
+        seen, key = self._seen, self._key
+        for row in rows:
+            k = key(row)
+            if k in seen:
+                self.duplicates += 1
+            else:
+                seen.add(k)
+            self.staged += 1
+            yield (*row, self.staged)
+
+
+def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """Binary COPY of `rows` (tuples in `columns` order) into `table` as they are, no conflict
+    handling; returns how many. A `bytes` value in a JSONB column is taken as JSON text."""
+    ident = sql.Identifier
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        ident(table), sql.SQL(", ").join(map(ident, columns))
+    )
+    count = 0
+    with conn.connection.driver_connection.cursor() as cur:
+        oids = _column_oids(cur, table, columns)
+        with cur.copy(statement) as copy:
+            copy.set_types(oids)
+            for row in _wrap_json(rows, [i for i, oid in enumerate(oids) if oid == _JSONB_OID]):
+                copy.write_row(row)
+                count += 1
+    return count
+
+
+def _column_oids(cur, table: str, columns: Sequence[str]) -> list[int]:
+    # Binary COPY needs each column's exact type: read it from the table itself.
     found = dict(
         cur.execute(
             "SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0",
-            (stage,),
+            (table,),
         ).fetchall()
     )
     return [found[c] for c in columns]
@@ -126,8 +164,9 @@ def _ensure_partitions_for_stage(conn: Connection, table: str, stage: str) -> No
 
 
 def _merge(
-    conn, table, stage, columns, conflict_columns, updates, table_columns, update_where=None
-) -> tuple[int, int, int]:
+    conn, table, stage, columns, conflict_columns, updates, table_columns, update_where=None, *, deduplicate=True
+) -> tuple[int, int]:
+    """(keys already stored, rows inserted or updated) of one INSERT ... ON CONFLICT from the staging table."""
     ident = sql.Identifier
     cols = sql.SQL(", ").join(map(ident, columns))
     keys = sql.SQL(", ").join(map(ident, conflict_columns))
@@ -144,18 +183,23 @@ def _merge(
         action = sql.SQL("DO UPDATE SET {} WHERE {}").format(sql.SQL(", ").join(assignments), changed)
     else:
         action = sql.SQL("DO NOTHING")
+    source = ident(stage)
+    prelude = sql.SQL("")
+    if deduplicate:  # the last staged row of a key wins
+        source = ident("batch")
+        prelude = sql.SQL("batch AS (SELECT DISTINCT ON ({keys}) {cols} FROM {stage} ORDER BY {keys}, _ord DESC), ").format(
+            keys=keys, cols=cols, stage=ident(stage)
+        )
     # All CTEs see one snapshot: `existing` counts the keys already stored before this insert.
     statement = sql.SQL(
-        "WITH batch AS (SELECT DISTINCT ON ({keys}) {cols} FROM {stage} ORDER BY {keys}, _ord DESC), "
-        "existing AS (SELECT count(*) AS n FROM batch JOIN {table} USING ({keys})), "
-        "merged AS (INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM batch ON CONFLICT ({keys}) {action} "
+        "WITH {prelude}existing AS (SELECT count(*) AS n FROM {source} JOIN {table} USING ({keys})), "
+        "merged AS (INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {source} ON CONFLICT ({keys}) {action} "
         "RETURNING 1) "
-        "SELECT (SELECT count(*) FROM batch) - (SELECT n FROM existing), (SELECT count(*) FROM merged), "
-        "(SELECT count(*) FROM batch)"
-    ).format(keys=keys, cols=cols, stage=ident(stage), table=ident(table), action=action)
+        "SELECT (SELECT n FROM existing), (SELECT count(*) FROM merged)"
+    ).format(prelude=prelude, keys=keys, cols=cols, source=source, table=ident(table), action=action)
     with conn.connection.driver_connection.cursor() as cur:
-        inserted, affected, distinct = cur.execute(statement).fetchone()
-    return inserted, affected, distinct
+        existing, affected = cur.execute(statement).fetchone()
+    return existing, affected
 
 
 def dataframe_rows(frame: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple[Any, ...]]:

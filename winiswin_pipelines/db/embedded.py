@@ -135,13 +135,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Bulk loads (legacy migration, market data, features) write gigabytes: PostgreSQL's defaults
+# (128 MB of buffers, a checkpoint every 1 GB of WAL) are sized for the smallest machines.
+SERVER_DEFAULTS = {"shared_buffers": "512MB", "max_wal_size": "2GB", "checkpoint_timeout": "15min"}
+
+
 class EmbeddedPostgres:
     """Start, reuse and stop the project's own PostgreSQL server under `state_dir`."""
 
     def __init__(self, state_dir: Path, *, server_options: Mapping[str, str] | None = None):
         self.state_dir = Path(state_dir)
         self.info_file = self.state_dir / "postgres.json"
-        self.server_options = dict(server_options or {})
+        self.server_options = {**SERVER_DEFAULTS, **(server_options or {})}
 
     def ensure_running(self) -> ServerInfo:
         """The running server, initialising and starting it if needed; safe across processes."""
@@ -164,6 +169,16 @@ class EmbeddedPostgres:
                 return False
             self._run(info, "pg_ctl", "stop", "-D", str(info.data_dir), "-m", "fast", "-w")
             return True
+
+    def destroy(self) -> None:
+        """Stop the server and delete its data, wherever it lives: a server whose state folder the
+        service user cannot reach keeps its data in a temporary folder that outlives `state_dir`."""
+        self.stop()
+        with self._lock():
+            info = self._load()
+            if info is not None:
+                shutil.rmtree(info.root, ignore_errors=True)
+            self.info_file.unlink(missing_ok=True)
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

@@ -7,15 +7,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from winiswin_pipelines.db.embedded import EmbeddedPostgres, ensure_database_exists
+from psycopg import sql
+
+from winiswin_pipelines.db.embedded import EmbeddedPostgres, admin_connection, ensure_database_exists
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.url import normalize_database_url
 
 
 @contextmanager
 def scratch_database(folder: Path, database_url: str | None = None) -> Iterator[DatabaseManager]:
-    """A fresh database at the newest schema: a new database on `database_url`'s server when given,
-    else on an embedded server under `folder` that is stopped afterwards."""
+    """A fresh database at the newest schema, gone afterwards: a new database on `database_url`'s
+    server when given (dropped at the end), else an embedded server under `folder` (destroyed)."""
     server = None
     if database_url:
         base = normalize_database_url(database_url)
@@ -30,4 +32,7 @@ def scratch_database(folder: Path, database_url: str | None = None) -> Iterator[
     finally:
         manager.dispose()
         if server:
-            server.stop()
+            server.destroy()
+        else:
+            with admin_connection(base) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
