@@ -135,9 +135,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-# Bulk loads (legacy migration, market data, features) write gigabytes: PostgreSQL's defaults
-# (128 MB of buffers, a checkpoint every 1 GB of WAL) are sized for the smallest machines.
-SERVER_DEFAULTS = {"shared_buffers": "512MB", "max_wal_size": "2GB", "checkpoint_timeout": "15min"}
+# Bulk loads (legacy migration, market data, features) write gigabytes of WAL: fewer checkpoints
+# mean fewer full-page images (PostgreSQL's "Populating a Database" advice).
+SERVER_DEFAULTS = {"max_wal_size": "2GB", "checkpoint_timeout": "15min"}
 
 
 class EmbeddedPostgres:
