@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.bulk import EMPTY_RESULT
+from winiswin_pipelines.defs.marketdata import partition_days
 from winiswin_pipelines.features import BOOK_STATES
 from winiswin_pipelines.features.store import (
     DAY,
@@ -49,15 +50,6 @@ def _daily_dep(asset, *, start_offset: int = 0, end_offset: int = 0) -> dg.Asset
     """Depends on `asset`'s days from `start_offset` to `end_offset` around the partition's day."""
     return dg.AssetDep(asset, partition_mapping=dg.TimeWindowPartitionMapping(
         start_offset=start_offset, end_offset=end_offset, allow_nonexistent_upstream_partitions=True))
-
-
-def partition_days(window: dg.TimeWindow) -> list[dt.datetime]:
-    """Start of each UTC day of a partition window (one day, or a range in a single-run backfill)."""
-    days, day = [], window.start
-    while day < window.end:
-        days.append(day)
-        day += DAY
-    return days
 
 
 # --- features ---------------------------------------------------------------------------------------

@@ -36,6 +36,16 @@ from winiswin_pipelines.resources import PostgresResource
 from winiswin_pipelines.sample_steps import SampleRunner, sample_step
 
 market_daily_partitions = dg.DailyPartitionsDefinition(start_date="2019-09-01", timezone="UTC")
+
+
+def partition_days(window: dg.TimeWindow) -> list[dt.datetime]:
+    """Start of each UTC day of a partition window (one day, or a range in a single-run backfill)."""
+    days, day = [], window.start
+    while day < window.end:
+        days.append(day)
+        day += dt.timedelta(days=1)
+    return days
+
 _WRITE_BATCH = 50_000
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.models import Trade, TradingDecision
-from winiswin_pipelines.defs.marketdata import market_daily_partitions
+from winiswin_pipelines.defs.marketdata import market_daily_partitions, partition_days
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BINANCE_FUTURES_WS
 from winiswin_pipelines.marketdata.feed import BinanceFeed, MarketFeed, ReplayFeed
 from winiswin_pipelines.resources import PostgresResource
@@ -191,8 +191,7 @@ class BacktestConfig(TradingParameters):
 def backtest(
     context: dg.AssetExecutionContext, config: BacktestConfig, postgres: PostgresResource
 ) -> dg.MaterializeResult:
-    window = context.partition_time_window
-    days = [window.start.date() + dt.timedelta(days=i) for i in range((window.end - window.start).days)]
+    days = [start.date() for start in partition_days(context.partition_time_window)]
     session_config = config.session_config()
     closed, rows, symbols, intervals = [], [], set(), set()
     for day in days:
