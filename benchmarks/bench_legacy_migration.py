@@ -19,8 +19,8 @@ import os
 import random
 import resource
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 
@@ -98,12 +98,9 @@ def bare_copy_rate(manager: DatabaseManager, store: Store, sample: int, connecti
         with manager.engine.begin() as conn:
             copy_rows(conn, "trades", TRADE_COLUMNS, share)
 
-    threads = [threading.Thread(target=copy_share, args=(rows[i::connections],)) for i in range(connections)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=connections) as pool:
+        list(pool.map(copy_share, (rows[i::connections] for i in range(connections))))  # re-raises a failed COPY
     return len(rows) / (time.perf_counter() - started)
 
 

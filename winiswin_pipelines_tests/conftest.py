@@ -20,7 +20,7 @@ from moto.server import ThreadedMotoServer
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from winiswin_pipelines.db.embedded import EmbeddedPostgres, admin_connection
+from winiswin_pipelines.db.embedded import EmbeddedPostgres, admin_connection, drop_database
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.url import normalize_database_url
 from winiswin_pipelines.settings import PROJECT_DIR
@@ -71,8 +71,7 @@ def template_database(pg_server: URL) -> Iterator[str]:
     manager = DatabaseManager(pg_server.set(database=name).render_as_string(hide_password=False))
     manager.dispose()
     yield name
-    with admin_connection(pg_server) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(pg_server, name)
 
 
 def create_test_database(pg_server: URL, template: str | None) -> str:
@@ -84,17 +83,12 @@ def create_test_database(pg_server: URL, template: str | None) -> str:
     return name
 
 
-def drop_test_database(pg_server: URL, name: str) -> None:
-    with admin_connection(pg_server) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @pytest.fixture
 def database_url(pg_server: URL, template_database: str) -> Iterator[str]:
     """A fresh database at the newest schema, as a DATABASE_URL string (with password)."""
     name = create_test_database(pg_server, template_database)
     yield pg_server.set(database=name).render_as_string(hide_password=False)
-    drop_test_database(pg_server, name)
+    drop_database(pg_server, name)
 
 
 @pytest.fixture
@@ -102,7 +96,7 @@ def empty_database_url(pg_server: URL) -> Iterator[str]:
     """A fresh database with no schema at all."""
     name = create_test_database(pg_server, None)
     yield pg_server.set(database=name).render_as_string(hide_password=False)
-    drop_test_database(pg_server, name)
+    drop_database(pg_server, name)
 
 
 @pytest.fixture

@@ -291,3 +291,9 @@ def ensure_database_exists(server_url: URL, name: str) -> None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             except psycopg.errors.DuplicateDatabase:
                 pass  # another process created it between our check and our CREATE
+
+
+def drop_database(server_url: URL, name: str) -> None:
+    """DROP DATABASE `name` on the server of `server_url` if it exists, closing its connections."""
+    with admin_connection(server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -7,9 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from psycopg import sql
-
-from winiswin_pipelines.db.embedded import EmbeddedPostgres, admin_connection, ensure_database_exists
+from winiswin_pipelines.db.embedded import EmbeddedPostgres, drop_database, ensure_database_exists
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.url import normalize_database_url
 
@@ -34,5 +32,4 @@ def scratch_database(folder: Path, database_url: str | None = None) -> Iterator[
         if server:
             server.destroy()
         else:
-            with admin_connection(base) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            drop_database(base, name)
