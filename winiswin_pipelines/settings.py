@@ -41,6 +41,26 @@ def cold_storage_dir() -> Path:
     return Path(env("COLD_STORAGE_DIR") or state_dir() / "cold_storage").resolve()
 
 
+def bucket_name() -> str | None:
+    """`BUCKET_NAME`: the S3 / R2 bucket for cold storage; unset: the local folder."""
+    return env("BUCKET_NAME")
+
+
+def s3_prefix() -> str:
+    """`S3_PREFIX`: the key prefix inside the bucket."""
+    return env("S3_PREFIX", "winiswin")
+
+
+def s3_endpoint_url() -> str | None:
+    """`S3_ENDPOINT_URL`: the endpoint of R2 or another S3-compatible store (unset: AWS)."""
+    return env("S3_ENDPOINT_URL")
+
+
+def aws_region(endpoint_url: str | None = None) -> str:
+    """`AWS_REGION`; R2 and other custom endpoints take "auto"."""
+    return env("AWS_REGION", "auto" if endpoint_url else "us-east-1")
+
+
 def aws_access_key() -> str | None:
     return env("AWS_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID")
 

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from winiswin_pipelines.archive import archive_old_data, manifest, read_history, restore_days
 from winiswin_pipelines.archive.archiver import ARCHIVED, BUSY, FAILED, first_kept_day
 from winiswin_pipelines.archive.parquet import Fingerprint
-from winiswin_pipelines.archive.store import LocalColdStore
+from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES
 from winiswin_pipelines.db.bulk import copy_upsert
 from winiswin_pipelines.db.manager import DatabaseManager

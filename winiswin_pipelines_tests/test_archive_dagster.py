@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from winiswin_pipelines.archive.instance_pruning import prune_instance_storage
-from winiswin_pipelines.archive.store import LocalColdStore
+from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.defs.archive import (

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import create_engine, text
 
-from winiswin_pipelines.archive.store import LocalColdStore, S3ColdStore, sha256_file
+from winiswin_pipelines.coldstore import LocalColdStore, S3ColdStore, sha256_file
 from winiswin_pipelines.definitions import defs
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource, build_resources
 

@@ -44,11 +44,13 @@ from winiswin_pipelines.archive.parquet import (
     read_content,
 )
 from winiswin_pipelines.archive.restore import restore_entry
-from winiswin_pipelines.archive.store import ColdStore, sha256_file
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES, ArchivedTable, archived_table, day_bounds
-from winiswin_pipelines.db.manager import DatabaseManager, get_database_manager
+from winiswin_pipelines.coldstore import ColdStore, sha256_file
+from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import Base
 from winiswin_pipelines.db.partitions import drop_daily_partition, existing_partitions, partition_name
+from winiswin_pipelines.errors import describe
+from winiswin_pipelines.factories import cold_store, database_manager
 
 DEFAULT_DAYS_TO_KEEP = 30
 VACUUM_MIN_ROWS = 10_000
@@ -162,11 +164,6 @@ def table_disk_bytes(conn: Connection, table: str) -> int:
     ).scalar_one()
 
 
-def _describe(exc: BaseException) -> str:
-    text_ = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text_}" if text_ else type(exc).__name__
-
-
 def _notify(progress: Progress | None, step: str, table: ArchivedTable, day: dt.date, **details: Any) -> None:
     if progress:
         progress(step, table.name, day, details)
@@ -235,7 +232,7 @@ def verify_part(store: ColdStore, key: str, part: WrittenPart, table: ArchivedTa
         try:
             content = read_content(copy, table.schema)
         except Exception as exc:  # a damaged file fails verification, whatever pyarrow raises
-            raise VerificationError(f"{uri}: not a readable Parquet file ({_describe(exc)})") from exc
+            raise VerificationError(f"{uri}: not a readable Parquet file ({describe(exc)})") from exc
         if content.footer_rows != part.rows:
             raise VerificationError(f"{uri}: footer says {content.footer_rows} rows, exported {part.rows}")
         if content.fingerprint != part.fingerprint:
@@ -394,7 +391,7 @@ def archive_day(
             try:
                 return _archive_locked(manager, store, table, day, meta, progress, started)
             except Exception as exc:
-                message = _describe(exc)
+                message = describe(exc)
                 manifest.record_failure(meta, table.name, day, message)
                 return DayResult(table.name, day, FAILED, error=message, duration_s=time.perf_counter() - started)
 
@@ -403,14 +400,6 @@ def vacuum(manager: DatabaseManager, table: str) -> None:
     """Make the space of deleted rows reusable and refresh statistics (not possible in a transaction)."""
     with manager.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text(f'VACUUM (ANALYZE) "{table}"'))
-
-
-def default_store() -> ColdStore:
-    """The cold store the environment names: S3/R2 when BUCKET_NAME is set, else the local folder."""
-    from winiswin_pipelines.resources import build_resources  # resources imports this package
-
-    with build_resources()["cold_storage"].process_config_and_initialize_cm() as cold_storage:
-        return cold_storage.store()
 
 
 def archive_old_data(
@@ -431,8 +420,8 @@ def archive_old_data(
     """
     if days_to_keep < 0:
         raise ValueError(f"days_to_keep must be >= 0, got {days_to_keep}")
-    manager = manager or get_database_manager()
-    store = store or default_store()
+    manager = manager or database_manager()
+    store = store or cold_store()
     as_of = as_of or dt.datetime.now(dt.UTC)
     keep_from = first_kept_day(days_to_keep, as_of)
     selected = [archived_table(name) for name in tables] if tables is not None else list(ARCHIVED_TABLES.values())

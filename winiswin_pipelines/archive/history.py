@@ -19,12 +19,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from winiswin_pipelines.archive import manifest
-from winiswin_pipelines.archive.archiver import default_store
 from winiswin_pipelines.archive.export import read_arrow
 from winiswin_pipelines.archive.restore import download_verified
-from winiswin_pipelines.archive.store import ColdStore
 from winiswin_pipelines.archive.tables import ArchivedTable, archived_table
-from winiswin_pipelines.db.manager import DatabaseManager, get_database_manager
+from winiswin_pipelines.coldstore import ColdStore
+from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.factories import cold_store, database_manager
 
 
 def _utc(value: dt.datetime | dt.date, name: str) -> dt.datetime:
@@ -77,8 +77,8 @@ def read_history(
     start, end = _utc(start, "start"), _utc(end, "end")
     if end <= start:
         raise ValueError(f"empty time range: start {start} is not before end {end}")
-    manager = manager or get_database_manager()
-    store = store or default_store()
+    manager = manager or database_manager()
+    store = store or cold_store()
     hot = _hot(manager, spec, start, end, symbols)
     with tempfile.TemporaryDirectory(prefix="winiswin-history-") as folder:
         cold = _cold(manager, store, spec, start, end, symbols, Path(folder))

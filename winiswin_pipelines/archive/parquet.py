@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from winiswin_pipelines.archive.store import sha256_file
+from winiswin_pipelines.coldstore import sha256_file
 
 ROW_GROUP_ROWS = 128 * 1024
 ROWS_PER_FILE = 8_000_000

@@ -22,9 +22,10 @@ from sqlalchemy import Connection
 from winiswin_pipelines.archive import manifest
 from winiswin_pipelines.archive.manifest import ManifestEntry
 from winiswin_pipelines.archive.parquet import iter_file_batches
-from winiswin_pipelines.archive.store import ColdStore, sha256_file
 from winiswin_pipelines.archive.tables import ArchivedTable
+from winiswin_pipelines.coldstore import ColdStore, sha256_file
 from winiswin_pipelines.db.bulk import copy_upsert
+from winiswin_pipelines.errors import describe
 
 
 class RestoreError(RuntimeError):
@@ -72,7 +73,7 @@ def restore_entry(conn: Connection, store: ColdStore, table: ArchivedTable, entr
                     )
                 except psycopg.errors.IntegrityError as exc:  # copy_upsert talks to the driver directly
                     raise RestoreError(
-                        f"{table.name} {entry.day}: {str(exc).splitlines()[0]}; restore the rows it "
+                        f"{table.name} {entry.day}: {describe(exc)}; restore the rows it "
                         "references first (trades before trade_partial_exits)"
                     ) from exc
                 inserted += result.inserted

@@ -15,10 +15,10 @@ import pyarrow as pa
 from sqlalchemy import BigInteger, Boolean, Date, DateTime, Float, Integer, SmallInteger, String, Table, Text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from winiswin_pipelines.db.models import DAILY_PARTITIONED_TABLES, TIME_SERIES_TABLES, Base
+from winiswin_pipelines.db.models import DAILY_PARTITIONED_TABLES, TIME_SERIES_TABLES, Base, final_trade_sql
 
 # Rows of a table that may leave for cold storage (open trades stay hot whatever their age).
-_ROW_FILTERS = {"trades": "status <> 'OPEN'"}
+_ROW_FILTERS = {"trades": final_trade_sql()}
 # Child tables first: deleting a trade cascades to its partial exits, which must be archived already.
 _ARCHIVE_ORDER = ["trade_partial_exits", "trades"]
 _EXTRA_TABLES = {"trade_partial_exits": "exit_time"}

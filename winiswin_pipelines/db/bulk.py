@@ -36,6 +36,14 @@ class UpsertResult:
     def _values(self) -> tuple[int, ...]:
         return (self.staged, self.inserted, self.updated, self.unchanged, self.duplicates)
 
+    @property
+    def rows(self) -> int:
+        """Distinct rows written (a key repeated in the input counts once)."""
+        return self.staged - self.duplicates
+
+    def counts(self) -> dict[str, int]:
+        return {"inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged}
+
 
 EMPTY_RESULT = UpsertResult(0, 0, 0, 0, 0)
 _JSONB_OID = 3802
@@ -200,6 +208,25 @@ def _merge(
     with conn.connection.driver_connection.cursor() as cur:
         existing, affected = cur.execute(statement).fetchone()
     return existing, affected
+
+
+def upsert_frame(
+    conn: Connection,
+    table: str,
+    columns: Sequence[str],
+    frame: pd.DataFrame,
+    *,
+    conflict_columns: Sequence[str],
+    batch_size: int = 100_000,
+    **merge: Any,
+) -> UpsertResult:
+    """`copy_upsert` of a DataFrame's `columns`, `batch_size` rows at a time (so memory stays flat),
+    inside the caller's transaction; `merge` takes copy_upsert's `update_columns` and `update_where`."""
+    result = EMPTY_RESULT
+    for begin in range(0, len(frame), batch_size):
+        rows = dataframe_rows(frame.iloc[begin : begin + batch_size], columns)
+        result += copy_upsert(conn, table, columns, rows, conflict_columns=conflict_columns, **merge)
+    return result
 
 
 def dataframe_rows(frame: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple[Any, ...]]:

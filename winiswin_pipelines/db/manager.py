@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from functools import cached_property
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from winiswin_pipelines.db.embedded import EmbeddedPostgres, ensure_database_exi
 from winiswin_pipelines.db.models import DAILY_PARTITIONED_TABLES
 from winiswin_pipelines.db.partitions import ensure_daily_partitions
 from winiswin_pipelines.db.url import DATABASE_URL_VAR, DatabaseConfigError, mask_url, normalize_database_url
+from winiswin_pipelines.errors import describe
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 DAGSTER_DATABASE = "dagster"
@@ -76,9 +76,7 @@ class DatabaseManager:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            if self.url.password:
-                reason = reason.replace(self.url.password, "***")
+            reason = describe(exc, secret=self.url.password)
             raise DatabaseConfigError(
                 f"cannot connect to the database in {DATABASE_URL_VAR} ({self.masked_url}): {reason}"
             ) from None
@@ -127,17 +125,3 @@ def dagster_storage_url(app_url: URL) -> str:
     """URL of Dagster's own database on the application's server, for dagster-postgres (psycopg2)."""
     ensure_database_exists(app_url, DAGSTER_DATABASE)
     return app_url.set(drivername="postgresql+psycopg2", database=DAGSTER_DATABASE).render_as_string(hide_password=False)
-
-
-_managers: dict[str, DatabaseManager] = {}
-_managers_lock = threading.Lock()
-
-
-def get_database_manager(url: str | None = None) -> DatabaseManager:
-    """The process-wide DatabaseManager for `url` (default: DATABASE_URL or the embedded server)."""
-    # Keyed by what the caller asked for, so a cached manager costs no look-up of the embedded server.
-    key = url if url is not None else (settings.database_url() or "")
-    with _managers_lock:
-        if key not in _managers:
-            _managers[key] = DatabaseManager(key or None)
-        return _managers[key]

@@ -9,6 +9,7 @@ dropping its partition and the disk space really comes back.
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -71,13 +72,37 @@ class PositionEntryTime(Base):
     updated_at: Mapped[dt.datetime] = _updated_at()
 
 
+class TradeStatus(StrEnum):
+    """What a trade's status means, in one place.
+
+    OPEN: the position is held (or was when its store was written); its exit is still to come, so
+    the row changes and stays hot. CLOSED, CANCELLED and LIQUIDATED are final: the row no longer
+    changes, and only final trades are archived.
+    """
+
+    OPEN = "OPEN"
+    CLOSED = "CLOSED"
+    CANCELLED = "CANCELLED"
+    LIQUIDATED = "LIQUIDATED"
+
+
+def open_trade_sql(alias: str | None = None) -> str:
+    """SQL condition: the trade (of table alias `alias`) is OPEN."""
+    return f"{alias + '.' if alias else ''}status = '{TradeStatus.OPEN}'"
+
+
+def final_trade_sql(alias: str | None = None) -> str:
+    """SQL condition: the trade (of table alias `alias`) is final (not OPEN)."""
+    return f"{alias + '.' if alias else ''}status <> '{TradeStatus.OPEN}'"
+
+
 class Trade(Base):
     """One row per position: live, paper, backtest or migrated from a legacy store."""
 
     __tablename__ = "trades"
     __table_args__ = (
         CheckConstraint("side IN ('LONG', 'SHORT')", name="side_valid"),
-        CheckConstraint("status IN ('OPEN', 'CLOSED', 'CANCELLED', 'LIQUIDATED')", name="status_valid"),
+        CheckConstraint(f"status IN ({', '.join(repr(str(s)) for s in TradeStatus)})", name="status_valid"),
         CheckConstraint("confidence IS NULL OR (confidence >= 0 AND confidence <= 1)", name="confidence_unit"),
         CheckConstraint(
             "win_probability IS NULL OR (win_probability >= 0 AND win_probability <= 1)",

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 
 import dagster as dg
 from pydantic import Field
-from sqlalchemy import text
 
-from winiswin_pipelines.archive import archive_old_data, manifest, read_history, restore_days
+from winiswin_pipelines.archive import archive_old_data, manifest, restore_days
 from winiswin_pipelines.archive.archiver import (
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -27,7 +26,6 @@ from winiswin_pipelines.archive.instance_pruning import prune_instance_storage
 from winiswin_pipelines.archive.parquet import day_prefix
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES, archived_table
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
-from winiswin_pipelines.sample_steps import SampleRunner, sample_step
 
 archive_partitions = dg.DailyPartitionsDefinition(start_date="2019-09-01", timezone="UTC")
 _RANGE_START, _RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -261,57 +259,6 @@ prune_dagster_storage_schedule = dg.ScheduleDefinition(
     job=prune_dagster_storage_job, cron_schedule="45 0 * * *", execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
-
-
-def _contiguous(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
-    runs: list[tuple[dt.date, dt.date]] = []
-    for day in days:
-        if runs and day - runs[-1][1] <= dt.timedelta(days=2):  # a one-day hole costs less than a run
-            runs[-1] = (runs[-1][0], day)
-        else:
-            runs.append((day, day))
-    return runs
-
-
-@sample_step(90, "Archival: the sample days (all older than 30 days) to the local cold folder, read back")
-def archive_sample_days(runner: SampleRunner) -> list[str]:
-    keep_from = first_kept_day(DEFAULT_DAYS_TO_KEEP)
-    with runner.manager.engine.connect() as conn:
-        days = sorted({day for t in ARCHIVED_TABLES.values() for day in eligible_days(conn, t, keep_from)})
-    days = [day for day in days if day >= archive_partitions.start.date()]
-    if not days:
-        return ["no day older than the retention has rows in PostgreSQL"]
-    totals: dict[str, dict[str, int]] = {}
-    passed = checked = 0
-    for first, last in _contiguous(days):  # one single-run backfill per block of days
-        result = runner.materialize([cold_archive, *manifest_checks],
-                                    tags={_RANGE_START: first.isoformat(), _RANGE_END: last.isoformat()})
-        seen = set()
-        for event in result.get_asset_materialization_events():
-            table = event.asset_key.path[-1]
-            if table in seen:  # a range run repeats its metadata for every day of the range
-                continue
-            seen.add(table)
-            meta = {key: value.value for key, value in event.materialization.metadata.items()}
-            total = totals.setdefault(table, {"days": 0, "rows": 0, "bytes": 0,
-                                              "before": meta["table_bytes_on_disk_before"]})
-            total["days"] += meta.get("days_archived", 1 if meta["rows"] else 0)
-            total["rows"] += meta["rows"]
-            total["bytes"] += meta["bytes"]
-            total["after"] = meta["table_bytes_on_disk_after"]
-        checks = result.get_asset_check_evaluations()
-        passed, checked = passed + sum(check.passed for check in checks), checked + len(checks)
-    lines = [f"{table:<20} {t['days']:>3} day(s) {t['rows']:>9,} rows -> {t['bytes']:>10,} B of Parquet; "
-             f"table on disk {t['before']:,} B -> {t['after']:,} B" for table, t in totals.items()]
-    lines.append(f"manifest matches storage: {passed}/{checked} checks passed")
-    history = read_history("klines", days[0], days[-1] + dt.timedelta(days=1), ["BTCUSDT"], manager=runner.manager)
-    with runner.manager.engine.connect() as conn:
-        hot = conn.execute(text("SELECT count(*) FROM klines WHERE open_time < :d"),
-                           {"d": dt.datetime.combine(keep_from, dt.time(), dt.UTC)}).scalar_one()
-    lines.append(f"history reader: klines BTCUSDT {days[0]}..{days[-1]} -> {len(history):,} rows "
-                 f"({history['open_time'].min()} .. {history['open_time'].max()}) read back from cold storage; klines "
-                 f"rows older than the retention still in PostgreSQL: {hot}")
-    return lines
 
 
 defs = dg.Definitions(

@@ -21,14 +21,12 @@ from sqlalchemy import text
 
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.bulk import EMPTY_RESULT
-from winiswin_pipelines.defs.marketdata import partition_days
+from winiswin_pipelines.defs.partitions import DAY, daily_partitions, partition_days, range_tags
 from winiswin_pipelines.features import BOOK_STATES
 from winiswin_pipelines.features.store import (
-    DAY,
     FEATURES,
     LABELS,
     REQUIRED_FEATURES,
-    book_day_ranges,
     look_ahead_difference,
     read_day_book,
     stored_features,
@@ -38,11 +36,9 @@ from winiswin_pipelines.features.store import (
     write_day_labels,
 )
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_steps import SampleRunner, sample_step
 
-training_partitions = dg.DailyPartitionsDefinition(start_date="2019-09-01", timezone="UTC")
 # Every training-data asset: a UTC day per partition, a range of days in one run when backfilling.
-_DAILY = {"group_name": "training_data", "partitions_def": training_partitions,
+_DAILY = {"group_name": "training_data", "partitions_def": daily_partitions,
           "backfill_policy": dg.BackfillPolicy.single_run()}
 
 
@@ -169,7 +165,7 @@ def _check_window(context: dg.AssetCheckExecutionContext) -> dg.TimeWindow:
     return context.op_execution_context.partition_time_window
 
 
-@dg.asset_check(asset=microstructure_features, partitions_def=training_partitions, blocking=True)
+@dg.asset_check(asset=microstructure_features, partitions_def=daily_partitions, blocking=True)
 def features_required_not_null(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
 ) -> dg.AssetCheckResult:
@@ -186,7 +182,7 @@ def features_required_not_null(
     return dg.AssetCheckResult(passed=not null_counts, metadata={"rows": total, "null_counts": null_counts or "none"})
 
 
-@dg.asset_check(asset=microstructure_features, partitions_def=training_partitions, blocking=True)
+@dg.asset_check(asset=microstructure_features, partitions_def=daily_partitions, blocking=True)
 def features_in_range(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
     """obi and depth obi lie in [-1, 1]; spread_pct >= 0."""
     window = _check_window(context)
@@ -205,7 +201,7 @@ def features_in_range(context: dg.AssetCheckExecutionContext, postgres: Postgres
 _LOOK_AHEAD_SAMPLES = 16
 
 
-@dg.asset_check(asset=microstructure_features, partitions_def=training_partitions, blocking=True)
+@dg.asset_check(asset=microstructure_features, partitions_def=daily_partitions, blocking=True)
 def features_no_look_ahead(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
     """Stored features equal features recomputed from the snapshots at or before their timestamp only.
 
@@ -235,7 +231,7 @@ def features_no_look_ahead(context: dg.AssetCheckExecutionContext, postgres: Pos
     )
 
 
-@dg.asset_check(asset=triple_barrier_labels, partitions_def=training_partitions, blocking=True)
+@dg.asset_check(asset=triple_barrier_labels, partitions_def=daily_partitions, blocking=True)
 def labels_consistent(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
     """Labels match their barrier, end at or after their event, and their distribution is reported."""
     window = _check_window(context)
@@ -277,7 +273,7 @@ def training_data_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     first = yesterday - dt.timedelta(days=1)
     return dg.RunRequest(
         run_key=f"training-data-{first}..{yesterday}",
-        tags={"dagster/asset_partition_range_start": f"{first}", "dagster/asset_partition_range_end": f"{yesterday}"},
+        tags=range_tags(first, yesterday),
     )
 
 
@@ -287,48 +283,3 @@ defs = dg.Definitions(
     jobs=[training_data_job],
     schedules=[training_data_daily],
 )
-
-
-# --- make run ---------------------------------------------------------------------------------------
-
-
-def range_tags(first: dt.date, last: dt.date) -> dict[str, str]:
-    return {"dagster/asset_partition_range_start": f"{first}", "dagster/asset_partition_range_end": f"{last}"}
-
-
-def _materialize_sample_days(runner: SampleRunner, assets: list, describe) -> list[str]:
-    lines = []
-    for first, last in book_day_ranges(runner.manager):
-        result = runner.materialize(assets, tags=range_tags(first, last))
-        metadata = result.asset_materializations_for_node(assets[0].key.to_user_string())[0].metadata
-        checks = result.get_asset_check_evaluations()
-        failed = [c.check_name for c in checks if not c.passed]
-        verdict = f"checks: {len(checks) - len(failed)} passed" + (f", FAILED {', '.join(failed)}" if failed else "")
-        lines.append(f"{first}..{last}: {describe(metadata)}" + (f"; {verdict}" if checks else ""))
-    return lines or ["no book snapshots stored: nothing to do"]
-
-
-@sample_step(20, "Microstructure features for the days with book snapshots")
-def sample_features(runner: SampleRunner) -> list[str]:
-    return _materialize_sample_days(
-        runner, [microstructure_features, features_required_not_null, features_in_range, features_no_look_ahead],
-        lambda m: f"{m['rows'].value:,} feature rows ({m['inserted'].value:,} new), {m['symbols'].value}; "
-        f"{m['skipped_crossed_books'].value} crossed and {m['skipped_one_sided_books'].value} one-sided books skipped",
-    )
-
-
-@sample_step(30, "Triple-barrier labels for the same days")
-def sample_labels(runner: SampleRunner) -> list[str]:
-    return _materialize_sample_days(
-        runner, [triple_barrier_labels, labels_consistent],
-        lambda m: f"{m['labelled'].value:,} labelled ({m['labels'].value}), "
-        f"{m['pending_next_day'].value} pending the next day",
-    )
-
-
-@sample_step(40, "Training dataset (Parquet, Hive-partitioned by date)")
-def sample_dataset(runner: SampleRunner) -> list[str]:
-    return _materialize_sample_days(
-        runner, [training_dataset],
-        lambda m: f"{m['rows'].value:,} rows to {m['dataset'].value}",
-    )

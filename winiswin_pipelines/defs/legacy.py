@@ -21,7 +21,6 @@ from winiswin_pipelines.legacy.load import BATCH_SIZE, Verification, migrate_sto
 from winiswin_pipelines.legacy.records import LegacySourceError
 from winiswin_pipelines.legacy.sniff import SkippedFile, Store, discover_stores, store_for
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_steps import SampleRunner, sample_step
 
 _PROGRESS_EVERY_SECONDS = 10.0
 
@@ -178,23 +177,3 @@ def verification_metadata(results: list[Verification]) -> dict[str, dg.MetadataV
 legacy_trades, legacy_accounting = build_legacy_migration(settings.legacy_dir())
 
 defs = dg.Definitions(assets=[legacy_trades], asset_checks=[legacy_accounting])
-
-
-@sample_step(50, "legacy migration: the bundled legacy samples")
-def migrate_bundled_samples(runner: SampleRunner) -> list[str]:
-    folder = settings.SAMPLE_DATA_DIR / "legacy"
-    asset, check = build_legacy_migration(folder)
-    keys = asset.partitions_def.get_partition_keys()
-    result = runner.materialize(
-        [asset, check],
-        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
-    )
-    metadata = result.asset_materializations_for_node("legacy_trades")[0].metadata
-    evaluations = result.get_asset_check_evaluations()
-    lines = [f"{folder}: {len(keys)} trade stores"]
-    lines += metadata["summary"].value.splitlines()
-    if "files skipped (no trades)" in metadata:
-        skipped = metadata["files skipped (no trades)"].value.splitlines()
-        lines += [f"skipped {line.removeprefix('- ')}" for line in skipped]
-    lines.append(f"accounting check: {'passed' if evaluations and all(e.passed for e in evaluations) else 'FAILED'}")
-    return lines

@@ -9,15 +9,15 @@ own rows are written.
 
 import datetime as dt
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
-from sqlalchemy import text
 
-from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert, dataframe_rows
+from winiswin_pipelines.db.bulk import UpsertResult
+from winiswin_pipelines.defs.partitions import daily_partitions
 from winiswin_pipelines.marketdata.capture import CaptureMessage, RejectedLine, read_capture
 from winiswin_pipelines.marketdata.klines import (
     KLINE_COLUMNS,
@@ -26,27 +26,18 @@ from winiswin_pipelines.marketdata.klines import (
     trades_from_capture,
 )
 from winiswin_pipelines.marketdata.orderbook import (
-    BOOK_SNAPSHOT_COLUMNS,
     BookSnapshotter,
     InvalidPeriod,
     snapshot_frame,
 )
+from winiswin_pipelines.marketdata.repository import (
+    count_crossed_books,
+    count_inconsistent_klines,
+    write_book_snapshots,
+    write_klines,
+)
 from winiswin_pipelines.marketdata.samples import MARKET_SAMPLES_DIR, CaptureFile, MarketFiles, scan_market_folder
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_steps import SampleRunner, sample_step
-
-market_daily_partitions = dg.DailyPartitionsDefinition(start_date="2019-09-01", timezone="UTC")
-
-
-def partition_days(window: dg.TimeWindow) -> list[dt.datetime]:
-    """Start of each UTC day of a partition window (one day, or a range in a single-run backfill)."""
-    days, day = [], window.start
-    while day < window.end:
-        days.append(day)
-        day += dt.timedelta(days=1)
-    return days
-
-_WRITE_BATCH = 50_000
 
 
 class MarketImportConfig(dg.Config):
@@ -71,22 +62,8 @@ def _days(start: dt.datetime, end: dt.datetime) -> tuple[dt.date, dt.date]:
     return start.date(), (end - dt.timedelta(days=1)).date()
 
 
-def _upsert(
-    postgres: PostgresResource, table: str, columns: Sequence[str], frame: pd.DataFrame, keys: Sequence[str]
-) -> UpsertResult:
-    result = EMPTY_RESULT
-    with postgres.manager.engine.begin() as conn:
-        for begin in range(0, len(frame), _WRITE_BATCH):
-            chunk = frame.iloc[begin : begin + _WRITE_BATCH]
-            result += copy_upsert(conn, table, columns, dataframe_rows(chunk, columns), conflict_columns=keys)
-    return result
-
-
 def _upsert_metadata(result: UpsertResult) -> dict[str, int]:
-    return {
-        "rows": result.staged - result.duplicates, "inserted": result.inserted,
-        "updated": result.updated, "unchanged": result.unchanged,
-    }
+    return {"dagster/row_count": result.rows, **result.counts()}
 
 
 def _time_range(frame: pd.DataFrame, column: str) -> str:
@@ -124,7 +101,7 @@ def _capture_klines(
 
 @dg.asset(
     group_name="market_data",
-    partitions_def=market_daily_partitions,
+    partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     kinds={"postgres", "pandas"},
     pool="pg_write",
@@ -147,7 +124,7 @@ def klines(
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(KLINE_COLUMNS))
     frame = frame[(frame["open_time"] >= start) & (frame["open_time"] < end)]
     frame = frame.drop_duplicates(["symbol", "interval", "open_time"], keep="last")
-    result = _upsert(postgres, "klines", KLINE_COLUMNS, frame, ("symbol", "interval", "open_time"))
+    result = write_klines(postgres.manager, frame)
     context.log.info(f"klines {first}..{last}: {result}")
     return dg.MaterializeResult(metadata={
         **_upsert_metadata(result),
@@ -161,7 +138,7 @@ def klines(
 
 @dg.asset(
     group_name="market_data",
-    partitions_def=market_daily_partitions,
+    partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     kinds={"postgres", "pandas"},
     pool="pg_write",
@@ -189,7 +166,7 @@ def book_snapshots(
         gaps += [(symbol, gap) for gap in snapshotter.gaps if start <= gap.exchange_time < end]
         invalid += [(symbol, period) for period in snapshotter.invalid_periods if _overlaps(period, start, end)]
     frame = pd.concat(frames, ignore_index=True) if frames else snapshot_frame([])
-    result = _upsert(postgres, "book_snapshots", BOOK_SNAPSHOT_COLUMNS, frame, ("symbol", "exchange_time"))
+    result = write_book_snapshots(postgres.manager, frame)
     context.log.info(f"book_snapshots {first}..{last}: {result}; {len(gaps)} gaps")
     return dg.MaterializeResult(metadata={
         **_upsert_metadata(result),
@@ -219,40 +196,24 @@ def _invalid_table(invalid: list[tuple[str, InvalidPeriod]]) -> str:
     return "\n".join(lines)
 
 
-def _partition_bounds(context: dg.AssetCheckExecutionContext) -> dict[str, dt.datetime]:
+def _partition_bounds(context: dg.AssetCheckExecutionContext) -> tuple[dt.datetime, dt.datetime]:
     window = context.op_execution_context.partition_time_window
-    return {"start": window.start, "end": window.end}
+    return window.start, window.end
 
 
-@dg.asset_check(asset=book_snapshots, partitions_def=market_daily_partitions, blocking=True)
+@dg.asset_check(asset=book_snapshots, partitions_def=daily_partitions, blocking=True)
 def book_snapshots_not_crossed(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
 ) -> dg.AssetCheckResult:
     """Every stored snapshot of the days has best bid < best ask (snapshots exist only while valid)."""
-    with postgres.manager.engine.connect() as conn:
-        total, crossed = conn.execute(
-            text(
-                "SELECT count(*), count(*) FILTER (WHERE best_bid >= best_ask) FROM book_snapshots "
-                "WHERE exchange_time >= :start AND exchange_time < :end"
-            ),
-            _partition_bounds(context),
-        ).one()
+    total, crossed = count_crossed_books(postgres.manager, *_partition_bounds(context))
     return dg.AssetCheckResult(passed=crossed == 0, metadata={"snapshots": total, "crossed_or_locked": crossed})
 
 
-@dg.asset_check(asset=klines, partitions_def=market_daily_partitions, blocking=True)
+@dg.asset_check(asset=klines, partitions_def=daily_partitions, blocking=True)
 def klines_ohlc_consistent(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
     """low <= open, close <= high; taker buy volume within volume; non-negative volumes and counts."""
-    with postgres.manager.engine.connect() as conn:
-        total, bad = conn.execute(
-            text(
-                "SELECT count(*), count(*) FILTER (WHERE NOT ("
-                "low <= least(open, close) AND high >= greatest(open, close) AND volume >= 0 "
-                "AND trade_count >= 0 AND taker_buy_base_volume BETWEEN 0 AND volume "
-                "AND close_time > open_time)) FROM klines WHERE open_time >= :start AND open_time < :end"
-            ),
-            _partition_bounds(context),
-        ).one()
+    total, bad = count_inconsistent_klines(postgres.manager, *_partition_bounds(context))
     return dg.AssetCheckResult(passed=bad == 0, metadata={"bars": total, "inconsistent": bad})
 
 
@@ -276,27 +237,3 @@ defs = dg.Definitions(
     schedules=[market_data_daily],
 )
 
-
-@sample_step(10, "Market data: Binance klines and order-book snapshots from the bundled samples")
-def import_market_samples(runner: SampleRunner) -> list[str]:
-    lines = []
-    ranges = {
-        "klines": [("2023-04-01", "2023-04-30"), ("2024-07-18", "2024-07-19")],
-        "book_snapshots": [("2023-04-04", "2023-04-05"), ("2024-07-18", "2024-07-19")],
-    }
-    checks = {"klines": klines_ohlc_consistent, "book_snapshots": book_snapshots_not_crossed}
-    for asset in (klines, book_snapshots):
-        name = asset.key.to_user_string()
-        for first, last in ranges[name]:
-            tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
-            result = runner.materialize([asset, checks[name]], tags=tags)
-            metadata = result.asset_materializations_for_node(name)[0].metadata
-            passed = all(e.passed for e in result.get_asset_check_evaluations())
-            lines.append(
-                f"{name} {first}..{last}: {metadata['rows'].value:,} rows "
-                f"({metadata['inserted'].value:,} new, {metadata['unchanged'].value:,} unchanged), "
-                f"{metadata['symbols'].value}; checks {'passed' if passed else 'FAILED'}"
-                + (f"; {metadata['gaps_detected'].value} gaps" if name == "book_snapshots"
-                   else f"; intervals {metadata['intervals'].value}")
-            )
-    return lines

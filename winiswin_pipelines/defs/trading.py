@@ -19,12 +19,11 @@ from pydantic import Field
 from sqlalchemy import func, select
 
 from winiswin_pipelines import settings
-from winiswin_pipelines.db.models import Trade, TradingDecision
-from winiswin_pipelines.defs.marketdata import market_daily_partitions, partition_days
+from winiswin_pipelines.db.models import Trade
+from winiswin_pipelines.defs.partitions import daily_partitions, partition_days
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BINANCE_FUTURES_WS
 from winiswin_pipelines.marketdata.feed import BinanceFeed, MarketFeed, ReplayFeed
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_steps import SampleRunner, sample_step
 from winiswin_pipelines.trading.backtest import backtest_day
 from winiswin_pipelines.trading.execution import LiveTradingRefused
 from winiswin_pipelines.trading.performance import summarize
@@ -181,7 +180,7 @@ class BacktestConfig(TradingParameters):
 
 @dg.asset(
     group_name="trading",
-    partitions_def=market_daily_partitions,
+    partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=["klines", "book_snapshots"],
     kinds={"python", "postgres"},
@@ -221,7 +220,7 @@ def backtest(
     })
 
 
-@dg.asset_check(asset=backtest, partitions_def=market_daily_partitions, blocking=True)
+@dg.asset_check(asset=backtest, partitions_def=daily_partitions, blocking=True)
 def backtest_trades_closed_in_their_day(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
 ) -> dg.AssetCheckResult:
@@ -235,46 +234,6 @@ def backtest_trades_closed_in_their_day(
             select(func.count(), func.count().filter(~consistent)).where(in_days)
         ).one()
     return dg.AssetCheckResult(passed=bad == 0, metadata={"trades": total, "open_or_inconsistent": bad})
-
-
-@sample_step(60, "Backtest: April 2023 BTCUSDT klines through the strategy (paper execution, source 'backtest')")
-def run_sample_backtest(runner: SampleRunner) -> list[str]:
-    tags = {"dagster/asset_partition_range_start": "2023-04-01", "dagster/asset_partition_range_end": "2023-04-30"}
-    result = runner.materialize([backtest, backtest_trades_closed_in_their_day], tags=tags)
-    metadata = result.asset_materializations_for_node("backtest")[0].metadata
-    win_rate = metadata["win_rate"].value
-    passed = all(evaluation.passed for evaluation in result.get_asset_check_evaluations())
-    return [
-        f"{metadata['symbols'].value} on {metadata['intervals'].value} bars, 2023-04-01..2023-04-30; "
-        f"check {'passed' if passed else 'FAILED'}",
-        f"{metadata['trades'].value} trades, win rate "
-        + (f"{win_rate:.1%}" if isinstance(win_rate, float) else "n/a"),
-        f"PnL {metadata['pnl'].value:+,.2f} USDT ({metadata['return_pct'].value:+.2%} of the paper account), "
-        f"max drawdown {metadata['max_drawdown'].value:,.2f} USDT, fees {metadata['fees'].value:,.2f} USDT",
-        f"exits: {metadata['exit_reasons'].value}",
-    ]
-
-
-@sample_step(70, "Paper trading: a bounded session over the bundled 8-minute BTCUSDT + ETHUSDT capture (ReplayFeed)")
-def run_sample_paper_session(runner: SampleRunner) -> list[str]:
-    session_id = "sample-replay"  # a fixed id: a second `make run` rewrites the same rows (deterministic replay)
-    # Eight minutes hold 7 one-minute bars per symbol: the short-horizon profile can trade them.
-    config = TradingSessionConfig(session_id=session_id, strategy_profile="short_horizon", max_events=100_000)
-    run_config = dg.RunConfig(ops={"trading_session": config})
-    runner.execute_job(trading_session_job, run_config)
-    with runner.manager.session() as session:
-        traded = select(TradingDecision.trade_uid).where(TradingDecision.session_id == session_id,
-                                                         TradingDecision.action == "enter")
-        trades = session.scalars(select(Trade).where(Trade.trade_uid.in_(traded)).order_by(Trade.trade_uid)).all()
-        decisions = session.scalars(select(TradingDecision).where(TradingDecision.session_id == session_id)).all()
-    lines = [f"session {session_id}: {len(decisions)} decisions, {len(trades)} trades"]
-    for trade in trades:
-        lines.append(
-            f"{trade.side:<5} {trade.symbol} {trade.quantity:.3f} @ {trade.entry_price:,.2f} "
-            f"({trade.entry_time:%H:%M:%S}) -> {trade.exit_price or 0:,.2f} ({trade.exit_time:%H:%M:%S}) "
-            f"{trade.exit_reason}: PnL {trade.pnl:+.2f} USDT"
-        )
-    return lines
 
 
 defs = dg.Definitions(

@@ -25,6 +25,8 @@ from sqlalchemy import Connection, Engine, text
 
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert
+from winiswin_pipelines.db.models import final_trade_sql, open_trade_sql
+from winiswin_pipelines.errors import describe
 from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.pipeline import iter_outcomes
 from winiswin_pipelines.legacy.readers import count_records
@@ -52,7 +54,7 @@ WRITERS = 2
 UPDATE_RULES = {
     TRADES: "(t.source = EXCLUDED.source"
     " AND COALESCE((t.origin->>'seq')::bigint, 0) <= (EXCLUDED.origin->>'seq')::bigint)"
-    " OR (t.source <> EXCLUDED.source AND t.status = 'OPEN' AND EXCLUDED.status <> 'OPEN')",
+    f" OR (t.source <> EXCLUDED.source AND {open_trade_sql('t')} AND {final_trade_sql('EXCLUDED')})",
     PARTIAL_EXITS: "t.source = EXCLUDED.source",  # the uid is the content: only the source can differ
 }
 _COLUMNS = {TRADES: TRADE_COLUMNS, PARTIAL_EXITS: PARTIAL_EXIT_COLUMNS}
@@ -165,7 +167,7 @@ def _upsert_quarantine(conn: Connection, source: str, rejected: list[Rejected]) 
 
 
 def _refused(row: Row, exc: Exception) -> Rejected:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = describe(exc)
     raw = row.values[_COLUMNS[row.table].index("raw")]
     return Rejected(row.position, f"refused by PostgreSQL: {reason}", safe_text(raw), row.variant, row.size)
 

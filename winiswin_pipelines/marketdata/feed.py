@@ -44,10 +44,10 @@ from winiswin_pipelines.marketdata.klines import (
     trades_from_capture,
 )
 from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS, BookSnapshotter, OrderBook
+from winiswin_pipelines.times import EPOCH, from_epoch_ms
 
 log = logging.getLogger(__name__)
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # The bundled BTCUSDT and ETHUSDT captures of the same 8 minutes (2024-07-18 23:57 -> 07-19 00:05).
 DEFAULT_CAPTURES = (
     samples.CAPTURE_BTCUSDT_20240718, samples.CAPTURE_BTCUSDT_20240719,
@@ -111,21 +111,17 @@ def event_order(event: MarketEvent) -> tuple[dt.datetime, int, str]:
     return event.time, 0 if isinstance(event, KlineEvent) else 1, event.symbol
 
 
-def from_ms(ms: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(milliseconds=int(ms))
-
-
 def kline_from_stream(data: dict[str, Any]) -> KlineEvent:
     """A KlineEvent from a websocket `kline` event."""
     k = data["k"]
-    return KlineEvent(k["s"], k["i"], from_ms(k["t"]), from_ms(k["T"]), float(k["o"]), float(k["h"]),
+    return KlineEvent(k["s"], k["i"], from_epoch_ms(k["t"]), from_epoch_ms(k["T"]), float(k["o"]), float(k["h"]),
                       float(k["l"]), float(k["c"]), float(k["v"]), float(k["q"]), int(k["n"]), float(k["V"]),
                       float(k["Q"]), bool(k["x"]))
 
 
 def kline_from_rest(symbol: str, interval: str, row: Sequence[Any], *, closed: bool = True) -> KlineEvent:
     """A KlineEvent from a REST kline row (Binance's 12-field array)."""
-    return KlineEvent(symbol, interval, from_ms(row[0]), from_ms(row[6]), float(row[1]), float(row[2]),
+    return KlineEvent(symbol, interval, from_epoch_ms(row[0]), from_epoch_ms(row[6]), float(row[1]), float(row[2]),
                       float(row[3]), float(row[4]), float(row[5]), float(row[7]), int(row[8]), float(row[9]),
                       float(row[10]), closed)
 
@@ -194,7 +190,7 @@ class ReplayFeed:
         snapshotter = BookSnapshotter(symbol, self.book_cadence, self.depth)
         for message in messages:
             snapshotter.process(message)
-        return [BookEvent(row[0], from_ms(row[1]), *row[2:12]) for row in snapshotter.take_rows()]
+        return [BookEvent(row[0], from_epoch_ms(row[1]), *row[2:12]) for row in snapshotter.take_rows()]
 
     def _kline_events(self, symbol: str, messages: list[CaptureMessage]) -> list[KlineEvent]:
         trades = trades_from_capture(messages)
@@ -313,7 +309,7 @@ class BinanceFeed:
             self.stream = BinanceStream(self.ws_url, self.stream_names(), rest, snapshot_limit=max(self.depth, 1000))
             async for update in self.stream.updates():
                 if update.kind == "book":
-                    yield book_event(update.symbol, update.book, from_ms(update.data["E"]), update.receive_time,
+                    yield book_event(update.symbol, update.book, from_epoch_ms(update.data["E"]), update.receive_time,
                                      self.depth)
                 elif update.kind == "kline":
                     event = kline_from_stream(update.data)
@@ -338,7 +334,7 @@ class BinanceFeed:
     async def _backfill(self, rest: BinanceRestClient) -> list[KlineEvent]:
         events: list[KlineEvent] = []
         for (symbol, interval), last_open in list(self._last_closed.items()):
-            start = int((last_open - _EPOCH) / dt.timedelta(milliseconds=1)) + interval_ms(interval)
+            start = int((last_open - EPOCH) / dt.timedelta(milliseconds=1)) + interval_ms(interval)
             try:
                 rows = await rest.closed_klines_since(symbol, interval, start)
             except BinanceAPIError as error:
@@ -383,7 +379,7 @@ class FeedWriter:
     def _new_book_slot(self, event: BookEvent) -> bool:
         if self.book_cadence is None:
             return True
-        slot = (event.exchange_time - _EPOCH) // self.book_cadence
+        slot = (event.exchange_time - EPOCH) // self.book_cadence
         if self._book_slots.get(event.symbol) == slot:
             return False
         self._book_slots[event.symbol] = slot

@@ -22,12 +22,12 @@ from typing import Any
 import pandas as pd
 
 from winiswin_pipelines.marketdata.capture import REST_DEPTH, CaptureMessage, stream_symbol
+from winiswin_pipelines.times import from_epoch_ms
 
 BOOK_SNAPSHOT_COLUMNS = (
     "symbol", "exchange_time", "receive_time", "last_update_id", "best_bid", "best_bid_qty",
     "best_ask", "best_ask_qty", "bid_prices", "bid_sizes", "ask_prices", "ask_sizes", "source",
 )
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class DiffResult(enum.Enum):
@@ -184,10 +184,6 @@ class InvalidPeriod:
     reason: str  # "no snapshot yet" or "gap"
 
 
-def _ms_to_datetime(ms: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(milliseconds=ms)
-
-
 @dataclass
 class BookSnapshotter:
     """Feeds capture messages to an `OrderBook` and samples it every `cadence` of exchange time.
@@ -235,7 +231,7 @@ class BookSnapshotter:
     def _track(self, diff: dict[str, Any], receive_time: dt.datetime, result: DiffResult) -> None:
         event_ms = diff["E"]
         if result is DiffResult.GAP:
-            when = _ms_to_datetime(event_ms)
+            when = from_epoch_ms(event_ms)
             self.gaps.append(
                 BookGap(when, receive_time, self.book.last_update_id, diff.get("pu"), diff["U"], diff["u"])
             )
@@ -245,7 +241,7 @@ class BookSnapshotter:
             self._last_receive = receive_time
             if result is DiffResult.SYNCED:
                 if self.invalid_periods[-1].end is None:
-                    self.invalid_periods[-1].end = _ms_to_datetime(event_ms)
+                    self.invalid_periods[-1].end = from_epoch_ms(event_ms)
                 # Sampling resumes at the first grid time at or after the diff that synced the book.
                 resume_ms = -(-event_ms // self._cadence_ms) * self._cadence_ms
                 self._next_ms = max(self._next_ms or resume_ms, resume_ms)

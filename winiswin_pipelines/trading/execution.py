@@ -19,6 +19,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
 
 from winiswin_pipelines.marketdata.binance import BinanceRestClient
+from winiswin_pipelines.times import from_epoch_ms
 from winiswin_pipelines.trading.risk import direction
 
 LIVE_OPT_IN_VAR = "WINISWIN_LIVE_TRADING"
@@ -155,7 +156,7 @@ class LiveExecutor:
         # the reference price; reconciling with the user-data stream is not implemented yet.
         price = float(reply.get("avgPrice") or 0) or reference_price
         filled = float(reply.get("executedQty") or 0) or float(rounded)
-        fill_time = dt.datetime.fromtimestamp(reply["updateTime"] / 1000, dt.UTC) if reply.get("updateTime") else time
+        fill_time = from_epoch_ms(reply["updateTime"]) if reply.get("updateTime") else time
         # Commission is only in the user-data stream; estimate it at the taker rate until reconciled.
         return Fill(price, filled, price * filled * TAKER_FEE_RATE, fill_time, str(reply.get("orderId")))
 

@@ -56,6 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.entry_times import async_delete_entry_time, async_upsert_entry_time
 from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.errors import describe
 from winiswin_pipelines.trading.events import (
     TradeCancelled,
     TradeClosed,
@@ -382,11 +383,7 @@ class UnifiedTradeRecorder:
         self._backoff = min(self._backoff * 2, RETRY_BACKOFF_S[1])
 
     def _describe(self, exc: BaseException) -> str:
-        detail = getattr(exc, "orig", None) or exc
-        message = (str(detail).strip().splitlines() or [""])[0]
-        if self.manager.url.password:
-            message = message.replace(self.manager.url.password, "***")
-        return f"{type(detail).__name__}: {message}"[:500]
+        return describe(exc, secret=self.manager.url.password)[:500]
 
     # -- database writes ---------------------------------------------------------------------------
 
