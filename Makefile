@@ -15,17 +15,20 @@ $(VENV)/.installed: pyproject.toml setup.py
 	touch $@
 
 setup: $(VENV)/.installed
-	@mkdir -p $(DAGSTER_HOME) && ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && ln -sf $(CURDIR)/config/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m winiswin_pipelines.db start
 
 run: setup
-	$(PY) -m winiswin_pipelines.sample_run
+	$(PY) -m winiswin_pipelines.demo
 
+# The import contracts first: a wrong import fails in a second, before the suite starts.
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check winiswin_pipelines winiswin_pipelines_tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 
 # The Dagster UI (webserver and daemon) on 127.0.0.1:3000; Ctrl-C stops everything.
 dev: setup

@@ -22,16 +22,14 @@ from pathlib import Path
 
 import boto3
 import psycopg
-from dagster_aws.s3 import S3Resource
 from sqlalchemy import text
 
-from winiswin_pipelines import settings
+from winiswin_pipelines import factories, settings
 from winiswin_pipelines.archive import archive_old_data
 from winiswin_pipelines.archive.archiver import table_disk_bytes
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.partitions import ensure_daily_partitions
 from winiswin_pipelines.db.scratch import scratch_database
-from winiswin_pipelines.resources import ColdStorageResource
 
 DAY = dt.date(2024, 1, 10)
 
@@ -118,11 +116,9 @@ def run(manager: DatabaseManager, endpoint: str, rows: int, levels: int) -> None
     print(f"generated {rows:,} book_snapshots rows ({levels} levels) of {DAY} in {time.perf_counter() - started:.1f} s")
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
                  aws_secret_access_key="bench").create_bucket(Bucket="bench")
-    store = ColdStorageResource(
-        bucket_name="bench", prefix="bench",
-        s3=S3Resource(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
-                      aws_secret_access_key="bench"),
-    ).store()
+    store = factories.cold_store(
+        "bench", "bench", client=factories.s3_client(endpoint, "bench", "bench", region="us-east-1"),
+    )
 
     copy_s, copy_bytes = bare_copy_seconds(manager)
     with manager.engine.connect() as conn:

@@ -24,7 +24,9 @@ from sqlalchemy import text
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.partitions import ensure_daily_partitions
 from winiswin_pipelines.db.scratch import scratch_database
-from winiswin_pipelines.features.store import FEATURES, day_features, read_day_book, write_day_features
+from winiswin_pipelines.features.days import FEATURES, day_features
+from winiswin_pipelines.features.repository import book_symbols
+from winiswin_pipelines.features.training import read_day_book, write_day_features
 
 DAY = dt.datetime(2024, 1, 10, tzinfo=dt.UTC)
 TARGET_ROWS_PER_S = 100_000
@@ -82,7 +84,7 @@ def report(name: str, seconds: float, rows: int, detail: str) -> None:
 
 def measure(manager: DatabaseManager, repeat: int) -> None:
     with manager.engine.connect() as conn:
-        symbols = conn.execute(text("SELECT DISTINCT symbol FROM book_snapshots ORDER BY 1")).scalars().all()
+        symbols = book_symbols(conn, DAY, DAY + dt.timedelta(days=1))
         read_s, books = best_of(repeat, lambda: [read_day_book(conn, s, DAY) for s in symbols])
     compute_s, frames = best_of(repeat, lambda: [day_features(book, DAY) for book in books])
     rows = sum(len(f) for f in frames)

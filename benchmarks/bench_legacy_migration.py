@@ -130,9 +130,9 @@ def main() -> None:
         with scratch_database(folder, settings.database_url()) as manager:
             machine_cpu, own_cpu = busy_cpu_seconds(), time.process_time()
             started = time.perf_counter()
-            report = migrate_store(manager.engine, store)
+            report = migrate_store(manager, store)
             migrated_at = time.perf_counter()
-            verification = verify_store(manager.engine, store)
+            verification = verify_store(manager, store)
             elapsed = time.perf_counter() - started
             machine_cpu, own_cpu = busy_cpu_seconds() - machine_cpu, time.process_time() - own_cpu
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the samples below

@@ -5,6 +5,8 @@
 Every trade store found in the folder (sniffed from its content) is read, normalised and upserted
 into `trades` / `trade_partial_exits`; what cannot be migrated goes to `legacy_quarantine` with the
 reason. Each store is then verified against PostgreSQL. `--dry-run` reads and normalises only.
+The stores found become `legacy_trades` partitions of the Dagster instance (DAGSTER_HOME, default
+.state/dagster_home) when it exists, so they can be materialised from the UI or the CLI too.
 The database is DATABASE_URL's, else the embedded server. The legacy files are never modified.
 Exit status: 0 when every store balances and verifies, 1 otherwise, 2 on a missing folder or store.
 """
@@ -15,10 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
+import dagster as dg
 from tqdm import tqdm
 
-from winiswin_pipelines import settings
-from winiswin_pipelines.db.manager import get_database_manager
+from winiswin_pipelines import factories, settings
+from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.defs.partitions import register_legacy_stores
 from winiswin_pipelines.legacy.load import BATCH_SIZE, migrate_store, verify_store
 from winiswin_pipelines.legacy.records import LegacySourceError
 from winiswin_pipelines.legacy.sniff import Store, discover_stores, store_for
@@ -39,38 +43,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        stores, skipped = discover_stores(args.legacy_dir)
-        if args.stores:
-            stores = [store_for(args.legacy_dir, relpath) for relpath in args.stores]
+        found, skipped = discover_stores(args.legacy_dir)
+        stores = [store_for(args.legacy_dir, relpath) for relpath in args.stores] if args.stores else found
     except LegacySourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.legacy_dir.resolve()}: {len(stores)} trade store(s)")
+    print(f"{args.legacy_dir.resolve()}: {len(found)} trade store(s)")
     for file in skipped:
         print(f"  skipped {file.relpath}: {file.reason}")
-    engine = None if args.dry_run else get_database_manager().engine
-    if engine is not None:
-        print(f"database: {get_database_manager().masked_url}")
+    manager = None if args.dry_run else factories.database_manager()
+    if manager is not None:
+        print(f"database: {manager.masked_url}")
+        register_partitions(found)
     ok = True
     for store in stores:
-        ok &= migrate_one(engine, store, args)
+        ok &= migrate_one(manager, store, args)
     return 0 if ok else 1
 
 
-def migrate_one(engine, store: Store, args: argparse.Namespace) -> bool:
+def register_partitions(stores: list[Store]) -> None:
+    home = settings.dagster_home()
+    if not (home / "dagster.yaml").is_file():
+        print(f"  no Dagster instance in {home}: stores not registered as legacy_trades partitions")
+        return
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        added = register_legacy_stores(instance, [store.relpath for store in stores])
+    print(f"  legacy_trades partitions added: {', '.join(added) if added else 'none (all known)'}")
+
+
+def migrate_one(manager: DatabaseManager | None, store: Store, args: argparse.Namespace) -> bool:
     with tqdm(total=store.path.stat().st_size, unit="B", unit_scale=True, desc=store.relpath, leave=False) as bar:
         def progress(records: int, size: int) -> None:
             bar.update(size)
 
         report = migrate_store(
-            engine, store, naive_timezone=args.naive_timezone, dry_run=args.dry_run,
+            manager, store, naive_timezone=args.naive_timezone, dry_run=args.dry_run,
             batch_size=args.batch_size, progress=progress,
         )
     rate = f", {report.read / report.seconds:,.0f} records/s" if report.seconds and report.read else ""
     print(f"  {report.summary_line()} ({report.seconds:.1f} s{rate})")
     if args.dry_run:
         return True
-    verification = verify_store(engine, store)
+    verification = verify_store(manager, store)
     verdict = "passed" if verification.passed else "FAILED: " + "; ".join(verification.problems)
     print(f"    verified against PostgreSQL: {verdict}")
     return report.balanced and verification.passed

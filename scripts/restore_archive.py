@@ -17,11 +17,10 @@ import sys
 
 from tqdm import tqdm
 
+from winiswin_pipelines import factories
 from winiswin_pipelines.archive import restore_days
-from winiswin_pipelines.archive.archiver import default_store
 from winiswin_pipelines.archive.restore import RestoreError
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES, archived_table
-from winiswin_pipelines.db.manager import get_database_manager
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,12 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    manager, store = get_database_manager(), default_store()
+    manager, store = factories.database_manager(), factories.cold_store()
     total_rows = total_days = 0
     with tqdm(desc="days restored", unit="day") as progress:
         for table in tables:
             try:
-                days = restore_days(manager.engine, store, table, args.start, args.end, on_day=lambda _: progress.update())
+                days = restore_days(manager, store, table, args.start, args.end, on_day=lambda _: progress.update())
             except RestoreError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1

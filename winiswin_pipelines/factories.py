@@ -14,8 +14,7 @@ from winiswin_pipelines import settings
 from winiswin_pipelines.coldstore import ColdStore, LocalColdStore, S3ColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
 
-# R2 rejects boto3's default CRC checksums; S3ColdStore sends its own SHA-256 instead.
-_S3_CONFIG = Config(request_checksum_calculation="when_required", response_checksum_validation="when_required")
+S3_MAX_ATTEMPTS = 5
 
 
 _managers: dict[str, DatabaseManager] = {}
@@ -35,17 +34,22 @@ def database_manager(url: str | None = None) -> DatabaseManager:
 
 def s3_client(
     endpoint_url: str | None = None, access_key: str | None = None, secret_key: str | None = None,
-    region: str | None = None,
+    region: str | None = None, *, max_attempts: int = S3_MAX_ATTEMPTS,
 ):
     """A boto3 S3 client; every argument left out comes from the environment (R2 through S3_ENDPOINT_URL)."""
     endpoint_url = endpoint_url or settings.s3_endpoint_url()
+    config = Config(
+        # R2 rejects boto3's default CRC checksums; S3ColdStore sends its own SHA-256 instead.
+        request_checksum_calculation="when_required", response_checksum_validation="when_required",
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+    )
     return boto3.client(
         "s3",
         endpoint_url=endpoint_url,
         aws_access_key_id=access_key or settings.aws_access_key(),
         aws_secret_access_key=secret_key or settings.aws_secret_access_key(),
         region_name=region or settings.aws_region(endpoint_url),
-        config=_S3_CONFIG,
+        config=config,
     )
 
 

@@ -6,6 +6,8 @@ so it says where each value came from), the factory builds the object.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 from pydantic import Field
 
@@ -34,13 +36,26 @@ class ColdStorageResource(dg.ConfigurableResource):
     aws_access_key_id: str = Field(default="", description="AWS_ACCESS_KEY or AWS_ACCESS_KEY_ID")
     aws_secret_access_key: str = Field(default="", description="AWS_SECRET_ACCESS_KEY")
     region_name: str = Field(default="", description="AWS_REGION; empty: auto for a custom endpoint, else us-east-1")
+    max_attempts: int = Field(default=factories.S3_MAX_ATTEMPTS, description="attempts per S3 request (retries)")
 
     def store(self) -> ColdStore:
         client = None
         if self.bucket_name:
             client = factories.s3_client(self.endpoint_url or None, self.aws_access_key_id or None,
-                                         self.aws_secret_access_key or None, self.region_name or None)
+                                         self.aws_secret_access_key or None, self.region_name or None,
+                                         max_attempts=self.max_attempts)
         return factories.cold_store(self.bucket_name, self.prefix, self.local_dir or None, client=client)
+
+
+class LegacyFolderResource(dg.ConfigurableResource):
+    """The legacy bot's folder whose trade stores are migrated; read only when a run or a sensor tick
+    needs it, never when the definitions load."""
+
+    legacy_dir: str = Field(default="", description="WINISWIN_LEGACY_DIR; empty: data/ in the working directory")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.legacy_dir).resolve() if self.legacy_dir else settings.legacy_dir()
 
 
 def _env_or_default(name: str, default: str = "") -> dg.EnvVar | str:
@@ -52,6 +67,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     access_key_var = "AWS_ACCESS_KEY" if settings.env("AWS_ACCESS_KEY") else "AWS_ACCESS_KEY_ID"
     return {
         "postgres": PostgresResource(database_url=_env_or_default("DATABASE_URL")),
+        "legacy_folder": LegacyFolderResource(legacy_dir=_env_or_default("WINISWIN_LEGACY_DIR")),
         "cold_storage": ColdStorageResource(
             bucket_name=_env_or_default("BUCKET_NAME"),
             prefix=_env_or_default("S3_PREFIX", "winiswin"),

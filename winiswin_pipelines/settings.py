@@ -36,6 +36,11 @@ def dagster_port() -> str:
     return env("DAGSTER_PORT", "3000")
 
 
+def dagster_home() -> Path:
+    """`DAGSTER_HOME`: the Dagster instance folder (default: the one the Makefile sets up in the state dir)."""
+    return Path(env("DAGSTER_HOME") or state_dir() / "dagster_home").resolve()
+
+
 def cold_storage_dir() -> Path:
     """The local cold-storage folder used when no `BUCKET_NAME` is set."""
     return Path(env("COLD_STORAGE_DIR") or state_dir() / "cold_storage").resolve()

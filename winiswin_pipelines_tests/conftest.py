@@ -23,6 +23,9 @@ from sqlalchemy.engine import URL
 from winiswin_pipelines.db.embedded import EmbeddedPostgres, admin_connection, drop_database
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.url import normalize_database_url
+from winiswin_pipelines.definitions import defs
+from winiswin_pipelines.demo.runner import DemoRunner
+from winiswin_pipelines.resources import PostgresResource
 from winiswin_pipelines.settings import PROJECT_DIR
 
 # Durability is not under test when a whole server is thrown away after the session.
@@ -138,7 +141,13 @@ def postgres_dagster_home(database_url: str, tmp_path: Path, monkeypatch: pytest
     """A DAGSTER_HOME with the project's dagster.yaml, storing runs on the test database's server."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT_DIR / "config" / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("DATABASE_URL", database_url)
     return home
+
+
+@pytest.fixture
+def demo_runner(db: DatabaseManager, database_url: str, dagster_instance: dg.DagsterInstance) -> DemoRunner:
+    """The `make run` steps' runner on the test database, through the code location's definitions."""
+    return DemoRunner(dagster_instance, defs(), db, resources={"postgres": PostgresResource(database_url=database_url)})

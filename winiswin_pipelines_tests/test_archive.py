@@ -15,14 +15,13 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
-from dagster_aws.s3 import S3Resource
 from sqlalchemy import text
 
 from winiswin_pipelines.archive import archive_old_data, manifest, read_history, restore_days
 from winiswin_pipelines.archive.archiver import ARCHIVED, BUSY, FAILED, first_kept_day
 from winiswin_pipelines.archive.parquet import Fingerprint
-from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES
+from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.db.bulk import copy_upsert
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.partitions import existing_partitions
@@ -100,9 +99,8 @@ def hot_count(db: DatabaseManager) -> int:
 
 
 def s3_store(s3_endpoint: str, bucket: str, **s3_options: Any):
-    return ColdStorageResource(
-        bucket_name=bucket, prefix="archive", s3=S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1", **s3_options)
-    ).store()
+    return ColdStorageResource(bucket_name=bucket, prefix="archive", endpoint_url=s3_endpoint, region_name="us-east-1",
+                               **s3_options).store()
 
 
 def manifest_keys(db: DatabaseManager) -> set[str]:
@@ -113,7 +111,7 @@ def manifest_keys(db: DatabaseManager) -> set[str]:
 
 def restore_everything(db: DatabaseManager, store) -> int:
     # Parents before children: a partial exit needs its trade.
-    restored = [restore_days(db.engine, store, spec, dt.date(2000, 1, 1), dt.date(2100, 1, 1))
+    restored = [restore_days(db, store, spec, dt.date(2000, 1, 1), dt.date(2100, 1, 1))
                 for spec in reversed(ARCHIVED_TABLES.values())]
     return sum(day.inserted for days in restored for day in days)
 
@@ -279,17 +277,15 @@ def test_a_failure_at_any_step_keeps_the_rows_and_a_rerun_converges(db: Database
 
 CHILD = """
 import datetime as dt, os, signal, sys
-from dagster_aws.s3 import S3Resource
+from winiswin_pipelines import factories
 from winiswin_pipelines.archive import archive_old_data
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.resources import ColdStorageResource
 
 def die(step, table, day, details):
     if step == sys.argv[1] and table == "book_snapshots":
         os.kill(os.getpid(), signal.SIGKILL)
 
-store = ColdStorageResource(bucket_name=sys.argv[2], prefix="archive",
-                            s3=S3Resource(endpoint_url=sys.argv[3], region_name="us-east-1")).store()
+store = factories.cold_store(sys.argv[2], "archive", client=factories.s3_client(sys.argv[3], region="us-east-1"))
 archive_old_data(manager=DatabaseManager(os.environ["DATABASE_URL"]), store=store,
                  as_of=dt.datetime(2024, 4, 15, 12, tzinfo=dt.UTC), progress=die)
 """
@@ -437,5 +433,5 @@ def test_restoring_a_child_before_its_parent_fails_clearly_and_writes_nothing(
     seed(db, OLD_DAYS[:1])
     archive_old_data(manager=db, store=store, as_of=AS_OF, tables=["trade_partial_exits", "trades"])
     with pytest.raises(RestoreError, match="trades before trade_partial_exits"):
-        restore_days(db.engine, store, ARCHIVED_TABLES["trade_partial_exits"], OLD_DAYS[0], OLD_DAYS[0])
+        restore_days(db, store, ARCHIVED_TABLES["trade_partial_exits"], OLD_DAYS[0], OLD_DAYS[0])
     assert table_rows(db, "trade_partial_exits") == []

@@ -10,9 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from winiswin_pipelines.archive.instance_pruning import prune_instance_storage
-from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES
+from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.defs.archive import (
     archive_every_24_hours,
@@ -21,6 +20,7 @@ from winiswin_pipelines.defs.archive import (
     manifest_checks,
     restore_archive_job,
 )
+from winiswin_pipelines.defs.dagster_storage import prune_instance_storage
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 from winiswin_pipelines.settings import PROJECT_DIR
 from winiswin_pipelines_tests.test_archive import AS_OF, OLD_DAYS, RECENT_DAY, all_rows, seed, table_rows
@@ -48,7 +48,7 @@ def test_a_day_partition_archives_every_table_with_metadata_and_a_passing_check(
     events = {e.asset_key: e.materialization for e in result.get_asset_materialization_events()}
     assert set(events) == {archive_key(table) for table in ARCHIVED_TABLES}
     book = {key: value.value for key, value in events[archive_key("book_snapshots")].metadata.items()}
-    assert book["status"] == "archived" and book["rows"] == 6 and book["bytes"] > 0
+    assert book["status"] == "archived" and book["dagster/row_count"] == 6 and book["bytes"] > 0
     assert book["compression_ratio"] > 0 and len(book["checksum_sha256"]) == 64 and book["duration_s"] > 0
     assert "table=book_snapshots/date=2024-03-01" in book["uri"] and book["removed_from_postgres_by"] == "drop partition"
     assert book["table_bytes_on_disk_after"] < book["table_bytes_on_disk_before"]
@@ -86,7 +86,7 @@ def test_a_partition_range_archives_in_one_run_with_per_day_observations(
     assert result.success
     klines = next(e.materialization for e in result.get_asset_materialization_events()
                   if e.asset_key == archive_key("klines"))
-    assert klines.metadata["days_archived"].value == 2 and klines.metadata["rows"].value == 12
+    assert klines.metadata["days_archived"].value == 2 and klines.metadata["dagster/row_count"].value == 12
     observations = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"]
     assert len(observations) == 2 * len(ARCHIVED_TABLES)
     assert table_rows(db, "klines") == []

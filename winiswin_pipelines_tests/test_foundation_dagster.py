@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -12,11 +16,30 @@ from sqlalchemy import create_engine, text
 from winiswin_pipelines.coldstore import LocalColdStore, S3ColdStore, sha256_file
 from winiswin_pipelines.definitions import defs
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource, build_resources
+from winiswin_pipelines.settings import PROJECT_DIR
 
 
 def test_definitions_are_loadable_with_the_shared_resources() -> None:
-    dg.Definitions.validate_loadable(defs)
-    assert {"postgres", "cold_storage"} <= set(defs.resources)
+    definitions = defs()
+    dg.Definitions.validate_loadable(definitions)
+    assert {"postgres", "cold_storage", "legacy_folder"} <= set(definitions.resources)
+
+
+def test_the_code_location_loads_without_the_database_or_the_legacy_files(tmp_path: Path) -> None:
+    """`dagster definitions validate` opens no connection and reads no data file: a closed port for the
+    database and a legacy folder holding a named pipe (which blocks whoever reads it) change nothing."""
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    os.mkfifo(legacy / "trades.jsonl")
+    env = {name: value for name, value in os.environ.items() if name != "DAGSTER_HOME"}
+    env.update(DATABASE_URL="postgresql://winiswin:secret@127.0.0.1:1/winiswin", WINISWIN_LEGACY_DIR=str(legacy))
+    started = time.monotonic()
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "winiswin_pipelines.definitions"],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Validation successful" in completed.stdout + completed.stderr and time.monotonic() - started < 30
 
 
 def test_resources_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,7 +50,8 @@ def test_resources_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     resources = build_resources()
     cold = resources["cold_storage"]
     assert isinstance(cold.bucket_name, dg.EnvVar) and cold.bucket_name.env_var_name == "BUCKET_NAME"
-    assert cold.s3.aws_access_key_id.env_var_name == "AWS_ACCESS_KEY"
+    assert cold.aws_access_key_id.env_var_name == "AWS_ACCESS_KEY"
+    assert cold.aws_secret_access_key.env_var_name == "AWS_SECRET_ACCESS_KEY"
     monkeypatch.delenv("BUCKET_NAME")
     assert build_resources()["cold_storage"].bucket_name == ""
 
@@ -77,11 +101,7 @@ def test_local_cold_store_round_trip(tmp_path: Path) -> None:
 
 
 def test_s3_cold_store_round_trip_on_the_loopback_s3_server(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
-    resource = ColdStorageResource(bucket_name=s3_bucket, prefix="archive")
-    resource = ColdStorageResource(
-        bucket_name=s3_bucket, prefix="archive", s3=resource.s3.model_copy(update={"endpoint_url": s3_endpoint})
-    )
-    store = resource.store()
+    store = ColdStorageResource(bucket_name=s3_bucket, prefix="archive", endpoint_url=s3_endpoint).store()
     assert isinstance(store, S3ColdStore)
     _round_trip(store, tmp_path)
     assert store.uri("x") == f"s3://{s3_bucket}/archive/x"

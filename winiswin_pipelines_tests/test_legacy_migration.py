@@ -28,7 +28,7 @@ def legacy(tmp_path: Path):
 
 def migrate_all(db: DatabaseManager, root: Path, **kwargs) -> dict[str, SourceReport]:
     stores, _ = discover_stores(root)
-    return {store.relpath: migrate_store(db.engine, store, **kwargs) for store in stores}
+    return {store.relpath: migrate_store(db, store, **kwargs) for store in stores}
 
 
 def scalar(db: DatabaseManager, sql: str, **params):
@@ -42,7 +42,7 @@ def test_every_record_is_migrated_or_quarantined_and_verified(db, legacy):
     for relpath, report in reports.items():
         assert report.balanced, report.summary_line()
         assert (report.read, report.quarantined) == (expected.stores[relpath]["read"], expected.stores[relpath]["quarantined"])
-        verification = verify_store(db.engine, store_for(root, relpath))
+        verification = verify_store(db, store_for(root, relpath))
         assert verification.passed, verification.problems
     with db.engine.connect() as conn:
         quarantine = {(s, p): r for s, p, r in conn.execute(text("SELECT source, position, reason FROM legacy_quarantine"))}
@@ -71,14 +71,14 @@ def test_duplicates_across_files_and_a_pending_entry_closed_elsewhere(db, legacy
             text("SELECT status, source, exit_time FROM trades WHERE trade_uid = :uid"), {"uid": CLOSED_A1}).one()
     assert (status, source) == ("CLOSED", "legacy:data/trades.json")
     assert exit_time == dt.datetime(2025, 10, 26, 10, 2, 11, 120034, tzinfo=dt.UTC)
-    verification = verify_store(db.engine, store_for(root, "data/ml_pending_entries.json"))
+    verification = verify_store(db, store_for(root, "data/ml_pending_entries.json"))
     assert verification.passed and verification.held_by_other_stores == 1
 
 
 def test_a_pending_entry_never_reopens_a_closed_trade(db, legacy):
     root, _ = legacy
     for relpath in ("data/trades.json", "data/ml_pending_entries.json"):  # the other order
-        report = migrate_store(db.engine, store_for(root, relpath))
+        report = migrate_store(db, store_for(root, relpath))
         assert report.balanced
     assert report.unchanged == 1 and report.inserted == 1
     assert scalar(db, "SELECT status FROM trades WHERE trade_uid = :uid", uid=CLOSED_A1) == "CLOSED"
@@ -103,16 +103,16 @@ def test_rerunning_the_migration_changes_nothing(db, legacy):
 def test_check_fails_when_a_row_is_missing(db, legacy):
     root, _ = legacy
     store = store_for(root, "data/trades.jsonl")
-    migrate_store(db.engine, store)
-    assert verify_store(db.engine, store).passed
+    migrate_store(db, store)
+    assert verify_store(db, store).passed
     with db.engine.begin() as conn:
         conn.execute(text("DELETE FROM trades WHERE trade_uid = 'legacy:SOLUSDT_1762200000.000001'"))
-    failed = verify_store(db.engine, store)
+    failed = verify_store(db, store)
     assert not failed.passed and failed.missing == {"trades": 1}
     assert failed.missing_examples == ["trades: legacy:SOLUSDT_1762200000.000001"]
     with db.engine.begin() as conn:
         conn.execute(text("DELETE FROM legacy_quarantine WHERE position = 'line 9'"))
-    failed = verify_store(db.engine, store)
+    failed = verify_store(db, store)
     assert failed.missing == {"trades": 1, "legacy_quarantine": 1}
     assert any("legacy_quarantine holds 9 rows" in p for p in failed.problems)
 
@@ -120,24 +120,24 @@ def test_check_fails_when_a_row_is_missing(db, legacy):
 def test_check_fails_when_the_store_changed_or_was_never_migrated(db, legacy):
     root, _ = legacy
     store = store_for(root, "data/trades.json")
-    assert "has not been migrated" in verify_store(db.engine, store).problems[0]
-    migrate_store(db.engine, store)
+    assert "has not been migrated" in verify_store(db, store).problems[0]
+    migrate_store(db, store)
     with store.path.open("a") as handle:
         handle.write('{"symbol": "BTCUSDT"}\n')
-    assert "holds 5 records but the migration read 4" in verify_store(db.engine, store).problems[0]
+    assert "holds 5 records but the migration read 4" in verify_store(db, store).problems[0]
 
 
 def test_a_fixed_record_leaves_the_quarantine_on_the_next_run(db, legacy):
     root, _ = legacy
     store = store_for(root, "data/trades.jsonl")
-    migrate_store(db.engine, store)
+    migrate_store(db, store)
     lines = store.path.read_bytes().split(b"\n")
     lines[13] = lines[13].replace(b'"sixty thousand"', b"60000.0")  # line 14: entry_price fixed
     store.path.write_bytes(b"\n".join(lines))
-    report = migrate_store(db.engine, store)
+    report = migrate_store(db, store)
     assert report.balanced and report.quarantined == 9 and report.inserted == 1
     assert scalar(db, "SELECT count(*) FROM legacy_quarantine WHERE position = 'line 14'") == 0
-    assert verify_store(db.engine, store).passed
+    assert verify_store(db, store).passed
 
 
 def test_rows_postgresql_refuses_are_isolated_and_quarantined(db, legacy):
@@ -147,7 +147,7 @@ def test_rows_postgresql_refuses_are_isolated_and_quarantined(db, legacy):
     bad = batch[1]
     batch[1] = Row(bad.table, bad.key, (bad.values[0], bad.values[1], "UP", *bad.values[3:]), bad.variant,
                    bad.position, bad.first_time, bad.last_time)  # side violates the CHECK constraint
-    result = write_batch(db.engine, store.source, batch)
+    result = write_batch(db, store.source, batch)
     assert [row.key for row in result.refused] == [bad.key]
     assert result.rows.inserted == 3
     reason = scalar(db, "SELECT reason FROM legacy_quarantine WHERE position = :p", p=bad.position)
@@ -164,7 +164,7 @@ def test_dry_run_writes_nothing(db, legacy):
 
 def test_naive_time_assumption_is_applied_and_recorded(db, legacy):
     root, _ = legacy
-    migrate_store(db.engine, store_for(root, "data/trades.json"), naive_timezone="America/New_York")
+    migrate_store(db, store_for(root, "data/trades.json"), naive_timezone="America/New_York")
     with db.engine.connect() as conn:
         entry, origin = conn.execute(
             text("SELECT entry_time, origin FROM trades WHERE trade_uid = :uid"), {"uid": CLOSED_A1}).one()
@@ -182,5 +182,5 @@ def test_the_real_samples_migrate_and_verify(db, tmp_path):
         "example_positions.csv": (100, 50, 50, 0), "ml_pending_entries.json": (0, 0, 0, 0),
         "test_ml_data.json": (1, 1, 0, 0), "trading_data.db": (3, 3, 0, 0),
     }
-    assert all(verify_store(db.engine, store_for(root, k)).passed for k in reports)
+    assert all(verify_store(db, store_for(root, k)).passed for k in reports)
     assert scalar(db, "SELECT count(*) FROM trades WHERE status = 'OPEN'") == 3

@@ -13,28 +13,26 @@ import pandas as pd
 from sqlalchemy import text
 
 from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.definitions import defs
 from winiswin_pipelines.defs.marketdata import (
     book_snapshots,
     book_snapshots_not_crossed,
-    import_market_samples,
     klines,
     klines_ohlc_consistent,
 )
-from winiswin_pipelines.defs.marketdata import defs as marketdata_defs
+from winiswin_pipelines.defs.partitions import range_tags
+from winiswin_pipelines.demo.steps import market_data
 from winiswin_pipelines.marketdata import samples
 from winiswin_pipelines.marketdata.capture import read_capture
 from winiswin_pipelines.marketdata.orderbook import rebuild_book_snapshots
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_steps import SampleRunner
 
 UTC = dt.UTC
 
 
 def _run(instance, database_url: str, assets: list, *, partition: str | None = None,
          days: tuple[str, str] | None = None, config: dict | None = None) -> dg.ExecuteInProcessResult:
-    tags = None
-    if days:
-        tags = {"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[1]}
+    tags = range_tags(*days) if days else None
     run_config = None
     if config:
         names = [a.key.to_user_string() for a in assets if isinstance(a, dg.AssetsDefinition)]
@@ -114,7 +112,7 @@ def test_book_snapshots_day_partition_continues_the_previous_days_book(
     assert (stored["best_bid"] < stored["best_ask"]).all()
     assert stored["bid_prices"].map(len).eq(10).all() and stored["ask_sizes"].map(len).eq(10).all()
     metadata = _materialization(result, "book_snapshots")
-    assert (metadata["rows"], metadata["gaps_detected"], metadata["invalid_book_periods"]) == (len(expected), 0, 0)
+    assert (metadata["dagster/row_count"], metadata["gaps_detected"], metadata["invalid_book_periods"]) == (len(expected), 0, 0)
 
     rerun = _run(dagster_instance, database_url, [book_snapshots], partition="2023-04-05")
     again = _materialization(rerun, "book_snapshots")
@@ -139,7 +137,7 @@ def test_book_snapshots_range_over_two_symbols_with_a_cadence(
         ("BTCUSDT", dt.date(2024, 7, 18)), ("BTCUSDT", dt.date(2024, 7, 19)),
         ("ETHUSDT", dt.date(2024, 7, 18)), ("ETHUSDT", dt.date(2024, 7, 19)),
     ]
-    assert all(r[3] and r[4] for r in rows) and sum(r[2] for r in rows) == metadata["rows"]
+    assert all(r[3] and r[4] for r in rows) and sum(r[2] for r in rows) == metadata["dagster/row_count"]
 
 
 def test_a_gap_in_a_capture_shows_in_the_metadata(
@@ -159,7 +157,7 @@ def test_a_gap_in_a_capture_shows_in_the_metadata(
     metadata = _materialization(result, "book_snapshots")
     assert (metadata["gaps_detected"], metadata["invalid_book_periods"]) == (1, 1)
     assert "| BTCUSDT |" in metadata["invalid_periods"] and "end of data" in metadata["invalid_periods"]
-    assert 60 < metadata["rows"] < 300  # valid until the lost diff, a few minutes into the day
+    assert 60 < metadata["dagster/row_count"] < 300  # valid until the lost diff, a few minutes into the day
     assert metadata["rejected_lines"] == 1 and f":{len(lines)}: not '<timestamp> <json>'" in metadata["rejected_examples"]
 
 
@@ -180,11 +178,8 @@ def test_crossed_book_check_fails_on_a_planted_crossed_row(
     assert not evaluation.passed and evaluation.metadata["crossed_or_locked"].value == 1
 
 
-def test_make_run_step_imports_every_bundled_sample_day(
-    db: DatabaseManager, database_url: str, dagster_instance: dg.DagsterInstance
-) -> None:
-    runner = SampleRunner(dagster_instance, {"postgres": PostgresResource(database_url=database_url)}, db)
-    lines = import_market_samples(runner)
+def test_make_run_step_imports_every_bundled_sample_day(db: DatabaseManager, demo_runner) -> None:
+    lines = market_data(demo_runner)
     assert len(lines) == 4 and all("checks passed" in line for line in lines)
     with db.engine.connect() as conn:
         klines_days = conn.execute(text(
@@ -201,12 +196,11 @@ def test_make_run_step_imports_every_bundled_sample_day(
 
 
 def test_daily_schedule_imports_the_day_that_just_ended() -> None:
-    with_resources = dg.Definitions.merge(marketdata_defs, dg.Definitions(resources={"postgres": PostgresResource()}))
-    dg.Definitions.validate_loadable(with_resources)
+    definitions = defs()
     context = dg.build_schedule_context(
         scheduled_execution_time=dt.datetime(2024, 7, 20, 0, 20, tzinfo=UTC),
-        repository_def=with_resources.get_repository_def(),
+        repository_def=definitions.get_repository_def(),
     )
-    schedule = with_resources.resolve_schedule_def("market_data_daily")
+    schedule = definitions.resolve_schedule_def("market_data_daily")
     [request] = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2024-07-19" and schedule.job_name == "market_data_import"

@@ -11,6 +11,7 @@ import pytest_asyncio
 from sqlalchemy import text
 
 from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.db.models import TradeStatus
 from winiswin_pipelines.trading.events import (
     TradeCancelled,
     TradeClosed,
@@ -81,7 +82,7 @@ def assert_prefix_recorded(manager: DatabaseManager, events: list[TradeEvent], s
     assert set(partials) == {e.exit_uid for e in recorded if isinstance(e, TradePartiallyClosed)}
     assert {row.source for row in trades.values()} <= {source}
     closed = {e.trade_uid for e in recorded if isinstance(e, TradeClosed)}
-    assert {uid for uid, row in trades.items() if row.status == "OPEN"} == set(trades) - closed
+    assert {uid for uid, row in trades.items() if row.status == TradeStatus.OPEN} == set(trades) - closed
     expected_times: dict[str, dt.datetime] = {}
     for event in recorded:
         if isinstance(event, TradeOpened) and event.trade_uid not in closed:
@@ -145,13 +146,13 @@ async def test_second_position_keeps_entry_time_when_the_first_closes(db, record
         assert conn.execute(text("SELECT entry_time FROM position_entry_times WHERE symbol = 'BTCUSDT'")).scalar() \
             == second.entry_time
         statuses = dict(conn.execute(text("SELECT trade_uid, status FROM trades")).all())
-    assert statuses == {"first": "CLOSED", "second": "OPEN"}
+    assert statuses == {"first": TradeStatus.CLOSED, "second": TradeStatus.OPEN}
     await recorder.record_cancel(TradeCancelled("second", "BTCUSDT", T0 + dt.timedelta(minutes=10), "not filled"))
     await recorder.close()
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM position_entry_times")).scalar() == 0
         assert conn.execute(text("SELECT status, exit_reason FROM trades WHERE trade_uid = 'second'")).one() \
-            == ("CANCELLED", "not filled")
+            == (TradeStatus.CANCELLED, "not filled")
 
 
 async def test_exit_of_unknown_entry_is_kept_and_attached_when_the_entry_arrives(db, recorder_factory):
@@ -173,7 +174,7 @@ async def test_exit_of_unknown_entry_is_kept_and_attached_when_the_entry_arrives
         trade = conn.execute(text("SELECT status, exit_price, pnl FROM trades WHERE trade_uid = 'late'")).one()
         partials = conn.execute(text("SELECT exit_uid, trade_uid FROM trade_partial_exits")).all()
         assert conn.execute(text("SELECT count(*) FROM position_entry_times")).scalar() == 0
-    assert tuple(trade) == ("CLOSED", 3410.0, 15.0)
+    assert tuple(trade) == (TradeStatus.CLOSED, 3410.0, 15.0)
     assert partials == [("late-p1", "late")]
 
 

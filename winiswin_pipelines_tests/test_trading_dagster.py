@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from winiswin_pipelines.db.bulk import copy_upsert, dataframe_rows
-from winiswin_pipelines.db.models import Trade, TradingDecision, TradingSession
+from winiswin_pipelines.db.models import Trade, TradeStatus, TradingDecision, TradingSession
 from winiswin_pipelines.defs.trading import (
     IN_FLIGHT,
     LANE_TAG,
@@ -172,7 +172,7 @@ def test_backtest_asset_materialises_with_metadata(db, database_url, dagster_ins
         decisions = session.scalar(select(func.count()).select_from(TradingDecision)
                                    .where(TradingDecision.session_id == "backtest-2023-04-05-5m"))
     assert figures["trades"] == len(trades) == check.metadata["trades"].value > 0
-    assert {t.status for t in trades} == {"CLOSED"}
+    assert {t.status for t in trades} == {TradeStatus.CLOSED}
     assert all(t.trade_uid.startswith("backtest-2023-04-05-5m-") for t in trades)
     assert all(dt.date(2023, 4, 5) <= t.entry_time.date() and t.exit_time.date() <= dt.date(2023, 4, 6) for t in trades)
     assert figures["pnl"] == pytest.approx(sum(t.pnl for t in trades), abs=0.01)

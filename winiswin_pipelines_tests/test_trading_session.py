@@ -18,7 +18,7 @@ from sqlalchemy import select
 from winiswin_pipelines.db.embedded import ensure_database_exists
 from winiswin_pipelines.db.entry_times import get_all_entry_times, upsert_entry_time
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.db.models import Trade, TradingDecision, TradingSession
+from winiswin_pipelines.db.models import Trade, TradeStatus, TradingDecision, TradingSession
 from winiswin_pipelines.marketdata.feed import BinanceFeed, BookEvent, ReplayFeed
 from winiswin_pipelines.trading.execution import LiveTradingRefused
 from winiswin_pipelines.trading.runner import run_session, run_session_in_thread
@@ -81,7 +81,7 @@ def test_replay_session_is_deterministic(db):
     rows = []
     for result in results:
         trades = _trades(db, f"{result.session_id}-")
-        assert len(trades) == len(result.closed) and {t.status for t in trades} == {"CLOSED"}
+        assert len(trades) == len(result.closed) and {t.status for t in trades} == {TradeStatus.CLOSED}
         assert {t.source for t in trades} == {"paper"} and all(t.is_virtual for t in trades)
         rows.append([(t.symbol, t.side, t.entry_time, t.entry_price, t.quantity, t.exit_time, t.exit_price, t.pnl,
                       t.exit_reason, t.stop_loss, t.take_profit, t.features) for t in trades])
@@ -106,7 +106,7 @@ def test_time_stop_fires_after_restart(db, capture_events):
         assert get_all_entry_times(conn) == {s: p.entry_time for s, p in fills.items()}
         # The stop counts from position_entry_times: move BTC's fill 30 minutes earlier there only.
         upsert_entry_time(conn, "BTCUSDT", fills["BTCUSDT"].entry_time - dt.timedelta(minutes=30))
-    assert {t.status for t in _trades(db, "before-restart-")} == {"OPEN"}
+    assert {t.status for t in _trades(db, "before-restart-")} == {TradeStatus.OPEN}
 
     fill_time = fills["ETHUSDT"].entry_time
 
@@ -126,7 +126,7 @@ def test_time_stop_fires_after_restart(db, capture_events):
         ("ETHUSDT", "time_stop", dt.timedelta(hours=2, seconds=1)),
     ]
     trades = _trades(db, "before-restart-")
-    assert [(t.status, t.exit_reason) for t in trades] == [("CLOSED", "time_stop")] * 2
+    assert [(t.status, t.exit_reason) for t in trades] == [(TradeStatus.CLOSED, "time_stop")] * 2
     with db.engine.connect() as conn:
         assert get_all_entry_times(conn) == {}
 
@@ -153,7 +153,7 @@ def test_terminate_flushes_and_leaves_positions_recorded(db, capture_events, pyt
     assert heartbeat.status == "terminated" and heartbeat.ticks == len(capture_events)
     assert actions.count("enter") == 2 and "exit" not in actions  # terminated: not flattened
     trades = _trades(db, "terminated-")
-    assert [(t.symbol, t.status) for t in trades] == [("BTCUSDT", "OPEN"), ("ETHUSDT", "OPEN")]
+    assert [(t.symbol, t.status) for t in trades] == [("BTCUSDT", TradeStatus.OPEN), ("ETHUSDT", TradeStatus.OPEN)]
     with db.engine.connect() as conn:
         assert get_all_entry_times(conn) == {t.symbol: t.entry_time for t in trades}
 
@@ -191,7 +191,7 @@ def test_live_orders_respect_exchange_filters(db, capture_events, monkeypatch):
     for order in orders:
         assert len(order["quantity"].partition(".")[2]) <= 3 and float(order["quantity"]) > 0
     trades = _trades(db, "live-")
-    assert [(t.source, t.is_virtual, t.status) for t in trades] == [("live", False, "CLOSED")] * 2
+    assert [(t.source, t.is_virtual, t.status) for t in trades] == [("live", False, TradeStatus.CLOSED)] * 2
     assert [t.quantity for t in trades] == [float(o["quantity"]) for o in orders[:2]]
 
 
@@ -239,7 +239,7 @@ def test_session_rides_out_a_postgres_outage(own_server, capture_events):  # noq
     # The entries were spooled while PostgreSQL was away, and written once it was back.
     assert result.recorder["spooled"] >= 2 and result.recorder["written"] == result.recorder["queued"] == 4
     assert result.recorder["spool_pending"] == 0
-    assert [(t.symbol, t.status, t.exit_reason) for t in trades] == [(c.symbol, "CLOSED", c.exit_reason)
+    assert [(t.symbol, t.status, t.exit_reason) for t in trades] == [(c.symbol, TradeStatus.CLOSED, c.exit_reason)
                                                                    for c in sorted(result.closed, key=lambda c: c.symbol)]
     assert [(d.ts, d.action, d.reason) for d in stored] == [(d.ts, d.action, d.reason) for d in result.decisions]
     assert (heartbeat.status, heartbeat.ticks) == ("completed", count)

@@ -14,14 +14,16 @@ from sqlalchemy import text
 
 from winiswin_pipelines.db.bulk import copy_upsert, dataframe_rows
 from winiswin_pipelines.defs import features as training
+from winiswin_pipelines.defs.partitions import range_tags
 from winiswin_pipelines.features import FEATURE_COLUMNS, book_arrays_from_frame, compute_features
-from winiswin_pipelines.features import store as feature_store
+from winiswin_pipelines.features import days as feature_days
+from winiswin_pipelines.features.days import FEATURES
 from winiswin_pipelines.labels import get_return_vol, get_triple_barrier_label
+from winiswin_pipelines.labels.days import LABELS
 from winiswin_pipelines.marketdata.capture import read_capture
 from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS, rebuild_book_snapshots
 from winiswin_pipelines.marketdata.samples import CAPTURE_BTCUSDT_20230404, CAPTURE_BTCUSDT_20230405
 from winiswin_pipelines.resources import PostgresResource
-from winiswin_pipelines.sample_steps import SampleRunner
 
 FIRST, SECOND = "2023-04-04", "2023-04-05"
 MIDNIGHT = pd.Timestamp(SECOND, tz="UTC")
@@ -43,7 +45,7 @@ def resources(db, database_url, snapshots) -> dict:
 
 
 def run(assets, resources, instance, partition=None, *, days=None, **kwargs) -> dg.ExecuteInProcessResult:
-    tags = training.range_tags(*days) if days else None
+    tags = range_tags(*days) if days else None
     return dg.materialize(assets, resources=resources, instance=instance, partition_key=partition, tags=tags, **kwargs)
 
 
@@ -54,11 +56,11 @@ def stored(db, columns: str) -> pd.DataFrame:
 
 def expected_features(snapshots: pd.DataFrame) -> pd.DataFrame:
     """Features computed in memory over the whole capture at once."""
-    return compute_features(book_arrays_from_frame(snapshots, levels=10), training.FEATURES).set_index("ts")
+    return compute_features(book_arrays_from_frame(snapshots, levels=10), FEATURES).set_index("ts")
 
 
 def expected_labels(mid: pd.Series) -> pd.DataFrame:
-    config = training.LABELS
+    config = LABELS
     vol = get_return_vol(mid, config.horizon, config.vol_span)
     return get_triple_barrier_label(mid, vol, config.horizon, pt_sl=config.pt_sl, min_ret=config.min_ret)
 
@@ -159,13 +161,13 @@ def test_one_run_over_both_days_gives_the_same_labels_and_the_dataset(db, resour
     assert {"symbol", "ts", *FEATURE_COLUMNS, "label", "label_ret", "label_t1", "label_barrier"} <= set(dataset.columns)
     assert set(dataset["label"]) <= {-1, 0, 1} and dataset["obi"].between(-1, 1).all()
     metadata = result.asset_materializations_for_node("training_dataset")[0].metadata
-    assert metadata["rows"].value == len(dataset)
+    assert metadata["dagster/row_count"].value == len(dataset)
 
     # Re-running changes no label and rewrites the same files.
     again = run(assets, resources, dagster_instance, days=(FIRST, SECOND), run_config=config)
     features_again = again.asset_materializations_for_node("microstructure_features")[0].metadata
-    assert features_again["unchanged"].value == features_again["rows"].value > 500
-    assert label_metadata(again)["unchanged"].value == label_metadata(again)["rows"].value > 500
+    assert features_again["unchanged"].value == features_again["dagster/row_count"].value > 500
+    assert label_metadata(again)["unchanged"].value == label_metadata(again)["dagster/row_count"].value > 500
     reread = ds.dataset(tmp_path / "training_dataset", format="parquet", partitioning="hive").to_table().to_pandas()
     pd.testing.assert_frame_equal(reread, dataset)
 
@@ -178,7 +180,7 @@ def leaky_features(book, config):
 
 
 def test_look_ahead_check_fails_on_a_planted_look_ahead(db, resources, dagster_instance, monkeypatch):
-    monkeypatch.setattr(feature_store, "compute_features", leaky_features)
+    monkeypatch.setattr(feature_days, "compute_features", leaky_features)
     result = run([training.microstructure_features, training.features_no_look_ahead], resources, dagster_instance,
                  SECOND, raise_on_error=False)
     (evaluation,) = result.get_asset_check_evaluations()
@@ -218,6 +220,8 @@ def test_daily_schedule_requests_yesterday_and_the_day_before_in_one_run():
 
 
 def test_make_run_steps_process_every_day_with_book_snapshots(db, resources, dagster_instance, monkeypatch, tmp_path):
+    from winiswin_pipelines.sample_steps import SampleRunner  # moving to winiswin_pipelines.demo: to port
+
     monkeypatch.setenv("WINISWIN_STATE_DIR", str(tmp_path))
     runner = SampleRunner(dagster_instance, resources, db)
     assert training.book_day_ranges(db) == [(dt.date(2023, 4, 4), dt.date(2023, 4, 5))]
@@ -236,8 +240,8 @@ def test_a_day_without_book_snapshots_writes_nothing(db, resources, dagster_inst
     config = {"ops": {"training_dataset": {"config": {"output_dir": str(tmp_path)}}}}
     result = run(assets, resources, dagster_instance, "2023-04-03", run_config=config)
     assert_checks_passed(result, 4)
-    assert result.asset_materializations_for_node("microstructure_features")[0].metadata["rows"].value == 0
-    assert result.asset_materializations_for_node("training_dataset")[0].metadata["rows"].value == 0
+    assert result.asset_materializations_for_node("microstructure_features")[0].metadata["dagster/row_count"].value == 0
+    assert result.asset_materializations_for_node("training_dataset")[0].metadata["dagster/row_count"].value == 0
     assert not (tmp_path / "training_dataset" / "date=2023-04-03").exists()
 
 

@@ -153,6 +153,12 @@ def eligible_days(conn: Connection, table: ArchivedTable, before: dt.date) -> li
     return list(days)
 
 
+def days_to_archive(manager: DatabaseManager, before: dt.date) -> list[dt.date]:
+    """Days before `before` that still have hot rows in any archived table, in order."""
+    with manager.engine.connect() as conn:
+        return sorted({day for table in ARCHIVED_TABLES.values() for day in eligible_days(conn, table, before)})
+
+
 def table_disk_bytes(conn: Connection, table: str) -> int:
     """On-disk size of a table with its indexes and, when partitioned, all its partitions."""
     return conn.execute(

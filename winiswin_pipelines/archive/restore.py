@@ -25,6 +25,7 @@ from winiswin_pipelines.archive.parquet import iter_file_batches
 from winiswin_pipelines.archive.tables import ArchivedTable
 from winiswin_pipelines.coldstore import ColdStore, sha256_file
 from winiswin_pipelines.db.bulk import copy_upsert
+from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.errors import describe
 
 
@@ -83,10 +84,11 @@ def restore_entry(conn: Connection, store: ColdStore, table: ArchivedTable, entr
 
 
 def restore_days(
-    engine, store: ColdStore, table: ArchivedTable, first: dt.date, last: dt.date,
+    manager: DatabaseManager, store: ColdStore, table: ArchivedTable, first: dt.date, last: dt.date,
     on_day: Callable[[RestoredDay], None] | None = None,
 ) -> list[RestoredDay]:
     """Restore every archived day of `table` in [first, last]; one transaction per day."""
+    engine = manager.engine
     with engine.connect() as conn:
         entries = manifest.load_range(conn, table.name, first, last, {manifest.ARCHIVED, manifest.RESTORED})
     restored = []

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from winiswin_pipelines import settings
-from winiswin_pipelines.db.embedded import EmbeddedPostgres
-from winiswin_pipelines.db.manager import DatabaseManager, dagster_storage_url
+from winiswin_pipelines.db.embedded import EmbeddedPostgres, ensure_database_exists
+from winiswin_pipelines.db.manager import DAGSTER_DATABASE, DatabaseManager
 from winiswin_pipelines.db.url import DatabaseConfigError
 
 
@@ -47,7 +47,7 @@ def _run(command: str, revision: str | None) -> int:
     elif command == "downgrade":
         manager.downgrade(revision or "base")
     if command == "start":
-        dagster_storage_url(manager.url)  # Dagster's own database on the same server
+        ensure_database_exists(manager.url, DAGSTER_DATABASE)  # Dagster's own database on the same server
     where = "DATABASE_URL" if settings.database_url() else "embedded server"
     print(f"{where}: {manager.masked_url}; schema {manager.current_revision()} (head {manager.head_revision()})")
     return 0

@@ -35,27 +35,13 @@ def upsert_entry_time(conn: Connection, symbol: str, entry_time: dt.datetime) ->
     conn.execute(_upsert(symbol, entry_time))
 
 
-def get_entry_time(conn: Connection, symbol: str) -> dt.datetime | None:
-    value = conn.execute(select(_table.c.entry_time).where(_table.c.symbol == symbol)).scalar_one_or_none()
-    return value.astimezone(dt.UTC) if value else None
-
-
 def get_all_entry_times(conn: Connection) -> dict[str, dt.datetime]:
     rows = conn.execute(select(_table.c.symbol, _table.c.entry_time))
     return {symbol: entry_time.astimezone(dt.UTC) for symbol, entry_time in rows}
 
 
-def delete_entry_time(conn: Connection, symbol: str) -> bool:
-    return conn.execute(delete(_table).where(_table.c.symbol == symbol)).rowcount > 0
-
-
 async def async_upsert_entry_time(conn: AsyncConnection, symbol: str, entry_time: dt.datetime) -> None:
     await conn.execute(_upsert(symbol, entry_time))
-
-
-async def async_get_entry_time(conn: AsyncConnection, symbol: str) -> dt.datetime | None:
-    value = (await conn.execute(select(_table.c.entry_time).where(_table.c.symbol == symbol))).scalar_one_or_none()
-    return value.astimezone(dt.UTC) if value else None
 
 
 async def async_delete_entry_time(conn: AsyncConnection, symbol: str) -> bool:

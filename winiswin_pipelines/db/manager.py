@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.orm import sessionmaker
 
 from winiswin_pipelines import settings
-from winiswin_pipelines.db.embedded import EmbeddedPostgres, ensure_database_exists
-from winiswin_pipelines.db.models import DAILY_PARTITIONED_TABLES
+from winiswin_pipelines.db.embedded import EmbeddedPostgres
+from winiswin_pipelines.db.models import DAILY_PARTITIONED_TABLES, Base
 from winiswin_pipelines.db.partitions import ensure_daily_partitions
 from winiswin_pipelines.db.url import DATABASE_URL_VAR, DatabaseConfigError, mask_url, normalize_database_url
 from winiswin_pipelines.errors import describe
@@ -107,6 +107,12 @@ class DatabaseManager:
     def head_revision(self) -> str | None:
         return ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
 
+    def row_counts(self) -> dict[str, int]:
+        """Rows in every table of the schema, by table name."""
+        with self.engine.connect() as conn:
+            return {name: conn.execute(text(f'SELECT count(*) FROM "{name}"')).scalar_one()
+                    for name in sorted(Base.metadata.tables)}
+
     def create_upcoming_partitions(self, days_ahead: int = _PARTITION_DAYS_AHEAD) -> None:
         """Daily partitions from yesterday to `days_ahead` days out, so live writes never miss one."""
         today = dt.datetime.now(dt.UTC).date()
@@ -123,5 +129,4 @@ class DatabaseManager:
 
 def dagster_storage_url(app_url: URL) -> str:
     """URL of Dagster's own database on the application's server, for dagster-postgres (psycopg2)."""
-    ensure_database_exists(app_url, DAGSTER_DATABASE)
     return app_url.set(drivername="postgresql+psycopg2", database=DAGSTER_DATABASE).render_as_string(hide_password=False)

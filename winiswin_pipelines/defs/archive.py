@@ -1,6 +1,5 @@
 """Archival in Dagster: one daily-partitioned cold-copy asset per growing table, a check that the
-manifest and the storage agree, the 24-hourly catch-up schedule, a restore job, and the job that
-prunes Dagster's own run and event-log storage.
+manifest and the storage agree, the 24-hourly catch-up schedule and a restore job.
 
 The assets call `archive_old_data`, the same code as the plain function. A partition is one UTC
 day; a day inside the retention is never archived (its asset is simply not materialized).
@@ -19,16 +18,13 @@ from winiswin_pipelines.archive.archiver import (
     DEFAULT_DAYS_TO_KEEP,
     EMPTY,
     DayResult,
-    eligible_days,
+    days_to_archive,
     first_kept_day,
 )
-from winiswin_pipelines.archive.instance_pruning import prune_instance_storage
 from winiswin_pipelines.archive.parquet import day_prefix
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES, archived_table
+from winiswin_pipelines.defs.partitions import daily_partitions, run_days
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
-
-archive_partitions = dg.DailyPartitionsDefinition(start_date="2019-09-01", timezone="UTC")
-_RANGE_START, _RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 def archive_key(table: str) -> dg.AssetKey:
@@ -49,7 +45,7 @@ class ArchiveConfig(dg.Config):
 def _day_metadata(result: DayResult) -> dict[str, dg.MetadataValue]:
     return {
         "status": dg.MetadataValue.text(result.status),
-        "rows": dg.MetadataValue.int(result.rows),
+        "dagster/row_count": dg.MetadataValue.int(result.rows),
         "bytes": dg.MetadataValue.int(result.bytes),
         "compression_ratio": dg.MetadataValue.float(result.compression_ratio or 0.0),
         "uri": dg.MetadataValue.url(result.uri or ""),
@@ -63,7 +59,7 @@ def _table_metadata(results: list[DayResult], before: int, after: int) -> dict[s
     archived = [r for r in results if r.status == ARCHIVED]
     metadata = _day_metadata(results[0]) if len(results) == 1 else {
         "days_archived": dg.MetadataValue.int(len(archived)),
-        "rows": dg.MetadataValue.int(sum(r.rows for r in archived)),
+        "dagster/row_count": dg.MetadataValue.int(sum(r.rows for r in archived)),
         "bytes": dg.MetadataValue.int(sum(r.bytes for r in archived)),
         "duration_s": dg.MetadataValue.float(round(sum(r.duration_s for r in results), 3)),
         "days": dg.MetadataValue.md("\n".join(f"- {r.day}: {r.status}, {r.rows:,} rows, {r.uri}" for r in results)),
@@ -84,7 +80,7 @@ def _table_metadata(results: list[DayResult], before: int, after: int) -> dict[s
         )
         for table in ARCHIVED_TABLES
     ],
-    partitions_def=archive_partitions,
+    partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     can_subset=True,
     pool="archive",
@@ -140,16 +136,6 @@ def _already(postgres: PostgresResource, table: str, day: dt.date) -> DayResult:
                      arrow_bytes=entry.details.get("arrow_bytes", 0), uri=entry.uri, checksum=entry.checksum)
 
 
-def _days_of_run(context: dg.AssetCheckExecutionContext) -> tuple[dt.date, dt.date] | None:
-    tags = context.run.tags
-    if "dagster/partition" in tags:
-        day = dt.date.fromisoformat(tags["dagster/partition"])
-        return day, day
-    if _RANGE_START in tags:
-        return dt.date.fromisoformat(tags[_RANGE_START]), dt.date.fromisoformat(tags[_RANGE_END])
-    return None
-
-
 def _manifest_check(table: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=archive_key(table), name="manifest_matches_storage")
     def check(
@@ -158,7 +144,7 @@ def _manifest_check(table: str) -> dg.AssetChecksDefinition:
         """Every object the manifest lists for the run's days exists with its recorded size and
         SHA-256, and no object of those days is missing from the manifest."""
         store = cold_storage.store()
-        first, last = _days_of_run(context) or (dt.date.min, dt.date.max)
+        first, last = run_days(context) or (dt.date.min, dt.date.max)
         with postgres.manager.engine.connect() as conn:
             entries = manifest.load_range(
                 conn, table, first, last, {manifest.ARCHIVED, manifest.VERIFIED, manifest.RESTORED}
@@ -198,9 +184,8 @@ archive_job = dg.define_asset_job(
 def archive_every_24_hours(context: dg.ScheduleEvaluationContext, postgres: PostgresResource):
     """Every eligible day not yet archived gets a run, so days missed while down are caught up."""
     keep_from = first_kept_day(DEFAULT_DAYS_TO_KEEP, context.scheduled_execution_time)
-    first_partition = archive_partitions.start.date()
-    with postgres.manager.engine.connect() as conn:
-        days = sorted({day for table in ARCHIVED_TABLES.values() for day in eligible_days(conn, table, keep_from)})
+    first_partition = daily_partitions.start.date()
+    days = days_to_archive(postgres.manager, keep_from)
     too_old = [day for day in days if day < first_partition]
     if too_old:
         context.log.warning(f"{len(too_old)} day(s) before {first_partition} need archive_old_data() directly")
@@ -223,7 +208,7 @@ def restore_archived_days(
     """Copy archived days back into PostgreSQL; rows already hot win, so re-running changes nothing."""
     table = archived_table(config.table)
     days = restore_days(
-        postgres.manager.engine, cold_storage.store(), table,
+        postgres.manager, cold_storage.store(), table,
         dt.date.fromisoformat(config.first_day), dt.date.fromisoformat(config.last_day),
         on_day=lambda day: context.log.info(f"{day.table} {day.day}: {day.inserted:,} of {day.rows_in_copy:,} rows restored"),
     )
@@ -235,35 +220,3 @@ def restore_archived_days(
 @dg.job(description="Restore a table's archived days from cold storage into PostgreSQL (idempotent).")
 def restore_archive_job() -> None:
     restore_archived_days()
-
-
-class PruneConfig(dg.Config):
-    older_than_days: int = Field(default=30, description="prune runs that finished more than this many days ago")
-
-
-@dg.op
-def prune_dagster_storage(context: dg.OpExecutionContext, config: PruneConfig) -> dg.Output[int]:
-    result = prune_instance_storage(context.instance, dt.timedelta(days=config.older_than_days), log=context.log.info)
-    return dg.Output(result.runs_deleted, metadata={
-        "cutoff": result.cutoff.isoformat(), "runs_deleted": result.runs_deleted,
-        "runs_trimmed": result.runs_trimmed, "events_trimmed": result.events_trimmed,
-    })
-
-
-@dg.job(description="Prune Dagster's own run and event-log storage (it has no retention of its own).")
-def prune_dagster_storage_job() -> None:
-    prune_dagster_storage()
-
-
-prune_dagster_storage_schedule = dg.ScheduleDefinition(
-    job=prune_dagster_storage_job, cron_schedule="45 0 * * *", execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-
-
-defs = dg.Definitions(
-    assets=[cold_archive],
-    asset_checks=manifest_checks,
-    jobs=[archive_job, restore_archive_job, prune_dagster_storage_job],
-    schedules=[archive_every_24_hours, prune_dagster_storage_schedule],
-)

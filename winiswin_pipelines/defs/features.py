@@ -8,44 +8,57 @@ Partitions are UTC days, the same as `book_snapshots`. Across day boundaries:
   event whose path is not complete yet stays unlabelled (label NULL, labels_computed_at set) and is
   labelled when D+1 is materialised, because every run re-evaluates the previous day's unlabelled rows;
 - the dataset of D holds D's labelled rows, so it depends on the labels of D and of D+1.
+
+The work of a day is `winiswin_pipelines.features.training`; the checks' counts come from
+`winiswin_pipelines.features.repository`.
 """
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 from pydantic import Field
-from sqlalchemy import text
 
 from winiswin_pipelines import settings
-from winiswin_pipelines.db.bulk import EMPTY_RESULT
 from winiswin_pipelines.defs.partitions import DAY, daily_partitions, partition_days, range_tags
-from winiswin_pipelines.features import BOOK_STATES
-from winiswin_pipelines.features.store import (
-    FEATURES,
-    LABELS,
-    REQUIRED_FEATURES,
-    look_ahead_difference,
-    read_day_book,
-    stored_features,
-    symbols_between,
+from winiswin_pipelines.features import repository
+from winiswin_pipelines.features.days import FEATURES
+from winiswin_pipelines.features.training import (
+    check_day_look_ahead,
     write_dataset_day,
     write_day_features,
     write_day_labels,
 )
+from winiswin_pipelines.labels import BARRIERS
+from winiswin_pipelines.labels.days import LABELS
 from winiswin_pipelines.resources import PostgresResource
 
 # Every training-data asset: a UTC day per partition, a range of days in one run when backfilling.
 _DAILY = {"group_name": "training_data", "partitions_def": daily_partitions,
           "backfill_policy": dg.BackfillPolicy.single_run()}
 
+Result = TypeVar("Result")
+
 
 def _daily_dep(asset, *, start_offset: int = 0, end_offset: int = 0) -> dg.AssetDep:
     """Depends on `asset`'s days from `start_offset` to `end_offset` around the partition's day."""
     return dg.AssetDep(asset, partition_mapping=dg.TimeWindowPartitionMapping(
         start_offset=start_offset, end_offset=end_offset, allow_nonexistent_upstream_partitions=True))
+
+
+def _each_day(
+    window: dg.TimeWindow, run: Callable[[dt.datetime], Result], log: Callable[[dt.datetime, Result], None] | None = None
+) -> Result:
+    """`run` for each day of the partition window, in order, the results added up."""
+    total = None
+    for day in partition_days(window):
+        result = run(day)
+        if log:
+            log(day, result)
+        total = result if total is None else total + result
+    return total
 
 
 # --- features ---------------------------------------------------------------------------------------
@@ -60,19 +73,15 @@ def _daily_dep(asset, *, start_offset: int = 0, end_offset: int = 0) -> dg.Asset
     "short return, realised volatility) from data at or before each snapshot, in training_features.",
 )
 def microstructure_features(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
-    manager = postgres.manager
-    total, states, symbols = EMPTY_RESULT, dict.fromkeys(BOOK_STATES, 0), set()
-    for day in partition_days(context.partition_time_window):
-        result = write_day_features(manager, day)
-        context.log.info(f"features {day:%Y-%m-%d}: {result.written}; book states {result.states}")
-        total += result.written
-        states = {state: states[state] + result.states[state] for state in BOOK_STATES}
-        symbols.update(result.symbols)
+    total = _each_day(
+        context.partition_time_window, lambda day: write_day_features(postgres.manager, day),
+        lambda day, r: context.log.info(f"features {day:%Y-%m-%d}: {r.written}; book states {r.states}"),
+    )
     return dg.MaterializeResult(metadata={
-        "rows": total.staged, "inserted": total.inserted, "updated": total.updated, "unchanged": total.unchanged,
-        "skipped_crossed_books": states["crossed"], "skipped_one_sided_books": states["one_sided"],
-        "locked_books": states["locked"],
-        "symbols": ", ".join(sorted(symbols)) or "none",
+        "dagster/row_count": total.written.rows, **total.written.counts(),
+        "skipped_crossed_books": total.states["crossed"], "skipped_one_sided_books": total.states["one_sided"],
+        "locked_books": total.states["locked"],
+        "symbols": ", ".join(sorted(total.symbols)) or "none",
         "windows": f"ofi {FEATURES.ofi_window}, return {FEATURES.return_horizon}, volatility {FEATURES.vol_window}",
     })
 
@@ -89,27 +98,20 @@ def microstructure_features(context: dg.AssetExecutionContext, postgres: Postgre
     f"std of {LABELS.horizon} returns, vertical barrier {LABELS.horizon}; completes the previous day's pending labels.",
 )
 def triple_barrier_labels(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
-    counts, pending, skipped, completed = dict.fromkeys(("upper", "lower", "vertical"), 0), 0, 0, 0
-    total = EMPTY_RESULT
-    for day in partition_days(context.partition_time_window):
-        result = write_day_labels(postgres.manager, day)
-        context.log.info(f"labels {day:%Y-%m-%d}: {result.labels}, {result.pending} pending, "
-                         f"{result.completed_previous_day} of the previous day completed")
-        counts = {k: counts[k] + result.labels[k] for k in counts}
-        completed += result.completed_previous_day
-        skipped += result.skipped
-        total += result.written
-        # A day's pending rows are completed by the next day of the same run.
-        pending = result.pending
-    labelled = sum(counts.values())
+    # A day's pending rows are completed by the next day of the same run: the total's are the last day's.
+    total = _each_day(
+        context.partition_time_window, lambda day: write_day_labels(postgres.manager, day),
+        lambda day, r: context.log.info(f"labels {day:%Y-%m-%d}: {r.labels}, {r.pending} pending, "
+                                        f"{r.completed_previous_day} of the previous day completed"),
+    )
     return dg.MaterializeResult(metadata={
-        "labelled": labelled,
-        "labels": ", ".join(f"{n:,} {barrier}" for barrier, n in counts.items()),
-        "label_distribution": dg.MetadataValue.md(_distribution_table(counts)),
-        "pending_next_day": pending,
-        "skipped_without_vol_target": skipped,
-        "completed_previous_day": completed,
-        "rows": total.staged, "updated": total.updated + total.inserted, "unchanged": total.unchanged,
+        "labelled": sum(total.labels.values()),
+        "labels": ", ".join(f"{n:,} {barrier}" for barrier, n in total.labels.items()),
+        "label_distribution": dg.MetadataValue.md(_distribution_table(total.labels)),
+        "pending_next_day": total.pending,
+        "skipped_without_vol_target": total.skipped,
+        "completed_previous_day": total.completed_previous_day,
+        "dagster/row_count": total.written.rows, **total.written.counts(),
         "horizon": str(LABELS.horizon), "pt_sl": str(LABELS.pt_sl), "min_ret": LABELS.min_ret,
     })
 
@@ -129,10 +131,6 @@ class TrainingDatasetConfig(dg.Config):
     output_dir: str = Field(default="", description="dataset root; empty: <state dir>/datasets")
 
 
-def dataset_root(config: TrainingDatasetConfig) -> Path:
-    return Path(config.output_dir) if config.output_dir else settings.state_dir() / "datasets"
-
-
 @dg.asset(
     **_DAILY,
     deps=[_daily_dep(triple_barrier_labels, end_offset=1)],
@@ -143,18 +141,16 @@ def dataset_root(config: TrainingDatasetConfig) -> Path:
 def training_dataset(
     context: dg.AssetExecutionContext, config: TrainingDatasetConfig, postgres: PostgresResource
 ) -> dg.MaterializeResult:
-    root = dataset_root(config)
-    files, rows, pending = [], 0, 0
-    for day in partition_days(context.partition_time_window):
-        path, written, waiting = write_dataset_day(postgres.manager, day, root)
-        context.log.info(f"dataset {day:%Y-%m-%d}: {written} rows -> {path} ({waiting} waiting for labels)")
-        files += [path] if written else []
-        rows += written
-        pending += waiting
+    root = Path(config.output_dir) if config.output_dir else settings.state_dir() / "datasets"
+    total = _each_day(
+        context.partition_time_window, lambda day: write_dataset_day(postgres.manager, day, root),
+        lambda day, r: context.log.info(f"dataset {day:%Y-%m-%d}: {r.rows} rows -> "
+                                        f"{r.files[0] if r.files else 'no file'} ({r.pending} waiting for labels)"),
+    )
     return dg.MaterializeResult(metadata={
-        "rows": rows, "rows_waiting_for_labels": pending,
+        "dagster/row_count": total.rows, "rows_waiting_for_labels": total.pending,
         "dataset": dg.MetadataValue.path(str(root / "training_dataset")),
-        "files": dg.MetadataValue.md("\n".join(f"- `{p.relative_to(root)}`" for p in files)),
+        "files": dg.MetadataValue.md("\n".join(f"- `{p.relative_to(root)}`" for p in total.files)),
     })
 
 
@@ -171,30 +167,20 @@ def features_required_not_null(
 ) -> dg.AssetCheckResult:
     """Every feature row of the days has mid, micro-price, obi, depth obi, spread and the cyclic time."""
     window = _check_window(context)
-    nulls = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL)" for c in REQUIRED_FEATURES)
-    with postgres.manager.engine.connect() as conn:
-        total, *counts = conn.execute(
-            text(f"SELECT count(*), {nulls} FROM training_features WHERE ts >= :start AND ts < :end "
-                 "AND features_computed_at IS NOT NULL"),
-            {"start": window.start, "end": window.end},
-        ).one()
-    null_counts = {c: n for c, n in zip(REQUIRED_FEATURES, counts, strict=True) if n}
-    return dg.AssetCheckResult(passed=not null_counts, metadata={"rows": total, "null_counts": null_counts or "none"})
+    total, null_counts = repository.count_missing_required(postgres.manager, window.start, window.end)
+    return dg.AssetCheckResult(
+        passed=not null_counts, metadata={"rows_checked": total, "null_counts": null_counts or "none"}
+    )
 
 
 @dg.asset_check(asset=microstructure_features, partitions_def=daily_partitions, blocking=True)
 def features_in_range(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
     """obi and depth obi lie in [-1, 1]; spread_pct >= 0."""
     window = _check_window(context)
-    with postgres.manager.engine.connect() as conn:
-        total, bad_obi, bad_spread = conn.execute(
-            text("SELECT count(*), count(*) FILTER (WHERE obi NOT BETWEEN -1 AND 1 OR obi_depth NOT BETWEEN -1 AND 1), "
-                 "count(*) FILTER (WHERE spread_pct < 0) FROM training_features WHERE ts >= :start AND ts < :end"),
-            {"start": window.start, "end": window.end},
-        ).one()
+    total, bad_obi, bad_spread = repository.count_out_of_range(postgres.manager, window.start, window.end)
     return dg.AssetCheckResult(
         passed=bad_obi == 0 and bad_spread == 0,
-        metadata={"rows": total, "obi_out_of_range": bad_obi, "negative_spread": bad_spread},
+        metadata={"rows_checked": total, "obi_out_of_range": bad_obi, "negative_spread": bad_spread},
     )
 
 
@@ -208,26 +194,14 @@ def features_no_look_ahead(context: dg.AssetCheckExecutionContext, postgres: Pos
     At sampled rows of each day the book is cut right after the row's timestamp and the features are
     computed again; a feature that read later data cannot come out the same.
     """
-    window = _check_window(context)
-    checked, mismatches, archived = 0, [], []
-    with postgres.manager.engine.connect() as conn:
-        for day in partition_days(window):
-            for symbol in symbols_between(conn, "training_features", "ts", day, day + DAY):
-                stored = stored_features(conn, symbol, day)
-                book = read_day_book(conn, symbol, day)
-                if stored.empty or not (book.ts >= pd.Timestamp(day).value).any():
-                    archived += [f"{symbol} {day:%Y-%m-%d}"] if not stored.empty else []
-                    continue  # no snapshots left to recompute from (the day's book was archived)
-                picks = np.unique(np.linspace(0, len(stored) - 1, _LOOK_AHEAD_SAMPLES).round().astype(int))
-                for row in stored.iloc[picks].itertuples(index=False):
-                    checked += 1
-                    if difference := look_ahead_difference(book, day, row):
-                        mismatches.append(f"{symbol} {row.ts:%Y-%m-%d %H:%M:%S.%f}: {difference}")
+    result = _each_day(
+        _check_window(context), lambda day: check_day_look_ahead(postgres.manager, day, _LOOK_AHEAD_SAMPLES)
+    )
     return dg.AssetCheckResult(
-        passed=not mismatches,
-        metadata={"rows_checked": checked, "mismatches": len(mismatches),
-                  "first_mismatches": dg.MetadataValue.md("\n".join(f"- {m}" for m in mismatches[:10]) or "none"),
-                  "not_checked_book_archived": ", ".join(archived) or "none"},
+        passed=not result.mismatches,
+        metadata={"rows_checked": result.checked, "mismatches": len(result.mismatches),
+                  "first_mismatches": dg.MetadataValue.md("\n".join(f"- {m}" for m in result.mismatches[:10]) or "none"),
+                  "not_checked_book_archived": ", ".join(result.archived) or "none"},
     )
 
 
@@ -235,20 +209,8 @@ def features_no_look_ahead(context: dg.AssetCheckExecutionContext, postgres: Pos
 def labels_consistent(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
     """Labels match their barrier, end at or after their event, and their distribution is reported."""
     window = _check_window(context)
-    with postgres.manager.engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT coalesce(label_barrier, 'pending'), count(*), count(*) FILTER (WHERE NOT ("
-                "(label_barrier = 'upper' AND label = 1) OR (label_barrier = 'lower' AND label = -1) OR "
-                "(label_barrier = 'vertical' AND label = 0) OR (label_barrier IS NULL AND label IS NULL)) "
-                "OR label_t1 < ts) FROM training_features WHERE ts >= :start AND ts < :end "
-                "AND features_computed_at IS NOT NULL GROUP BY 1"
-            ),
-            {"start": window.start, "end": window.end},
-        ).all()
-    counts = {barrier: n for barrier, n, _ in rows}
-    inconsistent = sum(bad for _, _, bad in rows)
-    distribution = {b: counts.get(b, 0) for b in ("upper", "lower", "vertical")}
+    counts, inconsistent = repository.count_labels(postgres.manager, window.start, window.end)
+    distribution = {barrier: counts.get(barrier, 0) for barrier in BARRIERS}
     return dg.AssetCheckResult(
         passed=inconsistent == 0,
         metadata={"label_distribution": dg.MetadataValue.md(_distribution_table(distribution)),
@@ -256,7 +218,7 @@ def labels_consistent(context: dg.AssetCheckExecutionContext, postgres: Postgres
     )
 
 
-# --- jobs, schedules, definitions -------------------------------------------------------------------
+# --- job and schedule -------------------------------------------------------------------------------
 
 training_data_job = dg.define_asset_job(
     "training_data_job",
@@ -275,11 +237,3 @@ def training_data_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         run_key=f"training-data-{first}..{yesterday}",
         tags=range_tags(first, yesterday),
     )
-
-
-defs = dg.Definitions(
-    assets=[microstructure_features, triple_barrier_labels, training_dataset],
-    asset_checks=[features_required_not_null, features_in_range, features_no_look_ahead, labels_consistent],
-    jobs=[training_data_job],
-    schedules=[training_data_daily],
-)

@@ -1,13 +1,16 @@
-"""Dagster: the legacy migration, one partition per trade store found in the legacy folder.
+"""Dagster: the legacy migration, one partition per trade store of the legacy folder.
 
-The folder is `WINISWIN_LEGACY_DIR` (default `data/` in the working directory); its stores are
-discovered from their content when the definitions load. `legacy_trades` migrates the selected
-stores into `trades` / `trade_partial_exits` / `legacy_quarantine`; the blocking check
-`legacy_accounting` proves, against PostgreSQL, that every record read is there.
+The folder is the `legacy_folder` resource (`WINISWIN_LEGACY_DIR`, default `data/` in the working
+directory). Its stores become partitions of `legacy_store_partitions` when they are discovered: by
+the `legacy_store_discovery` sensor, `scripts/migrate_system.py` or `make run`; loading the
+definitions reads nothing. `legacy_trades` migrates the selected stores into `trades` /
+`trade_partial_exits` / `legacy_quarantine`; the blocking check `legacy_accounting` proves, against
+PostgreSQL, that every record read is there.
 
     dagster asset materialize -m winiswin_pipelines.definitions --select legacy_trades --partition trades.jsonl
 """
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +18,12 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from winiswin_pipelines import settings
+from winiswin_pipelines.defs.partitions import legacy_store_partitions, new_legacy_stores
 from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.load import BATCH_SIZE, Verification, migrate_store, verify_store
 from winiswin_pipelines.legacy.records import LegacySourceError
-from winiswin_pipelines.legacy.sniff import SkippedFile, Store, discover_stores, store_for
-from winiswin_pipelines.resources import PostgresResource
+from winiswin_pipelines.legacy.sniff import SkippedFile, Store, legacy_files, sniff_file, store_for
+from winiswin_pipelines.resources import LegacyFolderResource, PostgresResource
 
 _PROGRESS_EVERY_SECONDS = 10.0
 
@@ -32,51 +35,44 @@ class LegacyMigrationConfig(dg.Config):
     batch_size: int = Field(default=BATCH_SIZE, description="records per COPY + upsert batch")
 
 
-def build_legacy_migration(legacy_dir: Path) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
-    """The migration asset and its blocking accounting check for the stores found in `legacy_dir`."""
-    stores, skipped = _discover(legacy_dir)
-    partitions = dg.StaticPartitionsDefinition([store.relpath for store in stores])
-
-    @dg.asset(
-        name="legacy_trades",
-        group_name="legacy",
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        kinds={"python", "postgres"},
-        pool="pg_write",
-        description=f"Legacy trade stores of {legacy_dir} migrated into trades, trade_partial_exits and "
-        "legacy_quarantine (one partition per store).",
-    )
-    def legacy_trades(
-        context: dg.AssetExecutionContext, config: LegacyMigrationConfig, postgres: PostgresResource
-    ) -> dg.MaterializeResult:
-        engine = postgres.manager.engine
-        reports = []
-        for key in context.partition_keys:
-            store = store_for(legacy_dir, key)
-            context.log.info(f"migrating {store.path} ({store.format.value}) as {store.source}")
-            report = migrate_store(
-                engine, store, naive_timezone=config.naive_timezone, batch_size=config.batch_size,
-                progress=_progress_logger(context, store),
-            )
-            context.log.info(report.summary_line())
-            reports.append(report)
-        return dg.MaterializeResult(metadata=migration_metadata(reports, skipped))
-
-    @dg.asset_check(
-        asset=legacy_trades,
-        name="legacy_accounting",
-        blocking=True,
-        description="For each store: records in the file = records read = inserted + updated + unchanged + "
-        "duplicates + quarantined, and every migrated or quarantined record is in PostgreSQL.",
-    )
-    def legacy_accounting(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
-        results = [verify_store(postgres.manager.engine, store_for(legacy_dir, key)) for key in _partition_keys(context)]
-        return dg.AssetCheckResult(
-            passed=bool(results) and all(r.passed for r in results), metadata=verification_metadata(results)
+@dg.asset(
+    partitions_def=legacy_store_partitions,
+    group_name="legacy",
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"python", "postgres"},
+    pool="pg_write",
+    description="Legacy trade stores of the legacy folder migrated into trades, trade_partial_exits and "
+    "legacy_quarantine (one partition per store).",
+)
+def legacy_trades(
+    context: dg.AssetExecutionContext, config: LegacyMigrationConfig, postgres: PostgresResource,
+    legacy_folder: LegacyFolderResource,
+) -> dg.MaterializeResult:
+    reports = []
+    for key in context.partition_keys:
+        store = store_for(legacy_folder.path, key)
+        context.log.info(f"migrating {store.path} ({store.format.value}) as {store.source}")
+        report = migrate_store(
+            postgres.manager, store, naive_timezone=config.naive_timezone, batch_size=config.batch_size,
+            progress=_progress_logger(context, store),
         )
+        context.log.info(report.summary_line())
+        reports.append(report)
+    return dg.MaterializeResult(metadata=migration_metadata(reports))
 
-    return legacy_trades, legacy_accounting
+
+@dg.asset_check(
+    asset=legacy_trades,
+    blocking=True,
+    description="For each store: records in the file = records read = inserted + updated + unchanged + "
+    "duplicates + quarantined, and every migrated or quarantined record is in PostgreSQL.",
+)
+def legacy_accounting(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource, legacy_folder: LegacyFolderResource
+) -> dg.AssetCheckResult:
+    results = [verify_store(postgres.manager, store_for(legacy_folder.path, key)) for key in _partition_keys(context)]
+    return dg.AssetCheckResult(passed=bool(results) and all(r.passed for r in results),
+                               metadata=verification_metadata(results))
 
 
 def _partition_keys(context: dg.AssetCheckExecutionContext) -> list[str]:
@@ -85,12 +81,35 @@ def _partition_keys(context: dg.AssetCheckExecutionContext) -> list[str]:
     return context.partition_keys if context.has_partition_key_range else []
 
 
-def _discover(legacy_dir: Path) -> tuple[list[Store], list[SkippedFile]]:
-    # Definitions must load without the folder (a fresh checkout has no data/): no partitions then.
+@dg.sensor(minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Adds a legacy_trades partition for every trade store that appears in the legacy folder.")
+def legacy_store_discovery(
+    context: dg.SensorEvaluationContext, legacy_folder: LegacyFolderResource
+) -> dg.SensorResult | dg.SkipReason:
+    # The cursor remembers each file's size and modification time: only new or changed files are sniffed.
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     try:
-        return discover_stores(legacy_dir)
-    except LegacySourceError:
-        return [], []
+        root, paths = legacy_files(legacy_folder.path)
+    except LegacySourceError as missing:
+        return dg.SkipReason(str(missing))
+    current = {path.relative_to(root).as_posix(): _signature(path) for path in paths}
+    found = [sniff_file(root, root / relpath) for relpath, signature in current.items() if seen.get(relpath) != signature]
+    stores = [store.relpath for store in found if isinstance(store, Store)]
+    for skipped in found:
+        if isinstance(skipped, SkippedFile):
+            context.log.info(f"skipped {skipped.relpath}: {skipped.reason}")
+    new = new_legacy_stores(context.instance, stores)
+    if new:
+        context.log.info(f"new legacy stores: {', '.join(new)}")
+    return dg.SensorResult(
+        dynamic_partitions_requests=[legacy_store_partitions.build_add_request(new)] if new else [],
+        cursor=json.dumps(current),
+    )
+
+
+def _signature(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _progress_logger(context: dg.AssetExecutionContext, store: Store) -> Callable[[int, int], None]:
@@ -108,22 +127,19 @@ def _progress_logger(context: dg.AssetExecutionContext, store: Store) -> Callabl
     return progress
 
 
-def migration_metadata(reports: list[SourceReport], skipped: list[SkippedFile]) -> dict[str, dg.MetadataValue]:
+def migration_metadata(reports: list[SourceReport]) -> dict[str, dg.MetadataValue]:
     totals = {name: sum(getattr(r, name) for r in reports) for name in
               ("read", "inserted", "updated", "unchanged", "duplicates", "quarantined")}
     seconds = sum(r.seconds for r in reports)
     metadata: dict[str, dg.MetadataValue] = {
-        f"records {name}": dg.MetadataValue.int(value) for name, value in totals.items()
+        f"records_{name}": dg.MetadataValue.int(value) for name, value in totals.items()
     }
+    metadata["dagster/row_count"] = dg.MetadataValue.int(totals["inserted"] + totals["updated"] + totals["unchanged"])
     metadata["balanced"] = dg.MetadataValue.bool(all(r.balanced for r in reports))
-    metadata["records/s"] = dg.MetadataValue.float(round(totals["read"] / seconds, 1) if seconds else 0.0)
-    metadata["per source"] = dg.MetadataValue.md(_sources_table(reports))
-    metadata["per variant"] = dg.MetadataValue.md(_variants_table(reports))
+    metadata["records_per_second"] = dg.MetadataValue.float(round(totals["read"] / seconds, 1) if seconds else 0.0)
+    metadata["per_source"] = dg.MetadataValue.md(_sources_table(reports))
+    metadata["per_variant"] = dg.MetadataValue.md(_variants_table(reports))
     metadata["summary"] = dg.MetadataValue.text("\n".join(r.summary_line() for r in reports))
-    if skipped:
-        metadata["files skipped (no trades)"] = dg.MetadataValue.md(
-            "\n".join(f"- `{s.relpath}`: {s.reason}" for s in skipped)
-        )
     return metadata
 
 
@@ -165,15 +181,10 @@ def verification_metadata(results: list[Verification]) -> dict[str, dg.MetadataV
                      f"{v.quarantine_rows:,} | {v.held_by_other_stores:,} | {verdict} |")
     examples = [example for v in results for example in v.missing_examples]
     metadata = {
-        "stores verified": dg.MetadataValue.int(len(results)),
-        "records missing in PostgreSQL": dg.MetadataValue.int(sum(sum(v.missing.values()) for v in results)),
+        "stores_verified": dg.MetadataValue.int(len(results)),
+        "records_missing_in_postgres": dg.MetadataValue.int(sum(sum(v.missing.values()) for v in results)),
         "accounting": dg.MetadataValue.md("\n".join(lines)),
     }
     if examples:
-        metadata["missing (examples)"] = dg.MetadataValue.md("\n".join(f"- `{e}`" for e in examples))
+        metadata["missing_examples"] = dg.MetadataValue.md("\n".join(f"- `{e}`" for e in examples))
     return metadata
-
-
-legacy_trades, legacy_accounting = build_legacy_migration(settings.legacy_dir())
-
-defs = dg.Definitions(assets=[legacy_trades], asset_checks=[legacy_accounting])

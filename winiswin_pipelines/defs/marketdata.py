@@ -228,12 +228,3 @@ def market_data_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     """Imports the UTC day that just ended (a recorder rolls its capture file at midnight)."""
     day = (context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
     return dg.RunRequest(run_key=day.isoformat(), partition_key=day.isoformat())
-
-
-defs = dg.Definitions(
-    assets=[klines, book_snapshots],
-    asset_checks=[book_snapshots_not_crossed, klines_ohlc_consistent],
-    jobs=[market_data_import_job],
-    schedules=[market_data_daily],
-)
-

@@ -57,3 +57,16 @@ def run_days(context: dg.AssetCheckExecutionContext) -> tuple[dt.date, dt.date] 
     if RANGE_START_TAG in tags:
         return dt.date.fromisoformat(tags[RANGE_START_TAG]), dt.date.fromisoformat(tags[RANGE_END_TAG])
     return None
+
+
+def new_legacy_stores(instance: dg.DagsterInstance, relpaths: Iterable[str]) -> list[str]:
+    """The stores (paths in the legacy folder) that are not `legacy_trades` partitions yet."""
+    return sorted(set(relpaths) - set(instance.get_dynamic_partitions(legacy_store_partitions.name)))
+
+
+def register_legacy_stores(instance: dg.DagsterInstance, relpaths: Iterable[str]) -> list[str]:
+    """Add the stores not yet known as `legacy_trades` partitions; returns the ones added."""
+    new = new_legacy_stores(instance, relpaths)
+    if new:
+        instance.add_dynamic_partitions(legacy_store_partitions.name, new)
+    return new

@@ -16,14 +16,14 @@ from typing import Literal
 
 import dagster as dg
 from pydantic import Field
-from sqlalchemy import func, select
 
 from winiswin_pipelines import settings
-from winiswin_pipelines.db.models import Trade
 from winiswin_pipelines.defs.partitions import daily_partitions, partition_days
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BINANCE_FUTURES_WS
 from winiswin_pipelines.marketdata.feed import BinanceFeed, MarketFeed, ReplayFeed
 from winiswin_pipelines.resources import PostgresResource
+from winiswin_pipelines.trading import repository
+from winiswin_pipelines.trading.backtest import SOURCE as BACKTEST_SOURCE
 from winiswin_pipelines.trading.backtest import backtest_day
 from winiswin_pipelines.trading.execution import LiveTradingRefused
 from winiswin_pipelines.trading.performance import summarize
@@ -224,19 +224,8 @@ def backtest(
 def backtest_trades_closed_in_their_day(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
 ) -> dg.AssetCheckResult:
-    """Every backtest trade entered in the days is CLOSED, with a PnL, and exited within the day."""
+    """Every backtest trade entered in the days is CLOSED, with a PnL, and exited within the days."""
     window = context.op_execution_context.partition_time_window
-    in_days = (Trade.source == "backtest") & (Trade.entry_time >= window.start) & (Trade.entry_time < window.end)
-    consistent = ((Trade.status == "CLOSED") & Trade.pnl.is_not(None) & (Trade.exit_time >= Trade.entry_time)
-                  & (Trade.exit_time <= window.end))
-    with postgres.manager.session() as session:
-        total, bad = session.execute(
-            select(func.count(), func.count().filter(~consistent)).where(in_days)
-        ).one()
+    total, bad = repository.count_trades_closed_within(postgres.manager, source=BACKTEST_SOURCE, start=window.start,
+                                                       end=window.end)
     return dg.AssetCheckResult(passed=bad == 0, metadata={"trades": total, "open_or_inconsistent": bad})
-
-
-defs = dg.Definitions(
-    jobs=[trading_session_job], sensors=[trading_session_supervisor], assets=[backtest],
-    asset_checks=[backtest_trades_closed_in_their_day],
-)

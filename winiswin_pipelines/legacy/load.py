@@ -21,10 +21,11 @@ from itertools import islice
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, text
 
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert
+from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import final_trade_sql, open_trade_sql
 from winiswin_pipelines.errors import describe
 from winiswin_pipelines.legacy.accounting import SourceReport
@@ -76,13 +77,13 @@ class BatchResult:
 
 
 def migrate_store(
-    engine: Engine | None, store: Store, *, naive_timezone: str = "UTC", dry_run: bool = False,
+    manager: DatabaseManager | None, store: Store, *, naive_timezone: str = "UTC", dry_run: bool = False,
     batch_size: int = BATCH_SIZE, progress: Progress | None = None,
 ) -> SourceReport:
     """Migrate one store (or only read and normalise it with `dry_run`); returns its accounting."""
     started = time.perf_counter()
     report = SourceReport(store.source, store.relpath, store.format.value, naive_timezone, dry_run=dry_run)
-    ledger = None if dry_run else Ledger.for_store(engine, store)
+    ledger = None if dry_run else Ledger.for_store(manager, store)
     quarantined: list[str] = []
     in_flight: deque[tuple[Future[BatchResult], Sequence[Outcome]]] = deque()
     with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="legacy-writer") as writers:
@@ -95,12 +96,12 @@ def migrate_store(
                 continue
             if len(in_flight) == WRITERS:
                 _settle(report, ledger, quarantined, *in_flight.popleft())
-            in_flight.append((writers.submit(write_batch, engine, store.source, batch), batch))
+            in_flight.append((writers.submit(write_batch, manager, store.source, batch), batch))
         while in_flight:
             _settle(report, ledger, quarantined, *in_flight.popleft())
     report.seconds = time.perf_counter() - started
     if ledger:
-        _drop_stale_quarantine(engine, store.source, quarantined)
+        _drop_stale_quarantine(manager, store.source, quarantined)
         ledger.close(report)
     return report
 
@@ -124,16 +125,16 @@ def _settle(
     ledger.write(batch, refused)
 
 
-def write_batch(engine: Engine, source: str, batch: Sequence[Outcome]) -> BatchResult:
+def write_batch(manager: DatabaseManager, source: str, batch: Sequence[Outcome]) -> BatchResult:
     """Upsert one batch in one transaction; isolate rows PostgreSQL refuses (they go to quarantine)."""
     rows = [o for o in batch if type(o) is Row]
     rejected = [o for o in batch if type(o) is Rejected]
-    return _write(engine, source, rows, rejected)
+    return _write(manager, source, rows, rejected)
 
 
-def _write(engine: Engine, source: str, rows: list[Row], rejected: list[Rejected]) -> BatchResult:
+def _write(manager: DatabaseManager, source: str, rows: list[Row], rejected: list[Rejected]) -> BatchResult:
     try:
-        with engine.begin() as conn:
+        with manager.engine.begin() as conn:
             # A batch's DISTINCT ON sort fits in memory; a crash loses at most the last batches, which
             # the next (idempotent) run writes again, so commits need not wait for the WAL flush.
             conn.execute(text("SET LOCAL work_mem = '256MB'; SET LOCAL synchronous_commit = off"))
@@ -144,11 +145,11 @@ def _write(engine: Engine, source: str, rows: list[Row], rejected: list[Rejected
     except _REFUSALS as exc:
         if len(rows) <= 1:
             refusals = [_refused(row, exc) for row in rows]
-            with engine.begin() as conn:
+            with manager.engine.begin() as conn:
                 _upsert_quarantine(conn, source, rejected + refusals)
             return BatchResult(EMPTY_RESULT, rows)
         half = len(rows) // 2
-        return _write(engine, source, rows[:half], rejected) + _write(engine, source, rows[half:], [])
+        return _write(manager, source, rows[:half], rejected) + _write(manager, source, rows[half:], [])
 
 
 def _upsert_rows(conn: Connection, table: str, rows: list[Row]) -> UpsertResult:
@@ -172,9 +173,9 @@ def _refused(row: Row, exc: Exception) -> Rejected:
     return Rejected(row.position, f"refused by PostgreSQL: {reason}", safe_text(raw), row.variant, row.size)
 
 
-def _drop_stale_quarantine(engine: Engine, source: str, positions: list[str]) -> None:
+def _drop_stale_quarantine(manager: DatabaseManager, source: str, positions: list[str]) -> None:
     """Records quarantined by an earlier run that now migrate leave the quarantine."""
-    with engine.begin() as conn:
+    with manager.engine.begin() as conn:
         conn.execute(
             text("DELETE FROM legacy_quarantine WHERE source = :source AND NOT (position = ANY(:positions))"),
             {"source": source, "positions": positions},
@@ -193,8 +194,8 @@ class Ledger:
         self._handle = None
 
     @classmethod
-    def for_store(cls, engine: Engine, store: Store) -> Ledger:
-        url = engine.url
+    def for_store(cls, manager: DatabaseManager, store: Store) -> Ledger:
+        url = manager.url
         identity = f"{url.host}:{url.port}/{url.database}|{store.path.resolve()}"
         name = hashlib.sha256(identity.encode()).hexdigest()[:24]
         return cls(settings.state_dir() / "legacy_ledgers" / f"{name}.ledger")
@@ -249,9 +250,9 @@ class Verification:
         return not self.problems
 
 
-def verify_store(engine: Engine, store: Store) -> Verification:
+def verify_store(manager: DatabaseManager, store: Store) -> Verification:
     """Prove read = inserted + updated + unchanged + duplicates + quarantined against PostgreSQL."""
-    ledger = Ledger.for_store(engine, store)
+    ledger = Ledger.for_store(manager, store)
     report = ledger.report()
     result = Verification(store.source, report, count_records(store))
     if report is None:
@@ -263,7 +264,7 @@ def verify_store(engine: Engine, store: Store) -> Verification:
         )
     if not report.balanced:
         result.problems.append(f"read {report.read:,} != accounted {report.accounted:,}")
-    with engine.begin() as conn:
+    with manager.engine.begin() as conn:
         _load_ledger(conn, ledger)
         _check_presence(conn, store.source, result)
     if result.quarantine_rows != report.quarantined:

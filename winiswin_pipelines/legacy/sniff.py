@@ -86,14 +86,20 @@ def source_name(relpath: str) -> str:
     return f"legacy:{digest}:{relpath[-(_SOURCE_MAX - 17):]}"
 
 
-def discover_stores(legacy_dir: Path | str) -> tuple[list[Store], list[SkippedFile]]:
-    """Every trade store under `legacy_dir` (recursively, sorted by path) and the files skipped."""
+def legacy_files(legacy_dir: Path | str) -> tuple[Path, list[Path]]:
+    """The resolved folder and every file under it (recursively, sorted by path), without reading them."""
     root = Path(legacy_dir).resolve()
     if not root.is_dir():
         raise LegacySourceError(f"legacy folder not found: {root} (set --legacy-dir or WINISWIN_LEGACY_DIR)")
+    return root, sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def discover_stores(legacy_dir: Path | str) -> tuple[list[Store], list[SkippedFile]]:
+    """Every trade store under `legacy_dir` (recursively, sorted by path) and the files skipped."""
+    root, paths = legacy_files(legacy_dir)
     stores: list[Store] = []
     skipped: list[SkippedFile] = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in paths:
         found = sniff_file(root, path)
         (stores if isinstance(found, Store) else skipped).append(found)
     return stores, skipped

@@ -51,3 +51,11 @@ def count_inconsistent_klines(manager: DatabaseManager, start: dt.datetime, end:
             {"start": start, "end": end},
         ).one()
     return total, bad
+
+
+def snapshot_days(manager: DatabaseManager) -> list[dt.date]:
+    """The UTC days that hold book snapshots, in order."""
+    with manager.engine.connect() as conn:
+        return list(conn.execute(
+            text("SELECT DISTINCT (exchange_time AT TIME ZONE 'UTC')::date FROM book_snapshots ORDER BY 1")
+        ).scalars())

@@ -14,12 +14,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, replace
 
-from sqlalchemy import delete, func, select
-
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.db.models import Kline, Trade, TradingDecision, TradingSession
 from winiswin_pipelines.marketdata.feed import StoredFeed
 from winiswin_pipelines.technical.resample import interval_timedelta
+from winiswin_pipelines.trading import repository
 from winiswin_pipelines.trading.runner import run_session
 from winiswin_pipelines.trading.session import SessionConfig, SessionResult
 
@@ -36,13 +34,8 @@ class DayBacktest:
 
 def stored_intervals(manager: DatabaseManager, start: dt.datetime, end: dt.datetime) -> dict[str, list[str]]:
     """interval -> symbols that have their most bars in [start, end) at that interval."""
-    query = (select(Kline.symbol, Kline.interval, func.count())
-             .where(Kline.open_time >= start, Kline.open_time < end)
-             .group_by(Kline.symbol, Kline.interval))
-    with manager.engine.connect() as conn:
-        counts = conn.execute(query).all()
     options: dict[str, list[tuple[int, float, str]]] = {}
-    for symbol, interval, count in counts:
+    for symbol, interval, count in repository.stored_bar_counts(manager, start, end):
         # Most bars wins; on a tie the shorter interval.
         options.setdefault(symbol, []).append((count, -interval_timedelta(interval).total_seconds(), interval))
     groups: dict[str, list[str]] = {}
@@ -57,11 +50,7 @@ def session_id_for(day: dt.date, interval: str) -> str:
 
 def clear_previous_run(manager: DatabaseManager, day: dt.date) -> None:
     """Remove the rows an earlier backtest of `day` wrote (trades, decisions, session rows)."""
-    prefix = f"{SOURCE}-{day.isoformat()}-"
-    with manager.engine.begin() as conn:
-        conn.execute(delete(Trade).where(Trade.source == SOURCE, Trade.trade_uid.startswith(prefix)))
-        conn.execute(delete(TradingDecision).where(TradingDecision.session_id.startswith(prefix)))
-        conn.execute(delete(TradingSession).where(TradingSession.session_id.startswith(prefix)))
+    repository.delete_sessions(manager, source=SOURCE, prefix=session_id_for(day, ""))
 
 
 def backtest_day(manager: DatabaseManager, day: dt.date, config: SessionConfig, *,

@@ -13,8 +13,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-SIDES = ("LONG", "SHORT")
-CLOSED_STATUSES = ("CLOSED", "LIQUIDATED")
+from winiswin_pipelines.db.models import TradeStatus
+from winiswin_pipelines.trading.risk import SIDES
+
+CLOSED_STATUSES = (TradeStatus.CLOSED.value, TradeStatus.LIQUIDATED.value)
 
 
 def _fail(event: object, name: str, problem: str) -> None:
@@ -153,7 +155,7 @@ class TradeClosed(TradeEvent):
     pnl_pct: float | None
     fees: float | None = None
     exit_reason: str | None = None
-    status: str = "CLOSED"
+    status: str = TradeStatus.CLOSED.value
 
     def __post_init__(self) -> None:
         _check_uid(self, "trade_uid", 128)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any, Protocol
 
 from winiswin_pipelines.marketdata.binance import BinanceRestClient
@@ -80,7 +80,6 @@ class SymbolFilters:
     """The exchangeInfo filters an order must satisfy."""
 
     symbol: str
-    tick_size: Decimal
     step_size: Decimal
     min_qty: Decimal
     min_notional: Decimal
@@ -88,9 +87,6 @@ class SymbolFilters:
     def round_quantity(self, quantity: float) -> Decimal:
         """Down to the step size (never more than asked)."""
         return (Decimal(repr(quantity)) / self.step_size).to_integral_value(ROUND_DOWN) * self.step_size
-
-    def round_price(self, price: float) -> Decimal:
-        return (Decimal(repr(price)) / self.tick_size).to_integral_value(ROUND_HALF_UP) * self.tick_size
 
     def order_problem(self, quantity: Decimal, price: float) -> str | None:
         """Why an order of `quantity` at about `price` would be rejected, or None."""
@@ -103,19 +99,19 @@ class SymbolFilters:
 
 
 def symbol_filters(exchange_info: dict[str, Any], symbol: str) -> SymbolFilters:
-    """PRICE_FILTER, LOT_SIZE / MARKET_LOT_SIZE and MIN_NOTIONAL of `symbol` from an exchangeInfo reply."""
+    """LOT_SIZE / MARKET_LOT_SIZE and MIN_NOTIONAL of `symbol` from an exchangeInfo reply (MARKET orders
+    need no price rounding)."""
     entry = next((s for s in exchange_info.get("symbols", []) if s.get("symbol") == symbol), None)
     if entry is None:
         raise ValueError(f"exchangeInfo has no symbol {symbol!r}")
     filters = {f["filterType"]: f for f in entry.get("filters", [])}
-    missing = {"PRICE_FILTER", "LOT_SIZE", "MIN_NOTIONAL"} - filters.keys()
+    missing = {"LOT_SIZE", "MIN_NOTIONAL"} - filters.keys()
     if missing:
         raise ValueError(f"exchangeInfo for {symbol}: missing filters {sorted(missing)}")
     lot = filters.get("MARKET_LOT_SIZE", filters["LOT_SIZE"])
     step = Decimal(lot["stepSize"]) if Decimal(lot["stepSize"]) > 0 else Decimal(filters["LOT_SIZE"]["stepSize"])
     return SymbolFilters(
         symbol=symbol,
-        tick_size=Decimal(filters["PRICE_FILTER"]["tickSize"]),
         step_size=step,
         min_qty=Decimal(lot["minQty"]),
         min_notional=Decimal(filters["MIN_NOTIONAL"].get("notional") or filters["MIN_NOTIONAL"]["minNotional"]),

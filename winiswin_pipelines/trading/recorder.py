@@ -3,9 +3,10 @@
 How a record travels
 - `record_*` validate the argument's type and append it to an in-memory queue: no I/O, no await.
 - A writer task on the same event loop takes batches (`batch_size`, or whatever is queued after
-  `flush_interval`) and writes each batch in ONE transaction through the async engine (psycopg 3):
-  entries upsert on `trade_uid`, partial exits on `exit_uid`, closes/cancels update the trade with
-  that `trade_uid`; `position_entry_times` is brought up to date in the same transaction.
+  `flush_interval`) and writes each batch in ONE transaction (`repository.write_trade_records`,
+  async engine, psycopg 3): entries upsert on `trade_uid`, partial exits on `exit_uid`,
+  closes/cancels update the trade with that `trade_uid`; `position_entry_times` is brought up to
+  date in the same transaction.
 - If PostgreSQL is unreachable, the batch is appended to an fsynced spool (segment files of JSON
   lines under `spool_dir`, default `<state dir>/spool/<source>`). While the spool holds records,
   new batches go behind them, so the database sees every record in recording order; the writer
@@ -50,13 +51,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from winiswin_pipelines import settings
-from winiswin_pipelines.db.entry_times import async_delete_entry_time, async_upsert_entry_time
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.errors import describe
+from winiswin_pipelines.trading import repository
 from winiswin_pipelines.trading.events import (
     TradeCancelled,
     TradeClosed,
@@ -413,37 +412,8 @@ class UnifiedTradeRecorder:
         return written
 
     async def _transaction(self, records: list[dict[str, Any]]) -> None:
-        by_kind: dict[str, dict[str, dict[str, Any]]] = {"open": {}, "partial": {}, "finish": {}}
-        for record in records:  # last record of a key wins, as in a replay
-            kind = record["kind"]
-            if kind == "partial":
-                by_kind["partial"][record["exit_uid"]] = record
-            elif kind == "open":
-                by_kind["open"][record["trade_uid"]] = _json_safe(record)
-            else:
-                by_kind["finish"][record["trade_uid"]] = _finish_row(record)
-        async with self.manager.async_engine.begin() as conn:
-            if by_kind["open"]:
-                await conn.execute(_UPSERT_ENTRIES, _params(self.source, by_kind["open"]))
-                await conn.execute(_ATTACH_ORPHAN_PARTIALS, {"uids": list(by_kind["open"])})
-                await conn.execute(_APPLY_ORPHAN_FINISHES, {"uids": list(by_kind["open"])})
-            if by_kind["partial"]:
-                orphans = await conn.execute(_UPSERT_PARTIALS, _params(self.source, by_kind["partial"]))
-                self._counts["orphans"] += orphans.scalar_one()
-            if by_kind["finish"]:
-                orphans = await conn.execute(_APPLY_FINISHES, _params(self.source, by_kind["finish"]))
-                self._counts["orphans"] += orphans.scalar_one()
-            if self.track_entry_times:
-                await self._sync_entry_times(conn, {record["symbol"] for record in records})
-
-    async def _sync_entry_times(self, conn: AsyncConnection, symbols: set[str]) -> None:
-        # Only changed symbols are written, so a replay leaves the rows (and updated_at) untouched.
-        rows = await conn.execute(_ENTRY_TIME_CHANGES, {"symbols": sorted(symbols), "source": self.source})
-        for symbol, earliest_open in rows.all():
-            if earliest_open is None:
-                await async_delete_entry_time(conn, symbol)
-            else:
-                await async_upsert_entry_time(conn, symbol, earliest_open)
+        self._counts["orphans"] += await repository.write_trade_records(
+            self.manager, self.source, records, track_entry_times=self.track_entry_times)
 
 
 def _claim_lane(root: Path) -> Spool:
@@ -482,148 +452,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def _finish_row(record: dict[str, Any]) -> dict[str, Any]:
-    """A close or a cancel as one shape: the columns of `trades` they set."""
-    if record["kind"] == "close":
-        return record
-    return {"kind": "cancel", "trade_uid": record["trade_uid"], "symbol": record["symbol"],
-            "exit_time": record["time"], "exit_reason": record["reason"], "status": "CANCELLED"}
-
-
-def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
-    """Features may hold NaN/inf (JSON has neither): they are stored as null."""
-    features = record.get("features")
-    if features:
-        record = {**record, "features": _finite(features)}
-    return record
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
-
-
-def _params(source: str, rows: dict[str, dict[str, Any]]) -> dict[str, str]:
-    return {"source": source, "rows": json.dumps(list(rows.values()), separators=(",", ":"), default=str)}
-
-
 # Only a record the database refuses (SQLSTATE classes 22 and 23) is a data error; anything else
 # (server down, connection lost, timeouts, even a missing table) keeps the record for a retry.
 _DATA_ERRORS = (sqlalchemy.exc.DataError, sqlalchemy.exc.IntegrityError)
 _TRANSIENT_ERRORS = (sqlalchemy.exc.SQLAlchemyError, OSError, TimeoutError)
-
-_ENTRY_COLUMNS = (
-    "symbol", "side", "is_virtual", "entry_time", "entry_price", "quantity", "leverage", "stop_loss",
-    "take_profit", "strategy", "confidence", "win_probability", "features",
-)
-_UPSERT_ENTRIES = text(f"""
-INSERT INTO trades AS t (trade_uid, status, source, {", ".join(_ENTRY_COLUMNS)})
-SELECT r.trade_uid, 'OPEN', :source, {", ".join(f"r.{c}" for c in _ENTRY_COLUMNS)}
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
-    trade_uid text, symbol text, side text, is_virtual boolean, entry_time timestamptz,
-    entry_price float8, quantity float8, leverage float8, stop_loss float8, take_profit float8,
-    strategy text, confidence float8, win_probability float8, features jsonb)
-ON CONFLICT (trade_uid) DO UPDATE SET
-    {", ".join(f"{c} = EXCLUDED.{c}" for c in _ENTRY_COLUMNS)}, source = EXCLUDED.source, updated_at = now()
-WHERE ({", ".join(f"t.{c}" for c in _ENTRY_COLUMNS)}, t.source)
-    IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in _ENTRY_COLUMNS)}, EXCLUDED.source)
-""")
-
-# Partial exits pair with their trade by trade_uid (and symbol); unmatched ones are kept as
-# orphans (trade_uid NULL, the event in raw). Returns how many orphans the batch held.
-_UPSERT_PARTIALS = text("""
-WITH r AS (
-    SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
-        kind text, exit_uid text, trade_uid text, symbol text, exit_time timestamptz, exit_price float8,
-        quantity float8, pnl float8, pnl_pct float8, fees float8, reason text)
-), paired AS (
-    SELECT r.*, t.trade_uid AS known_uid
-    FROM r LEFT JOIN trades t ON t.trade_uid = r.trade_uid AND t.symbol = r.symbol
-), written AS (
-    INSERT INTO trade_partial_exits AS p
-        (exit_uid, trade_uid, symbol, exit_time, exit_price, quantity, pnl, pnl_pct, fees, reason, source, raw)
-    SELECT exit_uid, known_uid, symbol, exit_time, exit_price, quantity, pnl, pnl_pct, fees, reason, :source,
-           to_jsonb(paired) - 'known_uid'
-    FROM paired
-    ON CONFLICT (exit_uid) DO UPDATE SET
-        trade_uid = COALESCE(EXCLUDED.trade_uid, p.trade_uid), symbol = EXCLUDED.symbol,
-        exit_time = EXCLUDED.exit_time, exit_price = EXCLUDED.exit_price, quantity = EXCLUDED.quantity,
-        pnl = EXCLUDED.pnl, pnl_pct = EXCLUDED.pnl_pct, fees = EXCLUDED.fees, reason = EXCLUDED.reason,
-        source = EXCLUDED.source, raw = EXCLUDED.raw, updated_at = now()
-    WHERE (p.trade_uid, p.exit_time, p.exit_price, p.quantity, p.pnl, p.pnl_pct, p.fees, p.reason, p.raw)
-        IS DISTINCT FROM (COALESCE(EXCLUDED.trade_uid, p.trade_uid), EXCLUDED.exit_time, EXCLUDED.exit_price,
-                          EXCLUDED.quantity, EXCLUDED.pnl, EXCLUDED.pnl_pct, EXCLUDED.fees, EXCLUDED.reason,
-                          EXCLUDED.raw)
-)
-SELECT count(*) FROM paired WHERE known_uid IS NULL
-""")
-
-# Closes and cancels set the exit columns of their trade; unmatched ones become orphan rows.
-_APPLY_FINISHES = text("""
-WITH r AS (
-    SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
-        kind text, trade_uid text, symbol text, exit_time timestamptz, exit_price float8, pnl float8,
-        pnl_pct float8, fees float8, exit_reason text, status text)
-), matched AS (
-    SELECT r.trade_uid FROM r JOIN trades t ON t.trade_uid = r.trade_uid AND t.symbol = r.symbol
-), updated AS (
-    UPDATE trades t SET status = r.status, exit_time = r.exit_time, exit_price = r.exit_price, pnl = r.pnl,
-        pnl_pct = r.pnl_pct, fees = r.fees, exit_reason = r.exit_reason, updated_at = now()
-    FROM r
-    WHERE t.trade_uid = r.trade_uid AND t.symbol = r.symbol
-      AND (t.status, t.exit_time, t.exit_price, t.pnl, t.pnl_pct, t.fees, t.exit_reason)
-          IS DISTINCT FROM (r.status, r.exit_time, r.exit_price, r.pnl, r.pnl_pct, r.fees, r.exit_reason)
-), orphans AS (
-    SELECT * FROM r WHERE r.trade_uid NOT IN (SELECT trade_uid FROM matched)
-), kept AS (
-    INSERT INTO trade_partial_exits AS p (exit_uid, trade_uid, symbol, exit_time, exit_price, pnl, pnl_pct, fees,
-                                          reason, source, raw)
-    SELECT trade_uid || ':' || kind, NULL, symbol, exit_time, exit_price, pnl, pnl_pct, fees, exit_reason,
-           :source, to_jsonb(orphans)
-    FROM orphans
-    ON CONFLICT (exit_uid) DO UPDATE SET exit_time = EXCLUDED.exit_time, exit_price = EXCLUDED.exit_price,
-        pnl = EXCLUDED.pnl, pnl_pct = EXCLUDED.pnl_pct, fees = EXCLUDED.fees, reason = EXCLUDED.reason,
-        raw = EXCLUDED.raw, updated_at = now()
-    WHERE p.raw IS DISTINCT FROM EXCLUDED.raw
-)
-SELECT count(*) FROM orphans
-""")
-
-# An entry recorded after its exits: attach orphan partial exits, apply an orphan close/cancel.
-_ATTACH_ORPHAN_PARTIALS = text("""
-UPDATE trade_partial_exits p SET trade_uid = t.trade_uid, updated_at = now()
-FROM trades t
-WHERE p.trade_uid IS NULL AND p.raw->>'kind' = 'partial' AND p.raw->>'trade_uid' = ANY(:uids)
-  AND t.trade_uid = p.raw->>'trade_uid' AND t.symbol = p.symbol
-""")
-_APPLY_ORPHAN_FINISHES = text("""
-WITH o AS (
-    DELETE FROM trade_partial_exits p USING trades t
-    WHERE p.trade_uid IS NULL AND p.raw->>'kind' IN ('close', 'cancel') AND p.raw->>'trade_uid' = ANY(:uids)
-      AND t.trade_uid = p.raw->>'trade_uid' AND t.symbol = p.symbol
-    RETURNING p.raw
-)
-UPDATE trades t SET status = o.raw->>'status', exit_time = (o.raw->>'exit_time')::timestamptz,
-    exit_price = (o.raw->>'exit_price')::float8, pnl = (o.raw->>'pnl')::float8,
-    pnl_pct = (o.raw->>'pnl_pct')::float8, fees = (o.raw->>'fees')::float8,
-    exit_reason = o.raw->>'exit_reason', updated_at = now()
-FROM o WHERE t.trade_uid = o.raw->>'trade_uid'
-""")
-
-# Per touched symbol: the earliest OPEN trade of this source, where it differs from what is stored.
-_ENTRY_TIME_CHANGES = text("""
-SELECT s.symbol, e.entry_time
-FROM unnest(CAST(:symbols AS text[])) AS s(symbol)
-LEFT JOIN (
-    SELECT symbol, min(entry_time) AS entry_time FROM trades
-    WHERE status = 'OPEN' AND source = :source AND symbol = ANY(:symbols) AND entry_time IS NOT NULL
-    GROUP BY symbol
-) e USING (symbol)
-LEFT JOIN position_entry_times p USING (symbol)
-WHERE e.entry_time IS DISTINCT FROM p.entry_time
-""")

@@ -1,5 +1,5 @@
 """Pruning of Dagster's own run and event-log storage, which has no retention of its own
-(dagster-notes.md §3.3: `event_logs` grows without limit).
+(dagster-notes.md §3.3: `event_logs` grows without limit): the job, its op and its daily schedule.
 
 For every run that finished before the cutoff:
 - a run that recorded no asset event (materialization, observation, check) is deleted with its
@@ -9,13 +9,13 @@ For every run that finished before the cutoff:
   bulk of `event_logs`, as in Dagster's "Cleaning older data from your Dagster database" guide).
 """
 
-from __future__ import annotations
-
 import datetime as dt
 from dataclasses import dataclass
 
 import dagster as dg
 from dagster import DagsterEventType
+from dagster_postgres.event_log import PostgresEventLogStorage
+from pydantic import Field
 from sqlalchemy import text
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
@@ -71,7 +71,31 @@ def prune_instance_storage(
             deleted += 1
         if log and (deleted + trimmed) % _BATCH == 0:
             log(f"pruned {deleted + trimmed} runs so far")
-    if deleted + trimmed and instance.event_log_storage.__class__.__name__ == "PostgresEventLogStorage":
+    if deleted + trimmed and isinstance(instance.event_log_storage, PostgresEventLogStorage):
         with instance.event_log_storage.index_connection() as conn:  # autocommit: VACUUM needs it
             conn.execute(text("VACUUM (ANALYZE) event_logs"))
     return PruneResult(cutoff, deleted, trimmed, events)
+
+
+class PruneConfig(dg.Config):
+    older_than_days: int = Field(default=30, description="prune runs that finished more than this many days ago")
+
+
+@dg.op
+def prune_dagster_storage(context: dg.OpExecutionContext, config: PruneConfig) -> dg.Output[int]:
+    result = prune_instance_storage(context.instance, dt.timedelta(days=config.older_than_days), log=context.log.info)
+    return dg.Output(result.runs_deleted, metadata={
+        "cutoff": result.cutoff.isoformat(), "runs_deleted": result.runs_deleted,
+        "runs_trimmed": result.runs_trimmed, "events_trimmed": result.events_trimmed,
+    })
+
+
+@dg.job(description="Prune Dagster's own run and event-log storage (it has no retention of its own).")
+def prune_dagster_storage_job() -> None:
+    prune_dagster_storage()
+
+
+prune_dagster_storage_schedule = dg.ScheduleDefinition(
+    job=prune_dagster_storage_job, cron_schedule="45 0 * * *", execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

@@ -1,0 +1,60 @@
+"""What the demo steps share: the code location's definitions, its resources, the Dagster instance
+and the database, and one way to materialize assets so every run shows in the Dagster UI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from winiswin_pipelines import settings
+from winiswin_pipelines.db.manager import DatabaseManager
+
+# The steps print their own summaries; the runs' full event logs are in the Dagster UI.
+_QUIET_LOGGERS = {"console": {"config": {"log_level": "WARNING"}}}
+
+
+def demo_instance() -> dg.DagsterInstance:
+    """The instance of DAGSTER_HOME (the Makefile's), else a throw-away one."""
+    return dg.DagsterInstance.get() if settings.env("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
+@dataclass
+class DemoRunner:
+    instance: dg.DagsterInstance
+    definitions: dg.Definitions
+    manager: DatabaseManager
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.resources = {**self.definitions.resources, **self.resources}
+
+    def materialize(
+        self, *asset_keys: str, tags: dict[str, str] | None = None, resources: dict[str, Any] | None = None,
+    ) -> dg.ExecuteInProcessResult:
+        """Materialize the assets named (with their checks) as one run of the code location's assets."""
+        selection = dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(key) for key in asset_keys))
+        return dg.materialize(
+            [*self.definitions.assets, *self.definitions.asset_checks], selection=selection,
+            instance=self.instance, resources={**self.resources, **(resources or {})}, tags=tags,
+            run_config={"loggers": _QUIET_LOGGERS},
+        )
+
+    def execute_job(self, name: str, run_config: dg.RunConfig) -> dg.ExecuteInProcessResult:
+        job = self.definitions.resolve_job_def(name)
+        quiet = dg.RunConfig(ops=run_config.ops, resources=run_config.resources, loggers=_QUIET_LOGGERS)
+        return job.execute_in_process(run_config=quiet, instance=self.instance, resources=self.resources)
+
+
+def materialization(result: dg.ExecuteInProcessResult, asset_key: str) -> dict[str, Any]:
+    """The metadata values of the run's first materialization of `asset_key`."""
+    node = asset_key.replace("/", "__")
+    return {key: value.value for key, value in result.asset_materializations_for_node(node)[0].metadata.items()}
+
+
+def checks_verdict(result: dg.ExecuteInProcessResult) -> str:
+    """'checks: N passed' and the names of those that failed."""
+    checks = result.get_asset_check_evaluations()
+    failed = [check.check_name for check in checks if not check.passed]
+    return f"checks: {len(checks) - len(failed)} passed" + (f", FAILED {', '.join(failed)}" if failed else "")

@@ -1,0 +1,166 @@
+"""The steps of `make run`, in order: each materializes an area's assets on the bundled sample data
+and returns the lines to print."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import dagster as dg
+
+from winiswin_pipelines import settings
+from winiswin_pipelines.archive import read_history
+from winiswin_pipelines.archive.archiver import DEFAULT_DAYS_TO_KEEP, days_to_archive, first_kept_day
+from winiswin_pipelines.archive.tables import ARCHIVED_TABLES
+from winiswin_pipelines.defs.partitions import daily_partitions, day_runs, range_tags, register_legacy_stores
+from winiswin_pipelines.defs.trading import TradingSessionConfig
+from winiswin_pipelines.demo.runner import DemoRunner, checks_verdict, materialization
+from winiswin_pipelines.legacy.sniff import discover_stores
+from winiswin_pipelines.marketdata.repository import snapshot_days
+from winiswin_pipelines.resources import LegacyFolderResource
+from winiswin_pipelines.trading.repository import session_trades
+
+Step = Callable[[DemoRunner], list[str]]
+
+_MARKET_DAYS = {
+    "klines": [("2023-04-01", "2023-04-30"), ("2024-07-18", "2024-07-19")],
+    "book_snapshots": [("2023-04-04", "2023-04-05"), ("2024-07-18", "2024-07-19")],
+}
+
+
+def market_data(runner: DemoRunner) -> list[str]:
+    lines = []
+    for asset, ranges in _MARKET_DAYS.items():
+        for first, last in ranges:
+            result = runner.materialize(asset, tags=range_tags(first, last))
+            m = materialization(result, asset)
+            detail = f"{m['gaps_detected']} gaps" if asset == "book_snapshots" else f"intervals {m['intervals']}"
+            lines.append(f"{asset} {first}..{last}: {m['dagster/row_count']:,} rows ({m['inserted']:,} new, "
+                         f"{m['unchanged']:,} unchanged), {m['symbols']}; {checks_verdict(result)}; {detail}")
+    return lines
+
+
+def _each_book_day_run(runner: DemoRunner, asset: str, describe: Callable[[dict[str, Any]], str]) -> list[str]:
+    lines = []
+    for first, last in day_runs(snapshot_days(runner.manager)):
+        result = runner.materialize(asset, tags=range_tags(first, last))
+        verdict = f"; {checks_verdict(result)}" if result.get_asset_check_evaluations() else ""
+        lines.append(f"{first}..{last}: {describe(materialization(result, asset))}{verdict}")
+    return lines or ["no book snapshots stored: nothing to do"]
+
+
+def features(runner: DemoRunner) -> list[str]:
+    return _each_book_day_run(
+        runner, "microstructure_features",
+        lambda m: f"{m['dagster/row_count']:,} feature rows ({m['inserted']:,} new), {m['symbols']}; "
+        f"{m['skipped_crossed_books']} crossed and {m['skipped_one_sided_books']} one-sided books skipped",
+    )
+
+
+def labels(runner: DemoRunner) -> list[str]:
+    return _each_book_day_run(
+        runner, "triple_barrier_labels",
+        lambda m: f"{m['labelled']:,} labelled ({m['labels']}), {m['pending_next_day']} pending the next day",
+    )
+
+
+def dataset(runner: DemoRunner) -> list[str]:
+    return _each_book_day_run(
+        runner, "training_dataset", lambda m: f"{m['dagster/row_count']:,} rows to {m['dataset']}",
+    )
+
+
+def legacy_migration(runner: DemoRunner) -> list[str]:
+    folder = settings.SAMPLE_DATA_DIR / "legacy"
+    stores, skipped = discover_stores(folder)
+    keys = [store.relpath for store in stores]
+    register_legacy_stores(runner.instance, keys)  # what the discovery sensor does for WINISWIN_LEGACY_DIR
+    result = runner.materialize("legacy_trades", tags=range_tags(keys[0], keys[-1]),
+                                resources={"legacy_folder": LegacyFolderResource(legacy_dir=str(folder))})
+    m = materialization(result, "legacy_trades")
+    lines = [f"{folder}: {len(keys)} trade stores", *m["summary"].splitlines()]
+    lines += [f"skipped {file.relpath}: {file.reason}" for file in skipped]
+    evaluations = result.get_asset_check_evaluations()
+    lines.append(f"accounting check: {'passed' if evaluations and all(e.passed for e in evaluations) else 'FAILED'}")
+    return lines
+
+
+def backtest(runner: DemoRunner) -> list[str]:
+    first, last = "2023-04-01", "2023-04-30"
+    result = runner.materialize("backtest", tags=range_tags(first, last))
+    m = materialization(result, "backtest")
+    win_rate = f"{m['win_rate']:.1%}" if isinstance(m["win_rate"], float) else "n/a"
+    return [
+        f"{m['symbols']} on {m['intervals']} bars, {first}..{last}; {checks_verdict(result)}",
+        f"{m['trades']} trades, win rate {win_rate}",
+        f"PnL {m['pnl']:+,.2f} USDT ({m['return_pct']:+.2%} of the paper account), "
+        f"max drawdown {m['max_drawdown']:,.2f} USDT, fees {m['fees']:,.2f} USDT",
+        f"exits: {m['exit_reasons']}",
+    ]
+
+
+def paper_session(runner: DemoRunner) -> list[str]:
+    session_id = "sample-replay"  # a fixed id: a second `make run` rewrites the same rows (deterministic replay)
+    # Eight minutes hold 7 one-minute bars per symbol: the short-horizon profile can trade them.
+    config = TradingSessionConfig(session_id=session_id, strategy_profile="short_horizon", max_events=100_000)
+    runner.execute_job("trading_session_job", dg.RunConfig(ops={"trading_session": config}))
+    decisions, trades = session_trades(runner.manager, session_id)
+    lines = [f"session {session_id}: {len(decisions)} decisions, {len(trades)} trades"]
+    lines += [
+        f"{t.side:<5} {t.symbol} {t.quantity:.3f} @ {t.entry_price:,.2f} ({t.entry_time:%H:%M:%S}) -> "
+        f"{t.exit_price or 0:,.2f} ({t.exit_time:%H:%M:%S}) {t.exit_reason}: PnL {t.pnl:+.2f} USDT"
+        for t in trades
+    ]
+    return lines
+
+
+def archival(runner: DemoRunner) -> list[str]:
+    keep_from = first_kept_day(DEFAULT_DAYS_TO_KEEP)
+    days = [day for day in days_to_archive(runner.manager, keep_from) if day >= daily_partitions.start.date()]
+    if not days:
+        return ["no day older than the retention has rows in PostgreSQL"]
+    totals: dict[str, dict[str, int]] = {}
+    passed = checked = 0
+    keys = [f"archive/{table}" for table in ARCHIVED_TABLES]
+    for first, last in day_runs(days, max_hole=1):  # one single-run backfill per block of days
+        result = runner.materialize(*keys, tags=range_tags(first, last))
+        for key in keys:
+            _add_archived(totals, key.removeprefix("archive/"), result)
+        checks = result.get_asset_check_evaluations()
+        passed, checked = passed + sum(check.passed for check in checks), checked + len(checks)
+    lines = [f"{table:<20} {t['days']:>3} day(s) {t['rows']:>9,} rows -> {t['bytes']:>10,} B of Parquet; "
+             f"table on disk {t['before']:,} B -> {t['after']:,} B" for table, t in totals.items()]
+    lines.append(f"manifest matches storage: {passed}/{checked} checks passed")
+    history = read_history("klines", days[0], days[-1] + dt.timedelta(days=1), ["BTCUSDT"], manager=runner.manager)
+    still_hot = [day for day in days_to_archive(runner.manager, keep_from) if day >= days[0]]
+    lines.append(f"history reader: klines BTCUSDT {days[0]}..{days[-1]} -> {len(history):,} rows "
+                 f"({history['open_time'].min()} .. {history['open_time'].max()}) read back from cold storage; "
+                 f"days older than the retention still in PostgreSQL: {len(still_hot)}")
+    return lines
+
+
+def _add_archived(totals: dict[str, dict[str, int]], table: str, result: dg.ExecuteInProcessResult) -> None:
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == table]
+    if not events:
+        return
+    # A range run repeats its metadata for every day of the range: the first event says it all.
+    m = {key: value.value for key, value in events[0].materialization.metadata.items()}
+    total = totals.setdefault(table, {"days": 0, "rows": 0, "bytes": 0, "before": m["table_bytes_on_disk_before"]})
+    total["days"] += m.get("days_archived", 1 if m["dagster/row_count"] else 0)
+    total["rows"] += m["dagster/row_count"]
+    total["bytes"] += m["bytes"]
+    total["after"] = m["table_bytes_on_disk_after"]
+
+
+STEPS: list[tuple[str, Step]] = [
+    ("Market data: Binance klines and order-book snapshots from the bundled samples", market_data),
+    ("Microstructure features for the days with book snapshots", features),
+    ("Triple-barrier labels for the same days", labels),
+    ("Training dataset (Parquet, Hive-partitioned by date)", dataset),
+    ("Legacy migration: the bundled legacy samples", legacy_migration),
+    ("Backtest: April 2023 BTCUSDT klines through the strategy (paper execution, source 'backtest')", backtest),
+    ("Paper trading: a bounded session over the bundled 8-minute BTCUSDT + ETHUSDT capture (ReplayFeed)",
+     paper_session),
+    ("Archival: the sample days (all older than 30 days) to the local cold folder, read back", archival),
+]

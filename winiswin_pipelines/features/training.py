@@ -1,0 +1,202 @@
+"""Training data of a UTC day: features of the day's book snapshots and labels of the day's rows
+written to `training_features`, the day's labelled rows to the Parquet dataset, and the look-ahead
+check of the stored features.
+
+The Dagster assets in `winiswin_pipelines.defs.features` call these, one day at a time, and add the
+results of a range of days with `+`. The computations are the pure modules `features.days` and
+`labels.days`; the SQL is `features.repository`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection
+
+from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult
+from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.features import repository
+from winiswin_pipelines.features.dataset import write_day_file
+from winiswin_pipelines.features.days import FEATURE_READ_WARMUP, FEATURES, day_features, look_ahead_difference
+from winiswin_pipelines.features.microstructure import BOOK_STATES, BookArrays
+from winiswin_pipelines.labels import BARRIERS
+from winiswin_pipelines.labels.days import LABELS, label_events
+
+DAY = dt.timedelta(days=1)
+_USABLE_STATES = ("ok", "locked")
+_PARALLEL_SYMBOLS = 2
+
+
+# --- features ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureResult:
+    """Feature rows written, snapshots per book state (only "ok" and "locked" are written), symbols."""
+
+    written: UpsertResult = EMPTY_RESULT
+    states: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BOOK_STATES, 0))
+    symbols: frozenset[str] = frozenset()
+
+    def __add__(self, other: FeatureResult) -> FeatureResult:
+        return FeatureResult(
+            self.written + other.written,
+            {state: self.states[state] + other.states[state] for state in BOOK_STATES},
+            self.symbols | other.symbols,
+        )
+
+
+def read_day_book(conn: Connection, symbol: str, day: dt.datetime) -> BookArrays:
+    """`symbol`'s snapshots of `day` and of the warm-up before it."""
+    return repository.read_book(conn, symbol, day - FEATURE_READ_WARMUP, day + DAY, levels=FEATURES.depth_levels)
+
+
+def write_day_features(manager: DatabaseManager, day: dt.datetime) -> FeatureResult:
+    """Compute and upsert the features of every symbol's snapshots on `day`, symbols side by side."""
+    with manager.engine.connect() as conn:
+        symbols = repository.book_symbols(conn, day, day + DAY)
+    # PostgreSQL does most of the work (reading, upserting): two symbols at once keep two backends busy.
+    with ThreadPoolExecutor(max_workers=_PARALLEL_SYMBOLS) as pool:
+        return sum(pool.map(lambda symbol: _write_symbol_features(manager, symbol, day), symbols), FeatureResult())
+
+
+def _write_symbol_features(manager: DatabaseManager, symbol: str, day: dt.datetime) -> FeatureResult:
+    """Compute and upsert the features of `symbol`'s snapshots on `day` (one transaction)."""
+    with manager.engine.connect() as conn:
+        features = day_features(read_day_book(conn, symbol, day), day).assign(symbol=symbol)
+    states = features["book_state"].value_counts().reindex(BOOK_STATES, fill_value=0).astype(int).to_dict()
+    usable = features[features["book_state"].isin(_USABLE_STATES)]
+    return FeatureResult(repository.write_features(manager, usable), states, frozenset([symbol]))
+
+
+# --- labels -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """Label rows written, labels given per barrier (the day's, and the previous day's completed ones),
+    the day's rows still pending or skipped for good, and the previous day's rows completed."""
+
+    written: UpsertResult
+    labels: dict[str, int]
+    pending: int
+    skipped: int
+    completed_previous_day: int
+
+    def __add__(self, next_day: LabelResult) -> LabelResult:
+        """This day's result followed by the next day's: the pending rows are the next day's (it
+        completes this day's)."""
+        return LabelResult(
+            self.written + next_day.written,
+            {barrier: self.labels[barrier] + next_day.labels[barrier] for barrier in BARRIERS},
+            next_day.pending,
+            self.skipped + next_day.skipped,
+            self.completed_previous_day + next_day.completed_previous_day,
+        )
+
+
+def write_day_labels(manager: DatabaseManager, day: dt.datetime) -> LabelResult:
+    """Label every row of `day`, and the rows of the day before that were still waiting for this day's prices."""
+    with manager.engine.connect() as conn:
+        symbols = repository.feature_symbols(conn, day - DAY, day + DAY)
+        previous = [_day_labels(conn, s, day - DAY, only_unlabelled=True) for s in symbols]
+        current = [_day_labels(conn, s, day) for s in symbols]
+    if not symbols:
+        return LabelResult(EMPTY_RESULT, dict.fromkeys(BARRIERS, 0), 0, 0, 0)
+    rows = pd.concat([*previous, *current], ignore_index=True)
+    written = repository.write_labels(manager, rows)
+    today = rows[rows["ts"] >= day]
+    return LabelResult(
+        written=written,
+        labels={barrier: int((rows["label_barrier"] == barrier).sum()) for barrier in BARRIERS},
+        pending=int((today["label"].isna() & ~today["skipped"].astype(bool)).sum()),
+        skipped=int(today["skipped"].astype(bool).sum()),
+        completed_previous_day=sum(int(frame["label"].notna().sum()) for frame in previous),
+    )
+
+
+def _day_labels(conn: Connection, symbol: str, day: dt.datetime, *, only_unlabelled: bool = False) -> pd.DataFrame:
+    """Labels of `symbol`'s rows on `day` (or only those without a label), NULL where still pending or skipped.
+
+    The price path comes from a window fixed by the day (from `vol_warmup` before it), so a row gets
+    the same label whichever run computes it.
+    """
+    mid = repository.read_mids(conn, symbol, day - LABELS.vol_warmup, day + DAY + LABELS.horizon,
+                               max_gap=LABELS.max_gap)
+    events = mid.index[(mid.index >= day) & (mid.index < day + DAY)]
+    if only_unlabelled:
+        pending = repository.unlabelled_times(conn, symbol, day, day + DAY)
+        events = events.intersection(pending) if len(pending) else events[:0]
+    labels = label_events(mid, events, LABELS)
+    labels.insert(0, "symbol", symbol)
+    return labels
+
+
+# --- training dataset -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """Files written (a day without labelled rows has none), their rows, and the rows without a label."""
+
+    files: tuple[Path, ...]
+    rows: int
+    pending: int
+
+    def __add__(self, other: DatasetResult) -> DatasetResult:
+        return DatasetResult(self.files + other.files, self.rows + other.rows, self.pending + other.pending)
+
+
+def write_dataset_day(manager: DatabaseManager, day: dt.datetime, root: Path) -> DatasetResult:
+    """Write the labelled rows of `day` to <root>/training_dataset/date=YYYY-MM-DD/part-0.parquet."""
+    with manager.engine.connect() as conn:
+        frame = repository.labelled_rows(conn, day, day + DAY)
+        pending = repository.count_unlabelled(conn, day, day + DAY)
+    path = write_day_file(frame, root, day)
+    return DatasetResult((path,) if len(frame) else (), len(frame), pending)
+
+
+# --- look-ahead check -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LookAheadResult:
+    """Rows recomputed, the mismatches found (symbol, time: features), and the symbol-days not checked
+    because their book snapshots are gone (archived)."""
+
+    checked: int = 0
+    mismatches: tuple[str, ...] = ()
+    archived: tuple[str, ...] = ()
+
+    def __add__(self, other: LookAheadResult) -> LookAheadResult:
+        return LookAheadResult(
+            self.checked + other.checked, self.mismatches + other.mismatches, self.archived + other.archived
+        )
+
+
+def check_day_look_ahead(manager: DatabaseManager, day: dt.datetime, samples: int) -> LookAheadResult:
+    """Recompute `samples` stored feature rows per symbol of `day` from the book cut right after each row's
+    timestamp: a feature that read later data cannot come out the same."""
+    result = LookAheadResult()
+    with manager.engine.connect() as conn:
+        for symbol in repository.feature_symbols(conn, day, day + DAY):
+            stored = repository.stored_features(conn, symbol, day, day + DAY)
+            if stored.empty:
+                continue
+            book = read_day_book(conn, symbol, day)
+            if not (book.ts >= pd.Timestamp(day).value).any():  # the day's book was archived
+                result += LookAheadResult(archived=(f"{symbol} {day:%Y-%m-%d}",))
+                continue
+            picks = np.unique(np.linspace(0, len(stored) - 1, samples).round().astype(int))
+            rows = list(stored.iloc[picks].itertuples(index=False))
+            mismatches = tuple(
+                f"{symbol} {row.ts:%Y-%m-%d %H:%M:%S.%f}: {difference}"
+                for row in rows if (difference := look_ahead_difference(book, day, row))
+            )
+            result += LookAheadResult(len(rows), mismatches)
+    return result
