@@ -14,7 +14,8 @@ from sqlalchemy import text
 
 from winiswin_pipelines.db.bulk import copy_upsert, dataframe_rows
 from winiswin_pipelines.defs import features as training
-from winiswin_pipelines.defs.partitions import range_tags
+from winiswin_pipelines.defs.partitions import day_runs, range_tags
+from winiswin_pipelines.demo import steps
 from winiswin_pipelines.features import FEATURE_COLUMNS, book_arrays_from_frame, compute_features
 from winiswin_pipelines.features import days as feature_days
 from winiswin_pipelines.features.days import FEATURES
@@ -22,6 +23,7 @@ from winiswin_pipelines.labels import get_return_vol, get_triple_barrier_label
 from winiswin_pipelines.labels.days import LABELS
 from winiswin_pipelines.marketdata.capture import read_capture
 from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS, rebuild_book_snapshots
+from winiswin_pipelines.marketdata.repository import snapshot_days
 from winiswin_pipelines.marketdata.samples import CAPTURE_BTCUSDT_20230404, CAPTURE_BTCUSDT_20230405
 from winiswin_pipelines.resources import PostgresResource
 
@@ -219,15 +221,12 @@ def test_daily_schedule_requests_yesterday_and_the_day_before_in_one_run():
     assert training.training_data_daily.job_name == "training_data_job"
 
 
-def test_make_run_steps_process_every_day_with_book_snapshots(db, resources, dagster_instance, monkeypatch, tmp_path):
-    from winiswin_pipelines.sample_steps import SampleRunner  # moving to winiswin_pipelines.demo: to port
-
+def test_make_run_steps_process_every_day_with_book_snapshots(db, resources, demo_runner, monkeypatch, tmp_path):
     monkeypatch.setenv("WINISWIN_STATE_DIR", str(tmp_path))
-    runner = SampleRunner(dagster_instance, resources, db)
-    assert training.book_day_ranges(db) == [(dt.date(2023, 4, 4), dt.date(2023, 4, 5))]
-    features_lines = training.sample_features(runner)
-    labels_lines = training.sample_labels(runner)
-    dataset_lines = training.sample_dataset(runner)
+    assert day_runs(snapshot_days(db)) == [(dt.date(2023, 4, 4), dt.date(2023, 4, 5))]
+    features_lines = steps.features(demo_runner)
+    labels_lines = steps.labels(demo_runner)
+    dataset_lines = steps.dataset(demo_runner)
     assert features_lines[0].startswith(f"{FIRST}..{SECOND}: ") and features_lines[0].endswith("checks: 3 passed")
     assert "labelled" in labels_lines[0] and labels_lines[0].endswith("checks: 1 passed")
     written = ds.dataset(tmp_path / "datasets" / "training_dataset", format="parquet", partitioning="hive").count_rows()

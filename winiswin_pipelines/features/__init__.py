@@ -1,4 +1,9 @@
-"""Microstructure features of order-book snapshots, pure numpy/pandas (`store` holds their PostgreSQL I/O)."""
+"""Microstructure features of order-book snapshots, pure numpy/pandas.
+
+Beside them: `days` (the pipeline's features of a UTC day, pure), `repository` (the SQL on
+`book_snapshots` and `training_features`), `training` (a day's features, labels and dataset file
+written) and `dataset` (the Parquet files).
+"""
 
 from winiswin_pipelines.features.microstructure import (
     BOOK_STATES,
