@@ -18,11 +18,8 @@ from winiswin_pipelines.db.bulk import copy_upsert
 from winiswin_pipelines.db.embedded import EmbeddedPostgres
 from winiswin_pipelines.db.entry_times import (
     async_delete_entry_time,
-    async_get_entry_time,
     async_upsert_entry_time,
-    delete_entry_time,
     get_all_entry_times,
-    get_entry_time,
     upsert_entry_time,
 )
 from winiswin_pipelines.db.manager import DatabaseManager
@@ -69,16 +66,13 @@ def test_position_entry_times_round_trip_aware_datetimes(db: DatabaseManager) ->
         upsert_entry_time(conn, "BTCUSDT", opened)
         first_update = conn.execute(text("SELECT updated_at FROM position_entry_times")).scalar_one()
     with db.engine.begin() as conn:
-        stored = get_entry_time(conn, "BTCUSDT")
+        stored = get_all_entry_times(conn)["BTCUSDT"]
         assert stored == opened and stored.tzinfo == dt.UTC
         assert stored.hour == 10  # 18:30 at +08:00 is 10:30 UTC
         upsert_entry_time(conn, "BTCUSDT", opened + dt.timedelta(minutes=5))
     with db.engine.begin() as conn:
         assert get_all_entry_times(conn) == {"BTCUSDT": opened + dt.timedelta(minutes=5)}
         assert conn.execute(text("SELECT updated_at FROM position_entry_times")).scalar_one() > first_update
-        assert delete_entry_time(conn, "BTCUSDT") is True
-        assert delete_entry_time(conn, "BTCUSDT") is False
-        assert get_entry_time(conn, "BTCUSDT") is None
     with pytest.raises(ValueError, match="timezone-aware"), db.engine.begin() as conn:
         upsert_entry_time(conn, "ETHUSDT", dt.datetime(2025, 1, 1))
 
@@ -89,9 +83,9 @@ def test_async_engine_and_async_helpers(db: DatabaseManager) -> None:
         async with db.async_engine.begin() as conn:
             await async_upsert_entry_time(conn, "ETHUSDT", when)
         async with db.async_engine.begin() as conn:
-            read = await async_get_entry_time(conn, "ETHUSDT")
+            read = (await conn.run_sync(get_all_entry_times)).get("ETHUSDT")
             deleted = await async_delete_entry_time(conn, "ETHUSDT")
-            after = await async_get_entry_time(conn, "ETHUSDT")
+            after = (await conn.run_sync(get_all_entry_times)).get("ETHUSDT")
         await db.async_engine.dispose()
         return read, deleted, after
 

@@ -21,6 +21,7 @@ from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import Trade, TradeStatus, TradingDecision, TradingSession
 from winiswin_pipelines.marketdata.feed import BinanceFeed, BookEvent, ReplayFeed
 from winiswin_pipelines.trading.execution import LiveTradingRefused
+from winiswin_pipelines.trading.repository import session_trades
 from winiswin_pipelines.trading.runner import run_session, run_session_in_thread
 from winiswin_pipelines.trading.session import SessionConfig
 from winiswin_pipelines.trading.strategy import StrategyConfig
@@ -85,9 +86,9 @@ def test_replay_session_is_deterministic(db):
         assert {t.source for t in trades} == {"paper"} and all(t.is_virtual for t in trades)
         rows.append([(t.symbol, t.side, t.entry_time, t.entry_price, t.quantity, t.exit_time, t.exit_price, t.pnl,
                       t.exit_reason, t.stop_loss, t.take_profit, t.features) for t in trades])
+        stored, entered = session_trades(db, result.session_id)
+        assert [t.trade_uid for t in entered] == [t.trade_uid for t in trades]
         with db.session() as session:
-            stored = session.scalars(select(TradingDecision).where(TradingDecision.session_id == result.session_id)
-                                     .order_by(TradingDecision.decision_uid)).all()
             heartbeat = session.get(TradingSession, result.session_id)
         assert [(d.ts, d.action, d.reason) for d in stored] == [(d.ts, d.action, d.reason) for d in result.decisions]
         assert (heartbeat.status, heartbeat.ticks, heartbeat.mode) == ("completed", 974, "paper")
