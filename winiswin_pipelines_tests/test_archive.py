@@ -407,7 +407,7 @@ def test_duckdb_and_pyarrow_read_the_hive_layout(db: DatabaseManager, tmp_path: 
 def test_large_objects_go_up_in_parts_each_with_its_checksum(
     store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from winiswin_pipelines.archive import store as store_module
+    from winiswin_pipelines import coldstore as store_module
 
     monkeypatch.setattr(store_module, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)  # S3's smallest part
     big = tmp_path / "big.parquet"

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
+from winiswin_pipelines.db.models import TradeStatus
 from winiswin_pipelines.legacy import variants as v
 from winiswin_pipelines.legacy.records import (
     PARTIAL_EXITS,
@@ -37,7 +38,7 @@ _STRATEGY_MAX = 64
 _SIDES = {"LONG": "LONG", "BUY": "LONG", "SHORT": "SHORT", "SELL": "SHORT", "1": "LONG", "-1": "SHORT"}
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
-_STATUSES = {"OPEN": "OPEN", "ACTIVE": "OPEN", "CLOSED": "CLOSED", "CANCELLED": "CANCELLED", "LIQUIDATED": "LIQUIDATED"}
+_STATUSES = {**{status.value: status for status in TradeStatus}, "ACTIVE": TradeStatus.OPEN}
 WRITER_UTC = "UTC (the legacy writer stored UTC)"
 _SYMBOLS_SEEN: dict[str, str] = {}
 
@@ -90,7 +91,7 @@ class Normalizer:
         symbol = symbol_of(get("symbol"))
         side = side_of(get("side"))
         entry_time, exit_time = get("entry_time"), get("exit_time")
-        status = get("status") or ("CLOSED" if exit_time or get("exit_price") is not None else "OPEN")
+        status = get("status") or (TradeStatus.CLOSED if exit_time or get("exit_price") is not None else TradeStatus.OPEN)
         if record.flags:
             origin["notes"] = list(record.flags) + origin.get("notes", [])
         uid = get("uid") or content_uid("trade", record.data)
@@ -168,7 +169,7 @@ class Normalizer:
         origin["naive_time"] = self.assumed
         return {
             "uid": legacy_uid(_text(r.get("entry_id"))), "symbol": r.get("symbol"), "side": r.get("direction"),
-            "status": "OPEN", "entry_time": self._time(r, "entry_timestamp"), "entry_price": price(r, "entry_price"),
+            "status": TradeStatus.OPEN, "entry_time": self._time(r, "entry_timestamp"), "entry_price": price(r, "entry_price"),
             "leverage": number(r, "leverage"), "confidence": unit(r, "confidence"),
             "win_probability": unit(r, "win_probability"),
         }
@@ -182,7 +183,7 @@ class Normalizer:
         pnl_pct = percent(r, "pnl_pct") if r.get("pnl_pct") is not None else percent(r, "current_pnl")
         return {
             "uid": legacy_uid(identity), "symbol": r.get("symbol"), "side": r.get("direction"),
-            "status": "CLOSED" if closed else "OPEN", "is_virtual": True, "entry_time": entry_time,
+            "status": TradeStatus.CLOSED if closed else TradeStatus.OPEN, "is_virtual": True, "entry_time": entry_time,
             "exit_time": self._time(r, "close_timestamp") if closed else None,
             "entry_price": price(r, "entry_price"), "exit_price": price(r, "current_price") if closed else None,
             "stop_loss": price(r, "stop_loss"), "take_profit": price(r, "take_profit"),
@@ -197,7 +198,7 @@ class Normalizer:
         exit_price = price(r, "exit_price")
         closing = exit_price is not None or str(r.get("type", "")).upper() in ("EXIT", "CLOSE")
         return {
-            "symbol": r.get("symbol"), "side": r.get("side") or r.get("type"), "status": "CLOSED" if closing else "OPEN",
+            "symbol": r.get("symbol"), "side": r.get("side") or r.get("type"), "status": TradeStatus.CLOSED if closing else TradeStatus.OPEN,
             "entry_time": None if closing else at, "exit_time": at if closing else None,
             "entry_price": price(r, "entry_price"), "exit_price": exit_price, "quantity": number(r, "quantity"),
             "stop_loss": price(r, "stop_loss"), "take_profit": price(r, "take_profit"), "pnl": number(r, "pnl"),
@@ -248,7 +249,7 @@ class Normalizer:
         origin["naive_time"] = self.assumed
         return {
             "uid": legacy_uid(_text(r.get("trade_uid"))), "symbol": r.get("symbol"), "side": r.get("direction"),
-            "status": "OPEN", "entry_time": self._time(r, "entry_time"), "entry_price": price(r, "entry_price"),
+            "status": TradeStatus.OPEN, "entry_time": self._time(r, "entry_time"), "entry_price": price(r, "entry_price"),
             "quantity": number(r, "position_size"), "leverage": number(r, "leverage"),
             "stop_loss": price(r, "stop_loss_price"), "take_profit": price(r, "take_profit_price"),
             "confidence": unit(r, "confidence"), "win_probability": unit(r, "win_probability"),
@@ -265,7 +266,7 @@ class Normalizer:
         """A positions.csv OPEN without CLOSE (an open trade) or a CLOSE whose OPEN is missing."""
         fields = self._positions_fields(r, origin)
         if r["event"].strip().upper() == "OPEN":
-            fields.update(entry_time=self._time(r, "timestamp"), exit_time=None, status="OPEN", exit_price=None)
+            fields.update(entry_time=self._time(r, "timestamp"), exit_time=None, status=TradeStatus.OPEN, exit_price=None)
         elif (minutes := number(r, "holding_duration_minutes")) is not None and fields["exit_time"]:
             fields["entry_time"] = fields["exit_time"] - dt.timedelta(minutes=minutes)
             origin["notes"] = ["entry_time derived from the close time and holding_duration_minutes"]
