@@ -21,6 +21,7 @@ from winiswin_pipelines.defs.archive import (
     restore_archive_job,
 )
 from winiswin_pipelines.defs.dagster_storage import prune_instance_storage
+from winiswin_pipelines.defs.partitions import range_tags
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 from winiswin_pipelines.settings import PROJECT_DIR
 from winiswin_pipelines_tests.test_archive import AS_OF, OLD_DAYS, RECENT_DAY, all_rows, seed, table_rows
@@ -80,8 +81,7 @@ def test_a_partition_range_archives_in_one_run_with_per_day_observations(
     db: DatabaseManager, resources: dict, dagster_instance: dg.DagsterInstance
 ) -> None:
     seed(db, OLD_DAYS)
-    tags = {"dagster/asset_partition_range_start": OLD_DAYS[0].isoformat(),
-            "dagster/asset_partition_range_end": OLD_DAYS[1].isoformat()}
+    tags = range_tags(OLD_DAYS[0], OLD_DAYS[1])
     result = _materialize(resources, dagster_instance, tags=tags)
     assert result.success
     klines = next(e.materialization for e in result.get_asset_materialization_events()
@@ -115,8 +115,7 @@ def test_restore_job_and_cli_bring_archived_days_back_idempotently(
 ) -> None:
     seed(db, OLD_DAYS)
     before = all_rows(db)
-    tags = {"dagster/asset_partition_range_start": OLD_DAYS[0].isoformat(),
-            "dagster/asset_partition_range_end": OLD_DAYS[1].isoformat()}
+    tags = range_tags(OLD_DAYS[0], OLD_DAYS[1])
     assert _materialize(resources, dagster_instance, tags=tags).success
     run_config = {"ops": {"restore_archived_days": {"config": {
         "table": "book_snapshots", "first_day": OLD_DAYS[0].isoformat(), "last_day": OLD_DAYS[1].isoformat()}}}}

@@ -42,6 +42,38 @@ def test_the_code_location_loads_without_the_database_or_the_legacy_files(tmp_pa
     assert "Validation successful" in completed.stdout + completed.stderr and time.monotonic() - started < 30
 
 
+_WATCH_IMPORT = """
+import os, sys
+legacy = os.environ["WINISWIN_LEGACY_DIR"]
+seen = []
+
+def watch(event, args):
+    if event in ("open", "os.scandir", "os.listdir") and args and str(args[0]).startswith(legacy):
+        seen.append(f"{event} {args[0]}")
+    elif event == "socket.connect" or (event == "subprocess.Popen" and "pg_ctl" in str(args[1])):
+        seen.append(f"{event} {args[1]}")  # a connection, or the embedded PostgreSQL started
+
+sys.addaudithook(watch)
+from winiswin_pipelines.definitions import defs
+definitions = defs()
+definitions.resolve_asset_graph()
+definitions.resolve_all_job_defs()
+print(len(definitions.resolve_asset_graph().get_all_asset_keys()), "assets;", "; ".join(seen) or "no I/O")
+"""
+
+
+def test_importing_the_definitions_connects_to_nothing_and_reads_no_legacy_file(tmp_path: Path) -> None:
+    legacy = tmp_path / "legacy"
+    (legacy / "data").mkdir(parents=True)
+    (legacy / "data" / "trades.jsonl").write_text('{"symbol": "BTCUSDT"}\n')
+    env = {**os.environ, "DATABASE_URL": "postgresql://winiswin:secret@127.0.0.1:1/winiswin",
+           "WINISWIN_LEGACY_DIR": str(legacy)}
+    completed = subprocess.run([sys.executable, "-c", _WATCH_IMPORT], env=env, capture_output=True, text=True,
+                               timeout=120, cwd=PROJECT_DIR)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip().endswith("assets; no I/O"), completed.stdout
+
+
 def test_resources_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BUCKET_NAME", "winiswin-cold")
     monkeypatch.setenv("S3_PREFIX", "prod")

@@ -15,7 +15,7 @@ from winiswin_pipelines import settings
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.defs import legacy as legacy_defs
 from winiswin_pipelines.defs.legacy import legacy_accounting, legacy_store_discovery, legacy_trades
-from winiswin_pipelines.defs.partitions import legacy_store_partitions, register_legacy_stores
+from winiswin_pipelines.defs.partitions import legacy_store_partitions, range_tags, register_legacy_stores
 from winiswin_pipelines.demo.steps import legacy_migration
 from winiswin_pipelines.legacy.sniff import sniff_file
 from winiswin_pipelines.resources import LegacyFolderResource, PostgresResource
@@ -32,7 +32,7 @@ def legacy(tmp_path: Path):
 
 def all_partitions(instance: dg.DagsterInstance) -> dict[str, str]:
     keys = instance.get_dynamic_partitions(legacy_store_partitions.name)
-    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    return range_tags(keys[0], keys[-1])
 
 
 def resources(database_url: str, root: Path) -> dict:
