@@ -23,11 +23,9 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import text
-
-from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert
+from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.marketdata import samples
+from winiswin_pipelines.marketdata import repository, samples
 from winiswin_pipelines.marketdata.binance import (
     BINANCE_FUTURES_REST,
     BINANCE_FUTURES_WS,
@@ -37,13 +35,12 @@ from winiswin_pipelines.marketdata.binance import (
 )
 from winiswin_pipelines.marketdata.capture import CaptureMessage, read_capture, stream_symbol
 from winiswin_pipelines.marketdata.klines import (
-    KLINE_COLUMNS,
     aggregate_trades_to_klines,
     complete_klines,
     interval_ms,
     trades_from_capture,
 )
-from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS, BookSnapshotter, OrderBook
+from winiswin_pipelines.marketdata.orderbook import BookSnapshotter, OrderBook
 from winiswin_pipelines.times import EPOCH, from_epoch_ms
 
 log = logging.getLogger(__name__)
@@ -233,11 +230,8 @@ class StoredFeed:
             window_start = window_end
 
     def _read_window(self, start: dt.datetime, end: dt.datetime) -> list[MarketEvent]:
-        params = {"symbols": self.symbols, "interval": self.interval, "start": start, "end": end,
-                  "open_from": start - self._step}
-        with self.manager.engine.connect() as conn:
-            klines = conn.execute(_STORED_KLINES, params).all()
-            books = conn.execute(_STORED_BOOKS, params).all()
+        klines, books = repository.read_window(self.manager, self.symbols, self.interval, start, end,
+                                               open_from=start - self._step)
         events: list[MarketEvent] = [
             KlineEvent(r.symbol, r.interval, r.open_time, r.close_time, r.open, r.high, r.low, r.close, r.volume,
                        r.quote_volume, r.trade_count, r.taker_buy_base_volume, r.taker_buy_quote_volume, True)
@@ -245,21 +239,6 @@ class StoredFeed:
         ]
         events += [BookEvent(*row[:8], *(list(levels or []) for levels in row[8:12])) for row in books]
         return sorted(events, key=event_order)
-
-
-_STORED_KLINES = text("""
-SELECT symbol, interval, open_time, close_time, open, high, low, close, volume, quote_volume, trade_count,
-       taker_buy_base_volume, taker_buy_quote_volume
-FROM klines
-WHERE symbol = ANY(:symbols) AND interval = :interval
-  AND open_time >= :open_from AND open_time < :end AND close_time >= :start AND close_time < :end
-""")
-_STORED_BOOKS = text("""
-SELECT symbol, exchange_time, receive_time, last_update_id, best_bid, best_bid_qty, best_ask, best_ask_qty,
-       bid_prices, bid_sizes, ask_prices, ask_sizes
-FROM book_snapshots
-WHERE symbol = ANY(:symbols) AND exchange_time >= :start AND exchange_time < :end
-""")
 
 
 # -- live Binance -----------------------------------------------------------------------------------
@@ -393,13 +372,6 @@ class FeedWriter:
         return self.results
 
     def _write_rows(self, klines: list[tuple], books: list[tuple]) -> None:
-        results = {}
-        with self.manager.engine.begin() as conn:
-            if klines:
-                results["klines"] = copy_upsert(conn, "klines", KLINE_COLUMNS, klines,
-                                                conflict_columns=("symbol", "interval", "open_time"))
-            if books:
-                results["book_snapshots"] = copy_upsert(conn, "book_snapshots", BOOK_SNAPSHOT_COLUMNS, books,
-                                                        conflict_columns=("symbol", "exchange_time"))
+        results = repository.write_rows(self.manager, klines, books)
         for table, result in results.items():  # counted once committed
             self.results[table] += result
