@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from winiswin_pipelines import factories, settings
 from winiswin_pipelines.archive import archive_old_data
-from winiswin_pipelines.archive.archiver import table_disk_bytes
+from winiswin_pipelines.archive.repository import table_sizes
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.partitions import ensure_daily_partitions
 from winiswin_pipelines.db.scratch import scratch_database
@@ -121,15 +121,14 @@ def run(manager: DatabaseManager, endpoint: str, rows: int, levels: int) -> None
     )
 
     copy_s, copy_bytes = bare_copy_seconds(manager)
-    with manager.engine.connect() as conn:
-        before = table_disk_bytes(conn, "book_snapshots")
+    before = table_sizes(manager, ["book_snapshots"])["book_snapshots"]
     steps: dict[str, float] = {}
     started = time.perf_counter()
     summary = archive_old_data(manager=manager, store=store, tables=["book_snapshots"], days=[DAY],
                                progress=lambda step, *_: steps.setdefault(step, time.perf_counter() - started))
     archive_s = time.perf_counter() - started
+    after = table_sizes(manager, ["book_snapshots"])["book_snapshots"]
     with manager.engine.connect() as conn:
-        after = table_disk_bytes(conn, "book_snapshots")
         left = conn.execute(text("SELECT count(*) FROM book_snapshots")).scalar_one()
     result = summary.results[0]
     if result.status != "archived" or left:

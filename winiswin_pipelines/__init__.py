@@ -10,7 +10,7 @@ Layers, each importing only the ones below it (checked by `lint-imports`):
   settings, errors, times   the environment, how errors read, epoch-ms times
 
 Database access, one convention: each area keeps its SQL in one module (`features/repository.py`,
-`trading/repository.py`, `marketdata/repository.py`, `archive/manifest.py`, `legacy/load.py`, ...).
+`trading/repository.py`, `marketdata/repository.py`, `archive/repository.py`, `legacy/load.py`, ...).
 A function that uses the database takes either a `DatabaseManager`, and then owns its
 transactions, or a SQLAlchemy `Connection` (or `AsyncConnection`) inside a transaction that the
 caller owns. Never an `Engine`. What an OPEN or a final trade is lives in `db.models.TradeStatus`.

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 from sqlalchemy import text
 
-from winiswin_pipelines.archive import archive_old_data, manifest, read_history, restore_days
+from winiswin_pipelines.archive import archive_old_data, read_history, repository, restore_days
 from winiswin_pipelines.archive.archiver import ARCHIVED, BUSY, FAILED, first_kept_day
 from winiswin_pipelines.archive.parquet import Fingerprint
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES
@@ -152,15 +152,13 @@ def test_fingerprint_ignores_order_and_batching_but_not_content() -> None:
      "'{NaN,-0,Infinity,-Infinity,1e-308,5e-324}'", "'{3}'"],
     ["'{1.5,2.5,3.5}'", "'{-0,7,8}'", "'{NaN,1e300,2}'"],  # same depth everywhere: the strided path
 ])
-def test_sent_arrays_decode_exactly_as_the_driver_decodes_arrays(database_url: str, literals: list[str]) -> None:
-    from sqlalchemy.engine import make_url
-
+def test_sent_arrays_decode_exactly_as_the_driver_decodes_arrays(db: DatabaseManager, literals: list[str]) -> None:
     from winiswin_pipelines.archive.export import decode_float8_arrays, read_arrow
 
     query = " UNION ALL ".join(f"SELECT {value}::float8[] AS native, array_send({value}::float8[]) AS sent"
                                for value in literals)
     schema = pa.schema([("native", pa.list_(pa.float64())), ("sent", pa.binary())])
-    rows = read_arrow(make_url(database_url), query, schema)
+    rows = read_arrow(db, query, schema)
     decoded = decode_float8_arrays(rows.column("sent").combine_chunks())
     assert repr(decoded.to_pylist()) == repr(rows.column("native").to_pylist())
     assert decoded.null_count == rows.column("native").null_count
@@ -184,7 +182,7 @@ def test_round_trip_of_every_table_restores_identical_values_and_types(db: Datab
         assert not set(OLD_DAYS) & set(existing_partitions(conn, "book_snapshots"))
         statuses = conn.execute(text("SELECT DISTINCT status FROM archive_manifest")).scalars().all()
         open_trades = conn.execute(text("SELECT trade_uid FROM trades ORDER BY 1")).scalars().all()
-    assert statuses == [manifest.ARCHIVED]
+    assert statuses == [repository.ARCHIVED]
     assert set(open_trades) == {f"open-{day}" for day in OLD_DAYS} | {f"closed-{RECENT_DAY}", f"open-{RECENT_DAY}"}
     assert set(store.list_keys()) == manifest_keys(db)
 
@@ -242,10 +240,9 @@ def test_an_archived_day_whose_copy_cannot_be_merged_stays_archived(db: Database
     seed(db, OLD_DAYS[:1])  # late rows arrive for the archived day
     [result] = archive_old_data(manager=db, store=store, as_of=AS_OF, tables=["klines"]).results
     assert result.status == FAILED and "corrupted" in result.error
-    with db.engine.connect() as conn:
-        entry = manifest.load(conn, "klines", OLD_DAYS[0])
+    entry = repository.manifest_entry(db, "klines", OLD_DAYS[0])
     # Still `archived`: a later run must not replace the only copy of the deleted rows with the late ones.
-    assert entry.status == manifest.ARCHIVED and "corrupted" in entry.error
+    assert entry.status == repository.ARCHIVED and "corrupted" in entry.error
     assert len(table_rows(db, "klines")) == 6 and store.list_keys("table=klines/") == [key]
 
 
@@ -264,9 +261,8 @@ def test_a_failure_at_any_step_keeps_the_rows_and_a_rerun_converges(db: Database
     [broken] = failed.failed
     assert broken.table == "book_snapshots" and "injected failure" in broken.error
     assert table_rows(db, "book_snapshots") and repr(table_rows(db, "book_snapshots")) == before["book_snapshots"]
-    with db.engine.connect() as conn:
-        entry = manifest.load(conn, "book_snapshots", OLD_DAYS[0])
-    assert entry.status == manifest.FAILED and "injected failure" in entry.error
+    entry = repository.manifest_entry(db, "book_snapshots", OLD_DAYS[0])
+    assert entry.status == repository.FAILED and "injected failure" in entry.error
 
     rerun = archive_old_data(manager=db, store=store, as_of=AS_OF)
     assert not rerun.failed and ("book_snapshots", OLD_DAYS[0]) in {(r.table, r.day) for r in rerun.archived}
@@ -358,12 +354,11 @@ def test_unreachable_s3_keeps_the_rows_with_a_clear_error(db: DatabaseManager, s
 
 def test_two_runs_of_one_table_and_day_cannot_interleave(db: DatabaseManager, tmp_path: Path) -> None:
     seed(db, OLD_DAYS[:1])
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as other:
-        with manifest.day_lock(other, "klines", OLD_DAYS[0]) as held:
-            assert held
-            summary = archive_old_data(manager=db, store=LocalColdStore(tmp_path), as_of=AS_OF, tables=["klines"])
-            assert [r.status for r in summary.results] == [BUSY]
-            assert len(table_rows(db, "klines")) == 6
+    with repository.locked_day(db, "klines", OLD_DAYS[0]) as held:
+        assert held is not None
+        summary = archive_old_data(manager=db, store=LocalColdStore(tmp_path), as_of=AS_OF, tables=["klines"])
+        assert [r.status for r in summary.results] == [BUSY]
+        assert len(table_rows(db, "klines")) == 6
     assert archive_old_data(manager=db, store=LocalColdStore(tmp_path), as_of=AS_OF,
                             tables=["klines"]).results[0].status == ARCHIVED
 

@@ -16,6 +16,8 @@ PostgreSQL, or a verified copy recorded in `archive_manifest`, never neither):
 
 Rows that arrive for a day already archived are merged back first (the cold copy is restored,
 hot rows winning) and the whole day is archived again, so the cold copy stays one set of rows.
+
+Every statement is in `archive.repository`; this module is the procedure and its checks.
 """
 
 from __future__ import annotations
@@ -24,16 +26,15 @@ import datetime as dt
 import hashlib
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
-from winiswin_pipelines.archive import manifest
-from winiswin_pipelines.archive.export import arrow_reader, decode_sent_arrays
+from winiswin_pipelines.archive import repository
+from winiswin_pipelines.archive.export import decode_sent_arrays
 from winiswin_pipelines.archive.parquet import (
     DayWriter,
     WrittenPart,
@@ -43,12 +44,10 @@ from winiswin_pipelines.archive.parquet import (
     prefetched,
     read_content,
 )
-from winiswin_pipelines.archive.restore import restore_entry
-from winiswin_pipelines.archive.tables import ARCHIVED_TABLES, ArchivedTable, archived_table, day_bounds
+from winiswin_pipelines.archive.restore import restore_day
+from winiswin_pipelines.archive.tables import ARCHIVED_TABLES, ArchivedTable, archived_table
 from winiswin_pipelines.coldstore import ColdStore, sha256_file
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.db.models import Base
-from winiswin_pipelines.db.partitions import drop_daily_partition, existing_partitions, partition_name
 from winiswin_pipelines.errors import describe
 from winiswin_pipelines.factories import cold_store, database_manager
 
@@ -132,42 +131,10 @@ def first_kept_day(days_to_keep: int, as_of: dt.datetime | None = None) -> dt.da
     return (as_of.astimezone(dt.UTC) - dt.timedelta(days=days_to_keep)).date()
 
 
-def eligible_days(conn: Connection, table: ArchivedTable, before: dt.date) -> list[dt.date]:
-    """Days before `before` that still have hot rows (or an empty partition) in `table`."""
-    if table.partitioned:
-        return [day for day in existing_partitions(conn, table.name) if day < before]
-    start = dt.datetime.combine(before, dt.time(), dt.UTC)
-    extra = f" AND {table.row_filter}" if table.row_filter else ""
-    column, name = f'"{table.day_column}"', f'"{table.name}"'
-    # A skip scan over the day column's index: one probe per day that has rows.
-    days = conn.execute(
-        text(
-            f"WITH RECURSIVE d(day) AS ("
-            f" SELECT (min({column}) AT TIME ZONE 'UTC')::date FROM {name} WHERE {column} < :start{extra}"
-            f" UNION ALL SELECT (SELECT (min({column}) AT TIME ZONE 'UTC')::date FROM {name}"
-            f"  WHERE {column} >= ((d.day + 1)::timestamp AT TIME ZONE 'UTC') AND {column} < :start{extra})"
-            f" FROM d WHERE d.day IS NOT NULL) SELECT day FROM d WHERE day IS NOT NULL"
-        ),
-        {"start": start},
-    ).scalars()
-    return list(days)
-
-
 def days_to_archive(manager: DatabaseManager, before: dt.date) -> list[dt.date]:
     """Days before `before` that still have hot rows in any archived table, in order."""
-    with manager.engine.connect() as conn:
-        return sorted({day for table in ARCHIVED_TABLES.values() for day in eligible_days(conn, table, before)})
-
-
-def table_disk_bytes(conn: Connection, table: str) -> int:
-    """On-disk size of a table with its indexes and, when partitioned, all its partitions."""
-    return conn.execute(
-        text(
-            "SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(CAST(:t AS regclass))),"
-            " pg_total_relation_size(CAST(:t AS regclass)))::bigint"  # a plain table has no partition tree
-        ),
-        {"t": table},
-    ).scalar_one()
+    eligible = repository.eligible_days(manager, ARCHIVED_TABLES.values(), before)
+    return sorted({day for days in eligible.values() for day in days})
 
 
 def _notify(progress: Progress | None, step: str, table: ArchivedTable, day: dt.date, **details: Any) -> None:
@@ -175,45 +142,9 @@ def _notify(progress: Progress | None, step: str, table: ArchivedTable, day: dt.
         progress(step, table.name, day, details)
 
 
-@dataclass
-class _Work:
-    conn: Connection
-    snapshot: str
-    rows: int
-    digest: int | None  # sum of the rows' text hashes, for tables whose rows may change meanwhile
-    partition_locked: bool
-
-
-@contextmanager
-def _work_transaction(manager: DatabaseManager, table: ArchivedTable, day: dt.date, has_partition: bool) -> Iterator[_Work]:
-    """The transaction that exports its snapshot for the export, and later removes the day's rows.
-
-    A locked partition cannot change until the commit. Other tables can, so the count and a
-    digest of every row's text taken in the exported snapshot are compared with those of the
-    rows the delete actually removes.
-    """
-    predicate = table.day_predicate(*day_bounds(day))
-    with manager.engine.connect() as conn, conn.begin():
-        if has_partition:
-            conn.execute(text(f'LOCK TABLE "{partition_name(table.name, day)}" IN SHARE MODE'))
-            snapshot, rows = conn.execute(
-                text(f'SELECT pg_export_snapshot(), (SELECT count(*) FROM "{table.name}" WHERE {predicate})')
-            ).one()
-            yield _Work(conn, snapshot, rows, None, True)
-            return
-        # One statement, so the snapshot, the count and the digest describe the same rows.
-        snapshot, rows, digest = conn.execute(
-            text(
-                f"SELECT pg_export_snapshot(), count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) "
-                f'FROM "{table.name}" AS t WHERE {predicate}'
-            )
-        ).one()
-        yield _Work(conn, snapshot, rows, int(digest), False)
-
-
 def _export(manager: DatabaseManager, table: ArchivedTable, day: dt.date, snapshot: str, folder: Path) -> list[WrittenPart]:
     writer = DayWriter(folder, table.schema)
-    with arrow_reader(manager.url, table.export_sql(*day_bounds(day)), snapshot=snapshot) as reader:
+    with repository.exported_rows(manager, table, day, snapshot) as reader:
         # Reading and decoding run on a background thread, writing and hashing on this one.
         for batch in prefetched(decode_sent_arrays(batch, table.schema) for batch in reader):
             writer.write(batch)
@@ -247,42 +178,20 @@ def verify_part(store: ColdStore, key: str, part: WrittenPart, table: ArchivedTa
         copy.unlink(missing_ok=True)
 
 
-def _cascade_guard(conn: Connection, table: ArchivedTable, day: dt.date) -> None:
-    """Refuse to delete parents whose ON DELETE CASCADE children are still hot (they would vanish)."""
-    for child in Base.metadata.tables.values():
-        for fk in child.foreign_keys:
-            if fk.column.table.name != table.name or (fk.ondelete or "").upper() != "CASCADE":
-                continue
-            count = conn.execute(
-                text(
-                    f'SELECT count(*) FROM "{child.name}" WHERE "{fk.parent.name}" IN '
-                    f'(SELECT "{fk.column.name}" FROM "{table.name}" WHERE {table.day_predicate(*day_bounds(day))})'
-                )
-            ).scalar_one()
-            if count:
-                raise ArchiveError(
-                    f"{count} {child.name} rows still reference {table.name} of {day}; archive {child.name} first"
-                )
-
-
-def _remove_rows(work: _Work, table: ArchivedTable, day: dt.date, rows: int) -> str:
-    conn = work.conn
+def _remove_rows(work: repository.DayWork, table: ArchivedTable, day: dt.date, rows: int) -> str:
     if work.partition_locked and work.rows == rows:
         # Locked against writers since before the snapshot, whose rows were all exported: the
         # partition holds exactly the exported rows, so it goes whole.
-        conn.execute(text(f"SET LOCAL lock_timeout = '{_DETACH_LOCK_TIMEOUT}'"))
-        drop_daily_partition(conn, table.name, day)
+        repository.drop_partition(work.conn, table, day, lock_timeout=_DETACH_LOCK_TIMEOUT)
         return "drop partition"
-    _cascade_guard(conn, table, day)
-    predicate = table.day_predicate(*day_bounds(day))
+    # Refuse to delete parents whose ON DELETE CASCADE children are still hot (they would vanish).
+    blocking = next(repository.hot_cascade_children(work.conn, table, day), None)
+    if blocking:
+        child, count = blocking
+        raise ArchiveError(f"{count} {child} rows still reference {table.name} of {day}; archive {child} first")
     # Rows added since the snapshot are deleted too and break the count; rows changed break the digest.
-    deleted, digest = conn.execute(
-        text(
-            f'WITH gone AS (DELETE FROM "{table.name}" AS t WHERE {predicate} RETURNING hashtextextended(t::text, 0) AS h) '
-            f"SELECT count(*), coalesce(sum(h::numeric), 0)::numeric FROM gone"
-        )
-    ).one()
-    if deleted != rows or (work.digest is not None and int(digest) != work.digest):
+    deleted, digest = repository.delete_day(work.conn, table, day)
+    if deleted != rows or (work.digest is not None and digest != work.digest):
         raise ArchiveError(
             f"the delete matched {deleted} rows where {rows} were exported, or their content differs: "
             "the day changed since the export; rolled back"
@@ -307,32 +216,22 @@ def _remove_stale_objects(store: ColdStore, table: ArchivedTable, day: dt.date, 
     return stale
 
 
-def _merge_late_rows(manager: DatabaseManager, store: ColdStore, table: ArchivedTable, entry: manifest.ManifestEntry) -> None:
-    with manager.engine.begin() as conn:
-        restore_entry(conn, store, table, entry)
-
-
-def _has_hot_rows(conn: Connection, table: ArchivedTable, day: dt.date) -> bool:
-    predicate = table.day_predicate(*day_bounds(day))
-    return conn.execute(text(f'SELECT EXISTS (SELECT 1 FROM "{table.name}" WHERE {predicate})')).scalar_one()
-
-
 def _archive_locked(
     manager: DatabaseManager, store: ColdStore, table: ArchivedTable, day: dt.date, meta: Connection,
     progress: Progress | None, started: float,
 ) -> DayResult:
-    entry = manifest.load(meta, table.name, day)
-    if entry and entry.status == manifest.ARCHIVED:
-        if not _has_hot_rows(meta, table, day):
+    entry = repository.load_entry(meta, table.name, day)
+    if entry and entry.status == repository.ARCHIVED:
+        if not repository.has_hot_rows(meta, table, day):
             return DayResult(table.name, day, ALREADY_ARCHIVED, rows=entry.rows or 0, uri=entry.uri)
-        _merge_late_rows(manager, store, table, entry)
-    has_partition = table.partitioned and day in existing_partitions(meta, table.name)
-    with _work_transaction(manager, table, day, has_partition) as work, tempfile.TemporaryDirectory(
+        restore_day(manager, store, table, entry)  # late rows: merge the cold copy back, hot rows winning
+    has_partition = repository.has_partition(meta, table, day)
+    with repository.work_transaction(manager, table, day, has_partition) as work, tempfile.TemporaryDirectory(
         prefix="winiswin-archive-"
     ) as folder:
         if work.rows == 0:
             if has_partition:
-                drop_daily_partition(work.conn, table.name, day)
+                repository.drop_partition(work.conn, table, day)
             return DayResult(table.name, day, EMPTY, removed_by="drop partition" if has_partition else None)
         parts = _export(manager, table, day, work.snapshot, Path(folder))
         exported = sum(part.rows for part in parts)
@@ -354,21 +253,21 @@ def _archive_locked(
             "checksum": parts[0].sha256 if len(parts) == 1 else combined_sha256(part.sha256 for part in parts),
             "details": details, "started_at": dt.datetime.now(dt.UTC), "finished_at": None,
         }
-        manifest.record(meta, table.name, day, manifest.EXPORTED, **values)
+        repository.record_status(meta, table.name, day, repository.EXPORTED, **values)
         _notify(progress, "exported", table, day, rows=exported)
         _upload(store, table, day, parts)
-        manifest.record(meta, table.name, day, manifest.UPLOADED)
+        repository.record_status(meta, table.name, day, repository.UPLOADED)
         _notify(progress, "uploaded", table, day, keys=keys)
         for key, part in zip(keys, parts, strict=True):
             verify_part(store, key, part, table, Path(folder))
-        manifest.record(meta, table.name, day, manifest.VERIFIED)
+        repository.record_status(meta, table.name, day, repository.VERIFIED)
         stale = _remove_stale_objects(store, table, day, keys)
         _notify(progress, "verified", table, day, stale_objects_removed=stale)
         removed_by = _remove_rows(work, table, day, exported)
         duration = round(time.perf_counter() - started, 3)
         details = {**details, "removed_by": removed_by, "duration_s": duration}
         _notify(progress, "deleting", table, day, removed_by=removed_by)
-        manifest.record(work.conn, table.name, day, manifest.ARCHIVED, details=details)
+        repository.record_status(work.conn, table.name, day, repository.ARCHIVED, details=details)
     result = DayResult(
         table.name, day, ARCHIVED, rows=exported, bytes=values["bytes"], arrow_bytes=details["arrow_bytes"],
         uri=values["uri"], object_uris=tuple(values["object_uris"]), checksum=values["checksum"],
@@ -390,22 +289,15 @@ def archive_day(
     """Archive one table and day; failures are recorded in the manifest and returned, not raised."""
     table = archived_table(table) if isinstance(table, str) else table
     started = time.perf_counter()
-    with manager.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as meta:
-        with manifest.day_lock(meta, table.name, day) as acquired:
-            if not acquired:
-                return DayResult(table.name, day, BUSY, error="another run is archiving this table and day")
-            try:
-                return _archive_locked(manager, store, table, day, meta, progress, started)
-            except Exception as exc:
-                message = describe(exc)
-                manifest.record_failure(meta, table.name, day, message)
-                return DayResult(table.name, day, FAILED, error=message, duration_s=time.perf_counter() - started)
-
-
-def vacuum(manager: DatabaseManager, table: str) -> None:
-    """Make the space of deleted rows reusable and refresh statistics (not possible in a transaction)."""
-    with manager.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f'VACUUM (ANALYZE) "{table}"'))
+    with repository.locked_day(manager, table.name, day) as meta:
+        if meta is None:
+            return DayResult(table.name, day, BUSY, error="another run is archiving this table and day")
+        try:
+            return _archive_locked(manager, store, table, day, meta, progress, started)
+        except Exception as exc:
+            message = describe(exc)
+            repository.record_failure(meta, table.name, day, message)
+            return DayResult(table.name, day, FAILED, error=message, duration_s=time.perf_counter() - started)
 
 
 def archive_old_data(
@@ -433,15 +325,15 @@ def archive_old_data(
     selected = [archived_table(name) for name in tables] if tables is not None else list(ARCHIVED_TABLES.values())
     wanted = set(days) if days is not None else None
     summary = ArchiveSummary(as_of, days_to_keep, keep_from)
-    with manager.engine.connect() as conn:
-        summary.size_before = {t.name: table_disk_bytes(conn, t.name) for t in selected}
-        work = [(t, day) for t in selected for day in eligible_days(conn, t, keep_from) if wanted is None or day in wanted]
+    names = [t.name for t in selected]
+    summary.size_before = repository.table_sizes(manager, names)
+    eligible = repository.eligible_days(manager, selected, keep_from)
+    work = [(t, day) for t in selected for day in eligible[t.name] if wanted is None or day in wanted]
     work.sort(key=lambda item: (item[1], list(ARCHIVED_TABLES).index(item[0].name)))
     for table, day in work:
         summary.results.append(archive_day(manager, store, table, day, progress=progress))
     for table in selected:
         if not table.partitioned and sum(r.rows for r in summary.archived if r.table == table.name) >= VACUUM_MIN_ROWS:
-            vacuum(manager, table.name)
-    with manager.engine.connect() as conn:
-        summary.size_after = {t.name: table_disk_bytes(conn, t.name) for t in selected}
+            repository.vacuum(manager, table.name)
+    summary.size_after = repository.table_sizes(manager, names)
     return summary

@@ -2,8 +2,9 @@
 
 The ADBC PostgreSQL driver (Apache Arrow) runs the query as a binary `COPY ... TO STDOUT` and
 decodes it in C++ into record batches of bounded size, so a day of a million rows never sits in
-Python objects. A read can join a snapshot exported by another transaction, which lets the
-archiver delete exactly the rows it exported. Exports select arrays as `array_send` bytes and
+Python objects. Only the mechanics live here: the statements (the query, and the ones that join a
+snapshot exported by another transaction, which lets the archiver delete exactly the rows it
+exported) are built in `archive.repository`. Exports select arrays as `array_send` bytes and
 decode them with numpy (`decode_float8_arrays`), which costs half the CPU of the driver's
 element-by-element decoding of the ten-level book arrays.
 """
@@ -12,13 +13,15 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import adbc_driver_postgresql.dbapi as adbc
 import numpy as np
 import pyarrow as pa
 from sqlalchemy.engine import URL
+
+from winiswin_pipelines.db.manager import DatabaseManager
 
 # Bounds the size of each record batch read from the COPY stream.
 BATCH_BYTES = 16 * 1024 * 1024
@@ -29,20 +32,20 @@ def libpq_uri(url: URL) -> str:
 
 
 @contextmanager
-def arrow_reader(url: URL, query: str, *, snapshot: str | None = None) -> Iterator[pa.RecordBatchReader]:
-    """A streaming reader of `query`'s rows; inside `snapshot` (pg_export_snapshot) when given."""
-    with adbc.connect(libpq_uri(url), autocommit=True) as conn, conn.cursor() as cursor:
+def arrow_reader(manager: DatabaseManager, query: str, *, setup: Sequence[str] = ()) -> Iterator[pa.RecordBatchReader]:
+    """A streaming reader of `query`'s rows, on a connection of its own that first runs `setup`
+    (e.g. the statements that open a transaction in an exported snapshot)."""
+    with adbc.connect(libpq_uri(manager.url), autocommit=True) as conn, conn.cursor() as cursor:
         cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
-        if snapshot:
-            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-        cursor.execute(query)  # a read-only transaction: closing the connection ends it
+        for statement in setup:
+            cursor.execute(statement)
+        cursor.execute(query)  # any transaction `setup` opened ends with the connection
         yield cursor.fetch_record_batch()
 
 
-def read_arrow(url: URL, query: str, schema: pa.Schema) -> pa.Table:
+def read_arrow(manager: DatabaseManager, query: str, schema: pa.Schema) -> pa.Table:
     """All rows of `query` as one table cast to `schema` (for bounded reads such as a history window)."""
-    with arrow_reader(url, query) as reader:
+    with arrow_reader(manager, query) as reader:
         batches = [batch.select(schema.names).cast(schema) for batch in reader]
     return pa.Table.from_batches(batches, schema)
 

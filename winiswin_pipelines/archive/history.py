@@ -18,8 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from winiswin_pipelines.archive import manifest
-from winiswin_pipelines.archive.export import read_arrow
+from winiswin_pipelines.archive import repository
 from winiswin_pipelines.archive.restore import download_verified
 from winiswin_pipelines.archive.tables import ArchivedTable, archived_table
 from winiswin_pipelines.coldstore import ColdStore
@@ -35,19 +34,11 @@ def _utc(value: dt.datetime | dt.date, name: str) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-def _hot(manager: DatabaseManager, table: ArchivedTable, start, end, symbols) -> pa.Table:
-    column_list = ", ".join(f'"{name}"' for name in table.columns)
-    where = [f"\"{table.day_column}\" >= '{start.isoformat()}'", f"\"{table.day_column}\" < '{end.isoformat()}'"]
-    if symbols is not None:
-        quoted = ", ".join("'" + symbol.replace("'", "''") + "'" for symbol in symbols)
-        where.append(f"symbol IN ({quoted})" if quoted else "false")
-    return read_arrow(manager.url, f'SELECT {column_list} FROM "{table.name}" WHERE {" AND ".join(where)}', table.schema)
-
-
-def _cold(manager, store: ColdStore, table: ArchivedTable, start, end, symbols, folder: Path) -> pa.Table:
+def _cold(
+    manager: DatabaseManager, store: ColdStore, table: ArchivedTable, start, end, symbols, folder: Path
+) -> pa.Table:
     last_day = (end - dt.timedelta(microseconds=1)).date()
-    with manager.engine.connect() as conn:
-        entries = manifest.load_range(conn, table.name, start.date(), last_day, {manifest.ARCHIVED})
+    entries = repository.manifest_entries(manager, table.name, start.date(), last_day, {repository.ARCHIVED})
     paths = []
     for entry in entries:
         day_folder = folder / entry.day.isoformat()
@@ -79,7 +70,7 @@ def read_history(
         raise ValueError(f"empty time range: start {start} is not before end {end}")
     manager = manager or database_manager()
     store = store or cold_store()
-    hot = _hot(manager, spec, start, end, symbols)
+    hot = repository.hot_rows(manager, spec, start, end, symbols)
     with tempfile.TemporaryDirectory(prefix="winiswin-history-") as folder:
         cold = _cold(manager, store, spec, start, end, symbols, Path(folder))
     # Hot first, so a key in both tiers keeps its hot version.

@@ -1,8 +1,8 @@
 """Copy archived days back from cold storage into PostgreSQL, idempotently.
 
-Each object is downloaded, its SHA-256 checked against the manifest, and its rows upserted through
-`copy_upsert` keyed on the table's natural key with "do nothing" on conflict: a row already hot
-(possibly newer) wins, so restoring twice changes nothing.
+Each object is downloaded, its SHA-256 checked against the manifest, and its rows inserted unless
+their natural key is hot already (`repository.restore_rows`): a row already hot (possibly
+newer) wins, so restoring twice changes nothing.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
-from sqlalchemy import Connection
 
-from winiswin_pipelines.archive import manifest
-from winiswin_pipelines.archive.manifest import ManifestEntry
+from winiswin_pipelines.archive import repository
 from winiswin_pipelines.archive.parquet import iter_file_batches
+from winiswin_pipelines.archive.repository import ManifestEntry
 from winiswin_pipelines.archive.tables import ArchivedTable
 from winiswin_pipelines.coldstore import ColdStore, sha256_file
-from winiswin_pipelines.db.bulk import copy_upsert
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.errors import describe
 
@@ -60,26 +58,26 @@ def _python_rows(batch: pa.RecordBatch, json_columns: list[str]) -> Iterator[tup
     return zip(*columns, strict=True)
 
 
-def restore_entry(conn: Connection, store: ColdStore, table: ArchivedTable, entry: ManifestEntry) -> RestoredDay:
-    """Upsert the rows of one archived day inside the caller's transaction and mark it `restored`."""
-    inserted = 0
+def _batches(store: ColdStore, table: ArchivedTable, entry: ManifestEntry, folder: Path) -> Iterator[Iterator[tuple]]:
+    """The rows of each record batch of the day's objects, each object downloaded and verified first."""
+    for part in entry.parts:
+        path = download_verified(store, part, folder)
+        for batch in iter_file_batches(path, table.schema):
+            yield _python_rows(batch, table.json_columns)
+        path.unlink()
+
+
+def restore_day(manager: DatabaseManager, store: ColdStore, table: ArchivedTable, entry: ManifestEntry) -> RestoredDay:
+    """Insert the rows of one archived day and mark it `restored`, in one transaction (the caller
+    holds the day's lock)."""
     with tempfile.TemporaryDirectory(prefix="winiswin-restore-") as folder:
-        for part in entry.parts:
-            path = download_verified(store, part, Path(folder))
-            for batch in iter_file_batches(path, table.schema):
-                try:
-                    result = copy_upsert(
-                        conn, table.name, table.columns, _python_rows(batch, table.json_columns),
-                        conflict_columns=table.natural_key, update_columns=[],
-                    )
-                except psycopg.errors.IntegrityError as exc:  # copy_upsert talks to the driver directly
-                    raise RestoreError(
-                        f"{table.name} {entry.day}: {describe(exc)}; restore the rows it "
-                        "references first (trades before trade_partial_exits)"
-                    ) from exc
-                inserted += result.inserted
-            path.unlink()
-    manifest.record(conn, table.name, entry.day, manifest.RESTORED)
+        try:
+            inserted = repository.restore_rows(manager, table, entry.day, _batches(store, table, entry, Path(folder)))
+        except psycopg.errors.IntegrityError as exc:  # the COPY talks to the driver directly
+            raise RestoreError(
+                f"{table.name} {entry.day}: {describe(exc)}; restore the rows it "
+                "references first (trades before trade_partial_exits)"
+            ) from exc
     return RestoredDay(table.name, entry.day, entry.rows or 0, inserted)
 
 
@@ -88,17 +86,13 @@ def restore_days(
     on_day: Callable[[RestoredDay], None] | None = None,
 ) -> list[RestoredDay]:
     """Restore every archived day of `table` in [first, last]; one transaction per day."""
-    engine = manager.engine
-    with engine.connect() as conn:
-        entries = manifest.load_range(conn, table.name, first, last, {manifest.ARCHIVED, manifest.RESTORED})
+    entries = repository.manifest_entries(manager, table.name, first, last, {repository.ARCHIVED, repository.RESTORED})
     restored = []
     for entry in entries:
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock_conn:
-            with manifest.day_lock(lock_conn, table.name, entry.day) as acquired:
-                if not acquired:
-                    raise RestoreError(f"{table.name} {entry.day}: another run is archiving this day; try again later")
-                with engine.begin() as conn:
-                    day = restore_entry(conn, store, table, entry)
+        with repository.locked_day(manager, table.name, entry.day) as lock:
+            if lock is None:
+                raise RestoreError(f"{table.name} {entry.day}: another run is archiving this day; try again later")
+            day = restore_day(manager, store, table, entry)
         restored.append(day)
         if on_day:
             on_day(day)

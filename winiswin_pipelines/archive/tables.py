@@ -1,4 +1,5 @@
-"""Which hot tables are archived, how a row falls into a UTC day, and each table's Parquet schema.
+"""Which hot tables are archived, by which column a row falls into a UTC day, and each table's
+Parquet schema (the SQL that selects a day's rows is in `archive.repository`).
 
 The Parquet schema is derived from the SQLAlchemy model, so the cold copy has exactly the columns
 and types of the hot table: TIMESTAMPTZ becomes `timestamp[us, UTC]`, JSONB a JSON string (field
@@ -15,10 +16,8 @@ import pyarrow as pa
 from sqlalchemy import BigInteger, Boolean, Date, DateTime, Float, Integer, SmallInteger, String, Table, Text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from winiswin_pipelines.db.models import DAILY_PARTITIONED_TABLES, TIME_SERIES_TABLES, Base, final_trade_sql
+from winiswin_pipelines.db.models import DAILY_PARTITIONED_TABLES, TIME_SERIES_TABLES, Base
 
-# Rows of a table that may leave for cold storage (open trades stay hot whatever their age).
-_ROW_FILTERS = {"trades": final_trade_sql()}
 # Child tables first: deleting a trade cascades to its partial exits, which must be archived already.
 _ARCHIVE_ORDER = ["trade_partial_exits", "trades"]
 _EXTRA_TABLES = {"trade_partial_exits": "exit_time"}
@@ -54,10 +53,6 @@ class ArchivedTable:
         return self.name in DAILY_PARTITIONED_TABLES
 
     @property
-    def row_filter(self) -> str | None:
-        return _ROW_FILTERS.get(self.name)
-
-    @property
     def columns(self) -> list[str]:
         return [column.name for column in self.table.columns]
 
@@ -80,24 +75,6 @@ class ArchivedTable:
     @property
     def json_columns(self) -> list[str]:
         return [column.name for column in self.table.columns if isinstance(column.type, JSONB)]
-
-    def day_predicate(self, start: dt.datetime, end: dt.datetime) -> str:
-        """SQL selecting the rows whose day column lies in [start, end) (literals from datetimes, not input)."""
-        clauses = [
-            f"\"{self.day_column}\" >= '{start.isoformat()}'::timestamptz",
-            f"\"{self.day_column}\" < '{end.isoformat()}'::timestamptz",
-        ]
-        if self.row_filter:
-            clauses.append(self.row_filter)
-        return " AND ".join(clauses)
-
-    def export_sql(self, start: dt.datetime, end: dt.datetime) -> str:
-        """The day's rows; arrays travel as `array_send` bytes (see `export.decode_float8_arrays`)."""
-        selected = [
-            f'array_send("{column.name}") AS "{column.name}"' if isinstance(column.type, ARRAY) else f'"{column.name}"'
-            for column in self.table.columns
-        ]
-        return f'SELECT {", ".join(selected)} FROM "{self.name}" WHERE {self.day_predicate(start, end)}'
 
 
 def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from winiswin_pipelines.archive import archive_old_data, manifest, restore_days
+from winiswin_pipelines.archive import archive_old_data, repository, restore_days
 from winiswin_pipelines.archive.archiver import (
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -128,9 +128,8 @@ def cold_archive(
 
 def _already(postgres: PostgresResource, table: str, day: dt.date) -> DayResult:
     """What an already archived (or empty) day looks like when its partition is materialized again."""
-    with postgres.manager.engine.connect() as conn:
-        entry = manifest.load(conn, table, day)
-    if entry is None or entry.status != manifest.ARCHIVED:
+    entry = repository.manifest_entry(postgres.manager, table, day)
+    if entry is None or entry.status != repository.ARCHIVED:
         return DayResult(table, day, EMPTY)
     return DayResult(table, day, ALREADY_ARCHIVED, rows=entry.rows or 0, bytes=entry.bytes or 0,
                      arrow_bytes=entry.details.get("arrow_bytes", 0), uri=entry.uri, checksum=entry.checksum)
@@ -145,10 +144,9 @@ def _manifest_check(table: str) -> dg.AssetChecksDefinition:
         SHA-256, and no object of those days is missing from the manifest."""
         store = cold_storage.store()
         first, last = run_days(context) or (dt.date.min, dt.date.max)
-        with postgres.manager.engine.connect() as conn:
-            entries = manifest.load_range(
-                conn, table, first, last, {manifest.ARCHIVED, manifest.VERIFIED, manifest.RESTORED}
-            )
+        entries = repository.manifest_entries(
+            postgres.manager, table, first, last, {repository.ARCHIVED, repository.VERIFIED, repository.RESTORED}
+        )
         problems, listed = [], set()
         for entry in entries:
             for part in entry.parts:
