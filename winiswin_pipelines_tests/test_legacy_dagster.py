@@ -18,7 +18,7 @@ from winiswin_pipelines.defs.legacy import legacy_accounting, legacy_store_disco
 from winiswin_pipelines.defs.partitions import legacy_store_partitions, range_tags, register_legacy_stores
 from winiswin_pipelines.demo.steps import legacy_migration
 from winiswin_pipelines.legacy.sniff import sniff_file
-from winiswin_pipelines.resources import LegacyFolderResource, PostgresResource
+from winiswin_pipelines.resources import ColdStorageResource, LegacyFolderResource, PostgresResource
 from winiswin_pipelines_tests.legacy_fixtures import write_legacy_folder
 
 PROJECT = settings.PROJECT_DIR
@@ -36,7 +36,8 @@ def all_partitions(instance: dg.DagsterInstance) -> dict[str, str]:
 
 
 def resources(database_url: str, root: Path) -> dict:
-    return {"postgres": PostgresResource(database_url=database_url), "legacy_folder": LegacyFolderResource(legacy_dir=str(root))}
+    return {"postgres": PostgresResource(database_url=database_url), "legacy_folder": LegacyFolderResource(legacy_dir=str(root)),
+            "cold_storage": ColdStorageResource(local_dir=str(root.parent / "cold"))}
 
 
 def discover(instance: dg.DagsterInstance, root: Path, cursor: str | None = None) -> dg.SensorResult:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from winiswin_pipelines.archive import archive_old_data
+from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.load import migrate_store, verify_store, write_batch
@@ -184,3 +186,29 @@ def test_the_real_samples_migrate_and_verify(db, tmp_path):
     }
     assert all(verify_store(db, store_for(root, k)).passed for k in reports)
     assert scalar(db, "SELECT count(*) FROM trades WHERE status = 'OPEN'") == 3
+
+
+def test_archived_trades_still_count_and_a_rerun_writes_nothing_in_either_tier(db, legacy, tmp_path):
+    root, _ = legacy
+    cold = LocalColdStore(tmp_path / "cold")
+    migrate_all(db, root, cold=cold)
+    hot_before = scalar(db, "SELECT count(*) FROM trades")
+    # Every final trade and partial exit leaves for cold storage; open trades stay hot.
+    summary = archive_old_data(0, manager=db, store=cold, as_of=dt.datetime(2100, 1, 1, tzinfo=dt.UTC),
+                               tables=["trade_partial_exits", "trades"])
+    archived = sum(r.rows for r in summary.results if r.table == "trades")
+    assert archived > 0 and scalar(db, "SELECT count(*) FROM trades") == hot_before - archived
+    fingerprints = {(r.table, r.day): r.fingerprint for r in summary.results}
+    stores, _ = discover_stores(root)
+    for store in stores:
+        assert verify_store(db, store, cold=cold).passed  # found in the tier that holds it
+    hot_rows = scalar(db, "SELECT count(*) FROM trades") + scalar(db, "SELECT count(*) FROM trade_partial_exits")
+    reports = migrate_all(db, root, cold=cold)
+    assert all(r.balanced and r.inserted == 0 and r.updated == 0 for r in reports.values()), reports
+    assert scalar(db, "SELECT count(*) FROM trades") + scalar(db, "SELECT count(*) FROM trade_partial_exits") == hot_rows
+    again = archive_old_data(0, manager=db, store=cold, as_of=dt.datetime(2100, 1, 1, tzinfo=dt.UTC),
+                             tables=["trade_partial_exits", "trades"])
+    assert [r for r in again.results if r.rows] == []  # nothing new to archive: the cold copies are unchanged
+    assert {(r.table, r.day): r.fingerprint for r in summary.results} == fingerprints
+    for store in stores:
+        assert verify_store(db, store, cold=cold).passed

@@ -35,7 +35,8 @@ def _utc(value: dt.datetime | dt.date, name: str) -> dt.datetime:
 
 
 def _cold(
-    manager: DatabaseManager, store: ColdStore, table: ArchivedTable, start, end, symbols, folder: Path
+    manager: DatabaseManager, store: ColdStore, table: ArchivedTable, start, end, symbols, folder: Path,
+    columns: Sequence[str] | None = None,
 ) -> pa.Table:
     last_day = (end - dt.timedelta(microseconds=1)).date()
     entries = repository.manifest_entries(manager, table.name, start.date(), last_day, {repository.ARCHIVED})
@@ -45,12 +46,32 @@ def _cold(
         day_folder.mkdir()
         paths += [str(download_verified(store, part, day_folder)) for part in entry.parts]
     if not paths:
-        return table.schema.empty_table()
+        empty = table.schema.empty_table()
+        return empty.select(list(columns)) if columns is not None else empty
     column = ds.field(table.day_column)
     condition = (column >= pa.scalar(start, pa.timestamp("us", "UTC"))) & (column < pa.scalar(end, pa.timestamp("us", "UTC")))
     if symbols is not None:
         condition &= ds.field("symbol").isin(list(symbols))
-    return ds.dataset(paths, schema=table.schema, format="parquet").to_table(filter=condition)
+    dataset = ds.dataset(paths, schema=table.schema, format="parquet")
+    return dataset.to_table(columns=list(columns) if columns is not None else None, filter=condition)
+
+
+def read_archived(
+    table: str,
+    start: dt.datetime | dt.date,
+    end: dt.datetime | dt.date,
+    columns: Sequence[str] | None = None,
+    *,
+    manager: DatabaseManager | None = None,
+    store: ColdStore | None = None,
+) -> pd.DataFrame:
+    """Only the archived rows of `table` whose day column lies in [start, end), only `columns`
+    (all when None): what left PostgreSQL, read back from cold storage."""
+    spec = archived_table(table)
+    start, end = _utc(start, "start"), _utc(end, "end")
+    with tempfile.TemporaryDirectory(prefix="winiswin-archived-") as folder:
+        return _cold(manager or database_manager(), store or cold_store(), spec, start, end, None, Path(folder),
+                     columns).to_pandas()
 
 
 def read_history(

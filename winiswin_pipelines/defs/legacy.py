@@ -23,7 +23,7 @@ from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.load import BATCH_SIZE, Verification, migrate_store, verify_store
 from winiswin_pipelines.legacy.records import LegacySourceError
 from winiswin_pipelines.legacy.sniff import SkippedFile, Store, legacy_files, sniff_file, store_for
-from winiswin_pipelines.resources import LegacyFolderResource, PostgresResource
+from winiswin_pipelines.resources import ColdStorageResource, LegacyFolderResource, PostgresResource
 
 _PROGRESS_EVERY_SECONDS = 10.0
 
@@ -46,15 +46,15 @@ class LegacyMigrationConfig(dg.Config):
 )
 def legacy_trades(
     context: dg.AssetExecutionContext, config: LegacyMigrationConfig, postgres: PostgresResource,
-    legacy_folder: LegacyFolderResource,
+    legacy_folder: LegacyFolderResource, cold_storage: ColdStorageResource,
 ) -> dg.MaterializeResult:
-    reports = []
+    reports, cold = [], cold_storage.store()
     for key in context.partition_keys:
         store = store_for(legacy_folder.path, key)
         context.log.info(f"migrating {store.path} ({store.format.value}) as {store.source}")
         report = migrate_store(
             postgres.manager, store, naive_timezone=config.naive_timezone, batch_size=config.batch_size,
-            progress=_progress_logger(context, store),
+            progress=_progress_logger(context, store), cold=cold,
         )
         context.log.info(report.summary_line())
         reports.append(report)
@@ -65,12 +65,16 @@ def legacy_trades(
     asset=legacy_trades,
     blocking=True,
     description="For each store: records in the file = records read = inserted + updated + unchanged + "
-    "duplicates + quarantined, and every migrated or quarantined record is in PostgreSQL.",
+    "duplicates + quarantined, and every migrated or quarantined record is in PostgreSQL or, archived since, "
+    "in cold storage.",
 )
 def legacy_accounting(
-    context: dg.AssetCheckExecutionContext, postgres: PostgresResource, legacy_folder: LegacyFolderResource
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource, legacy_folder: LegacyFolderResource,
+    cold_storage: ColdStorageResource,
 ) -> dg.AssetCheckResult:
-    results = [verify_store(postgres.manager, store_for(legacy_folder.path, key)) for key in _partition_keys(context)]
+    cold = cold_storage.store()
+    results = [verify_store(postgres.manager, store_for(legacy_folder.path, key), cold=cold)
+               for key in _partition_keys(context)]
     return dg.AssetCheckResult(passed=bool(results) and all(r.passed for r in results),
                                metadata=verification_metadata(results))
 

@@ -7,10 +7,16 @@ database's reason and the run goes on.
 
 Every migration leaves a ledger (the keys of every record: trade uid, partial-exit uid, quarantine
 position) and its report under the state folder; `verify_store` checks them against the tables.
+
+Both tiers count: a migrated trade may since have been archived to cold storage. Its key is then
+looked up in the archived copies (`ArchivedKeys`): the conflict rule below is applied against the
+archived row as it would be against a hot one, so re-running a migration after archival writes
+nothing again, and verification finds the record in the tier that holds it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
 from collections import deque
@@ -20,14 +26,18 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+import orjson
 import psycopg
 from sqlalchemy import Connection, text
 
 from winiswin_pipelines import settings
+from winiswin_pipelines.archive import read_archived
+from winiswin_pipelines.coldstore import ColdStore
 from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import final_trade_sql, open_trade_sql
 from winiswin_pipelines.errors import describe
+from winiswin_pipelines.factories import cold_store
 from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.pipeline import iter_outcomes
 from winiswin_pipelines.legacy.readers import count_records
@@ -61,10 +71,55 @@ UPDATE_RULES = {
 _COLUMNS = {TRADES: TRADE_COLUMNS, PARTIAL_EXITS: PARTIAL_EXIT_COLUMNS}
 _KEYS = {TRADES: "trade_uid", PARTIAL_EXITS: "exit_uid"}
 _LEDGER_KINDS = {TRADES: "T", PARTIAL_EXITS: "P"}
+_SOURCE, _ORIGIN = TRADE_COLUMNS.index("source"), TRADE_COLUMNS.index("origin")
 _COPY_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _REFUSALS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 
 Progress = Callable[[int, int], None]  # (records, bytes) done since the last call
+
+
+def _seq(origin: str | bytes | None) -> int:
+    """A record's position in its store, from its `origin` JSON."""
+    return (orjson.loads(origin) or {}).get("seq", 0) if origin else 0
+
+
+@dataclass(frozen=True)
+class ArchivedKeys:
+    """The keys of the trades and partial exits in cold storage: what the hot tables no longer hold.
+
+    trades: trade_uid -> (source, seq of the record in its store); partial exits: their uids.
+    """
+
+    trades: dict[str, tuple[str, int]]
+    partial_exits: frozenset[str]
+
+    @classmethod
+    def load(cls, manager: DatabaseManager, cold: ColdStore) -> ArchivedKeys:
+        everything = (dt.date(1970, 1, 1), dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+        trades = read_archived(TRADES, *everything, ["trade_uid", "source", "origin"], manager=manager, store=cold)
+        exits = read_archived(PARTIAL_EXITS, *everything, ["exit_uid"], manager=manager, store=cold)
+        seqs = [_seq(origin) for origin in trades["origin"]]
+        return cls(dict(zip(trades["trade_uid"], zip(trades["source"], seqs, strict=True), strict=True)),
+                   frozenset(exits["exit_uid"]))
+
+    def settled(self, row: Row) -> bool:
+        """Whether the archived copy of `row`'s key stays as it is (the conflict rule of a hot row):
+        a record of another store never replaces an archived trade (archived trades are final), and
+        a record of the same store replaces it only when it comes later in the store."""
+        if row.table == PARTIAL_EXITS:
+            return row.key in self.partial_exits
+        archived = self.trades.get(row.key)
+        if archived is None:
+            return False
+        source, seq = archived
+        return source != row.values[_SOURCE] or _seq(row.values[_ORIGIN]) <= seq
+
+    def as_copy_text(self) -> Iterator[str]:
+        """`kind<TAB>key<TAB>source` lines, for verification's join."""
+        for key, (source, _) in self.trades.items():
+            yield f"T\t{key.translate(_COPY_TEXT_ESCAPES)}\t{source.translate(_COPY_TEXT_ESCAPES)}\n"
+        for key in self.partial_exits:
+            yield f"P\t{key.translate(_COPY_TEXT_ESCAPES)}\t\\N\n"
 
 
 @dataclass
@@ -78,12 +133,15 @@ class BatchResult:
 
 def migrate_store(
     manager: DatabaseManager | None, store: Store, *, naive_timezone: str = "UTC", dry_run: bool = False,
-    batch_size: int = BATCH_SIZE, progress: Progress | None = None,
+    batch_size: int = BATCH_SIZE, progress: Progress | None = None, cold: ColdStore | None = None,
 ) -> SourceReport:
-    """Migrate one store (or only read and normalise it with `dry_run`); returns its accounting."""
+    """Migrate one store (or only read and normalise it with `dry_run`); returns its accounting.
+
+    `cold` is the cold store whose archived trades count as stored (default: the environment's)."""
     started = time.perf_counter()
     report = SourceReport(store.source, store.relpath, store.format.value, naive_timezone, dry_run=dry_run)
     ledger = None if dry_run else Ledger.for_store(manager, store)
+    archived = None if dry_run else ArchivedKeys.load(manager, cold or cold_store())
     quarantined: list[str] = []
     in_flight: deque[tuple[Future[BatchResult], Sequence[Outcome]]] = deque()
     with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="legacy-writer") as writers:
@@ -96,7 +154,7 @@ def migrate_store(
                 continue
             if len(in_flight) == WRITERS:
                 _settle(report, ledger, quarantined, *in_flight.popleft())
-            in_flight.append((writers.submit(write_batch, manager, store.source, batch), batch))
+            in_flight.append((writers.submit(write_batch, manager, store.source, batch, archived), batch))
         while in_flight:
             _settle(report, ledger, quarantined, *in_flight.popleft())
     report.seconds = time.perf_counter() - started
@@ -125,11 +183,21 @@ def _settle(
     ledger.write(batch, refused)
 
 
-def write_batch(manager: DatabaseManager, source: str, batch: Sequence[Outcome]) -> BatchResult:
-    """Upsert one batch in one transaction; isolate rows PostgreSQL refuses (they go to quarantine)."""
+def write_batch(
+    manager: DatabaseManager, source: str, batch: Sequence[Outcome], archived: ArchivedKeys | None = None
+) -> BatchResult:
+    """Upsert one batch in one transaction; isolate rows PostgreSQL refuses (they go to quarantine).
+
+    Rows whose archived copy stays as it is are not written: they count as unchanged (the first of
+    a key in the batch) or duplicates, as they would against a hot row."""
     rows = [o for o in batch if type(o) is Row]
     rejected = [o for o in batch if type(o) is Rejected]
-    return _write(manager, source, rows, rejected)
+    settled = [row for row in rows if archived is not None and archived.settled(row)]
+    if settled:
+        rows = [row for row in rows if not archived.settled(row)]
+    keys = len({(row.table, row.key) for row in settled})
+    kept = UpsertResult(len(settled), 0, 0, keys, len(settled) - keys)
+    return _write(manager, source, rows, rejected) + BatchResult(kept)
 
 
 def _write(manager: DatabaseManager, source: str, rows: list[Row], rejected: list[Rejected]) -> BatchResult:
@@ -250,8 +318,9 @@ class Verification:
         return not self.problems
 
 
-def verify_store(manager: DatabaseManager, store: Store) -> Verification:
-    """Prove read = inserted + updated + unchanged + duplicates + quarantined against PostgreSQL."""
+def verify_store(manager: DatabaseManager, store: Store, *, cold: ColdStore | None = None) -> Verification:
+    """Prove read = inserted + updated + unchanged + duplicates + quarantined against PostgreSQL and
+    the archived copies in `cold` (default: the environment's cold store)."""
     ledger = Ledger.for_store(manager, store)
     report = ledger.report()
     result = Verification(store.source, report, count_records(store))
@@ -264,8 +333,9 @@ def verify_store(manager: DatabaseManager, store: Store) -> Verification:
         )
     if not report.balanced:
         result.problems.append(f"read {report.read:,} != accounted {report.accounted:,}")
+    archived = ArchivedKeys.load(manager, cold or cold_store())
     with manager.engine.begin() as conn:
-        _load_ledger(conn, ledger)
+        _load_ledger(conn, ledger, archived)
         _check_presence(conn, store.source, result)
     if result.quarantine_rows != report.quarantined:
         result.problems.append(
@@ -275,12 +345,18 @@ def verify_store(manager: DatabaseManager, store: Store) -> Verification:
     return result
 
 
-def _load_ledger(conn: Connection, ledger: Ledger) -> None:
-    conn.execute(text("CREATE TEMP TABLE _legacy_ledger (kind char(1), key text) ON COMMIT DROP"))
-    with conn.connection.driver_connection.cursor() as cur, cur.copy("COPY _legacy_ledger FROM STDIN") as copy:
-        for chunk in ledger.chunks():
-            copy.write(chunk)
-    conn.execute(text("ANALYZE _legacy_ledger"))  # a million keys want a hash join, not a million probes
+def _load_ledger(conn: Connection, ledger: Ledger, archived: ArchivedKeys) -> None:
+    conn.execute(text("CREATE TEMP TABLE _legacy_ledger (kind char(1), key text) ON COMMIT DROP; "
+                      "CREATE TEMP TABLE _archived_keys (kind char(1), key text, source text) ON COMMIT DROP"))
+    with conn.connection.driver_connection.cursor() as cur:
+        with cur.copy("COPY _legacy_ledger FROM STDIN") as copy:
+            for chunk in ledger.chunks():
+                copy.write(chunk)
+        with cur.copy("COPY _archived_keys FROM STDIN") as copy:
+            for line in archived.as_copy_text():
+                copy.write(line)
+    # A million keys want a hash join, not a million probes.
+    conn.execute(text("ANALYZE _legacy_ledger; ANALYZE _archived_keys"))
 
 
 # One pass per table: (missing count, first missing keys, keys now held by another store's record).
@@ -289,10 +365,14 @@ _PRESENCE_SQL = {
         SELECT count(*) FILTER (WHERE t.trade_uid IS NULL),
                (array_agg(l.key) FILTER (WHERE t.trade_uid IS NULL))[1:5],
                count(DISTINCT l.key) FILTER (WHERE t.source <> :source)
-        FROM _legacy_ledger l LEFT JOIN trades t ON t.trade_uid = l.key WHERE l.kind = 'T'""",
+        FROM _legacy_ledger l LEFT JOIN (SELECT trade_uid, source FROM trades
+                                         UNION ALL SELECT key, source FROM _archived_keys WHERE kind = 'T') t
+          ON t.trade_uid = l.key WHERE l.kind = 'T'""",
     "trade_partial_exits": """
         SELECT count(*) FILTER (WHERE p.exit_uid IS NULL), (array_agg(l.key) FILTER (WHERE p.exit_uid IS NULL))[1:5], 0
-        FROM _legacy_ledger l LEFT JOIN trade_partial_exits p ON p.exit_uid = l.key WHERE l.kind = 'P'""",
+        FROM _legacy_ledger l LEFT JOIN (SELECT exit_uid FROM trade_partial_exits
+                                         UNION ALL SELECT key FROM _archived_keys WHERE kind = 'P') p
+          ON p.exit_uid = l.key WHERE l.kind = 'P'""",
     "legacy_quarantine": """
         SELECT count(*) FILTER (WHERE q.position IS NULL), (array_agg(l.key) FILTER (WHERE q.position IS NULL))[1:5], 0
         FROM _legacy_ledger l LEFT JOIN legacy_quarantine q ON q.source = :source AND q.position = l.key
