@@ -430,3 +430,27 @@ def test_restoring_a_child_before_its_parent_fails_clearly_and_writes_nothing(
     with pytest.raises(RestoreError, match="trades before trade_partial_exits"):
         restore_days(db, store, ARCHIVED_TABLES["trade_partial_exits"], OLD_DAYS[0], OLD_DAYS[0])
     assert table_rows(db, "trade_partial_exits") == []
+
+
+def test_nothing_erases_archived_data_restore_recompute_rearchive(db: DatabaseManager, tmp_path: Path) -> None:
+    """A recomputed feature row (labels NULL) written for an archived day, archived again, keeps the
+    labels the archived copy holds, and takes the new feature values; a restore follows the same rule."""
+    store = LocalColdStore(tmp_path)
+    seed(db, OLD_DAYS[:1])
+    archive_old_data(manager=db, store=store, as_of=AS_OF, tables=["training_features"])
+    day = OLD_DAYS[0]
+    with db.engine.begin() as conn:  # the features of the day recomputed: new values, no labels yet
+        copy_upsert(conn, "training_features", ["symbol", "ts", "mid", "obi"],
+                    [("BTCUSDT", _at(day, h), 29000.0 + h, 0.5) for h in range(3)], conflict_columns=["symbol", "ts"])
+    summary = archive_old_data(manager=db, store=store, as_of=AS_OF, tables=["training_features"])
+    assert [r.status for r in summary.results] == [ARCHIVED]
+    rows = read_history("training_features", day, day + dt.timedelta(days=1), ["BTCUSDT"], manager=db, store=store)
+    assert rows["mid"].tolist() == [29000.0, 29001.0, 29002.0] and rows["obi"].tolist() == [0.5] * 3
+    assert rows["label"].tolist() == [-1, 0, 1] and rows["label_barrier"].tolist()[1:] == ["upper", "upper"]
+    assert rows["label_t1"].notna().all()
+    # Restore then re-archive twice: the copy keeps being the same rows.
+    restored = restore_days(db, store, ARCHIVED_TABLES["training_features"], day, day)
+    assert restored[0].inserted == 6 and restored[0].filled == 0
+    archive_old_data(manager=db, store=store, as_of=AS_OF, tables=["training_features"])
+    again = read_history("training_features", day, day + dt.timedelta(days=1), ["BTCUSDT"], manager=db, store=store)
+    pd.testing.assert_frame_equal(again, rows)

@@ -34,7 +34,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from winiswin_pipelines.archive.export import arrow_reader, read_arrow
 from winiswin_pipelines.archive.tables import ArchivedTable, day_bounds
-from winiswin_pipelines.db.bulk import copy_upsert
+from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import ArchiveManifest, Base, final_trade_sql
 from winiswin_pipelines.db.partitions import drop_daily_partition, existing_partitions, partition_name
@@ -337,17 +337,17 @@ def vacuum(manager: DatabaseManager, table: str) -> None:
 
 def restore_rows(
     manager: DatabaseManager, table: ArchivedTable, day: dt.date, batches: Iterable[Iterable[Sequence[Any]]]
-) -> int:
-    """In one transaction: insert the rows of each batch (in `table.columns` order) whose natural key
-    is not hot yet, a hot row (possibly newer) winning, then mark the day `restored`. Returns how
-    many rows were inserted. A row whose parent is missing raises the driver's `IntegrityError`;
-    anything raised, by the batches too, rolls everything back."""
-    inserted = 0
+) -> UpsertResult:
+    """In one transaction: merge the rows of each batch (in `table.columns` order) into the hot table
+    by the archive's merge rule, then mark the day `restored`. The rule goes column by column: a key
+    not hot yet is inserted; a hot row keeps every value it holds and takes the archived value only
+    where it holds NULL (a recomputed feature row does not lose the label the archived copy holds, a
+    late partial row keeps the columns it does not carry). A row whose parent is missing raises the
+    driver's `IntegrityError`; anything raised, by the batches too, rolls everything back."""
+    result = EMPTY_RESULT
     with manager.engine.begin() as conn:
         for rows in batches:
-            result = copy_upsert(
-                conn, table.name, table.columns, rows, conflict_columns=table.natural_key, update_columns=[],
-            )
-            inserted += result.inserted
+            result += copy_upsert(conn, table.name, table.columns, rows, conflict_columns=table.natural_key,
+                                  fill_only=True)
         record_status(conn, table.name, day, RESTORED)
-    return inserted
+    return result

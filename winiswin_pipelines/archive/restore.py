@@ -1,8 +1,9 @@
 """Copy archived days back from cold storage into PostgreSQL, idempotently.
 
-Each object is downloaded, its SHA-256 checked against the manifest, and its rows inserted unless
-their natural key is hot already (`repository.restore_rows`): a row already hot (possibly
-newer) wins, so restoring twice changes nothing.
+Each object is downloaded, its SHA-256 checked against the manifest, and its rows merged with the
+hot ones by the archive's merge rule (`repository.restore_rows`): a key not hot is inserted, a hot
+row keeps every value it holds and takes the archived value only where it holds NULL. Restoring
+twice changes nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class RestoredDay:
     day: dt.date
     rows_in_copy: int
     inserted: int
+    filled: int = 0  # hot rows whose NULLs the archived copy filled
 
 
 def download_verified(store: ColdStore, part: dict[str, Any], folder: Path) -> Path:
@@ -72,13 +74,13 @@ def restore_day(manager: DatabaseManager, store: ColdStore, table: ArchivedTable
     holds the day's lock)."""
     with tempfile.TemporaryDirectory(prefix="winiswin-restore-") as folder:
         try:
-            inserted = repository.restore_rows(manager, table, entry.day, _batches(store, table, entry, Path(folder)))
+            merged = repository.restore_rows(manager, table, entry.day, _batches(store, table, entry, Path(folder)))
         except psycopg.errors.IntegrityError as exc:  # the COPY talks to the driver directly
             raise RestoreError(
                 f"{table.name} {entry.day}: {describe(exc)}; restore the rows it "
                 "references first (trades before trade_partial_exits)"
             ) from exc
-    return RestoredDay(table.name, entry.day, entry.rows or 0, inserted)
+    return RestoredDay(table.name, entry.day, entry.rows or 0, merged.inserted, merged.updated)
 
 
 def restore_days(

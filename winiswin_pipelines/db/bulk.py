@@ -58,6 +58,7 @@ def copy_upsert(
     conflict_columns: Sequence[str],
     update_columns: Sequence[str] | None = None,
     update_where: str | None = None,
+    fill_only: bool = False,
 ) -> UpsertResult:
     """Upsert `rows` (tuples in `columns` order) into `table` inside the caller's transaction.
 
@@ -65,8 +66,10 @@ def copy_upsert(
     what is stored are left untouched (counted as unchanged), so re-running a load changes nothing.
     `update_columns` defaults to every non-key column; `updated_at` is refreshed on real updates.
     `update_where` is an extra SQL condition on the stored row `t` and `EXCLUDED` that a conflicting
-    row must meet to be updated (the rows it keeps count as unchanged). A `bytes` value in a JSONB
-    column is taken as already-serialised JSON text.
+    row must meet to be updated (the rows it keeps count as unchanged). With `fill_only`, the merge
+    goes column by column: a stored value is never replaced, only a stored NULL is filled from the
+    incoming row (how an archived copy merges with the hot rows of its day: nothing erases what
+    either holds). A `bytes` value in a JSONB column is taken as already-serialised JSON text.
     Daily partitions of partitioned tables are created for the days the rows fall on.
     """
     raw = conn.connection.driver_connection
@@ -88,7 +91,7 @@ def copy_upsert(
         _ensure_partitions_for_stage(conn, table, stage)
     existing, affected = _merge(
         conn, table, stage, columns, conflict_columns, updates, table_columns, update_where,
-        deduplicate=keys.duplicates > 0,
+        deduplicate=keys.duplicates > 0, fill_only=fill_only,
     )
     distinct = keys.staged - keys.duplicates
     inserted = distinct - existing
@@ -172,19 +175,21 @@ def _ensure_partitions_for_stage(conn: Connection, table: str, stage: str) -> No
 
 
 def _merge(
-    conn, table, stage, columns, conflict_columns, updates, table_columns, update_where=None, *, deduplicate=True
+    conn, table, stage, columns, conflict_columns, updates, table_columns, update_where=None, *, deduplicate=True,
+    fill_only=False,
 ) -> tuple[int, int]:
     """(keys already stored, rows inserted or updated) of one INSERT ... ON CONFLICT from the staging table."""
     ident = sql.Identifier
     cols = sql.SQL(", ").join(map(ident, columns))
     keys = sql.SQL(", ").join(map(ident, conflict_columns))
     if updates:
-        assignments = [sql.SQL("{} = EXCLUDED.{}").format(ident(c), ident(c)) for c in updates]
+        template = "COALESCE(t.{0}, EXCLUDED.{0})" if fill_only else "EXCLUDED.{0}"
+        new_values = [sql.SQL(template).format(ident(c)) for c in updates]
+        assignments = [sql.SQL("{} = {}").format(ident(c), value) for c, value in zip(updates, new_values, strict=True)]
         if "updated_at" in table_columns and "updated_at" not in updates:
             assignments.append(sql.SQL("updated_at = now()"))
         changed = sql.SQL("({}) IS DISTINCT FROM ({})").format(
-            sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in updates),
-            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(ident(c)) for c in updates),
+            sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in updates), sql.SQL(", ").join(new_values),
         )
         if update_where:
             changed = sql.SQL("{} AND ({})").format(changed, sql.SQL(update_where))

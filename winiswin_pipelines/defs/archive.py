@@ -203,7 +203,8 @@ class RestoreConfig(dg.Config):
 def restore_archived_days(
     context: dg.OpExecutionContext, config: RestoreConfig, postgres: PostgresResource, cold_storage: ColdStorageResource
 ) -> dg.Output[int]:
-    """Copy archived days back into PostgreSQL; rows already hot win, so re-running changes nothing."""
+    """Copy archived days back into PostgreSQL by the merge rule (hot values win, archived values fill hot
+    NULLs), so re-running changes nothing."""
     table = archived_table(config.table)
     days = restore_days(
         postgres.manager, cold_storage.store(), table,
@@ -212,6 +213,7 @@ def restore_archived_days(
     )
     inserted = sum(day.inserted for day in days)
     return dg.Output(inserted, metadata={"days": len(days), "rows_inserted": inserted,
+                                         "rows_filled": sum(day.filled for day in days),
                                          "rows_in_copies": sum(day.rows_in_copy for day in days)})
 
 
