@@ -95,3 +95,18 @@ def binance_api_key() -> str | None:
 
 def binance_api_secret() -> str | None:
     return env("BINANCE_API_SECRET")
+
+
+def capture_symbols() -> list[str]:
+    """`WINISWIN_CAPTURE_SYMBOLS`: the symbols the live market-data capture records, comma-separated
+    (default BTCUSDT,ETHUSDT); upper-cased, blanks and repeats dropped."""
+    raw = env("WINISWIN_CAPTURE_SYMBOLS", "BTCUSDT,ETHUSDT")
+    return list(dict.fromkeys(s.strip().upper() for s in raw.split(",") if s.strip()))
+
+
+def retention_days() -> int:
+    """`WINISWIN_RETENTION_DAYS`: days a growing table keeps hot in PostgreSQL before archival (default 30)."""
+    value = env("WINISWIN_RETENTION_DAYS", "30")
+    if not value.isdigit():
+        raise ValueError(f"WINISWIN_RETENTION_DAYS must be a whole number of days, got {value!r}")
+    return int(value)

@@ -28,6 +28,11 @@ from winiswin_pipelines.demo.runner import DemoRunner
 from winiswin_pipelines.resources import PostgresResource
 from winiswin_pipelines.settings import PROJECT_DIR
 
+# The code location, loaded once before any test makes (and disposes of) a Dagster instance: the
+# defs-folder loader reads the current instance's state storage, which a torn-down test instance
+# would leave pointing at a deleted folder.
+CODE_LOCATION = defs()
+
 # Durability is not under test when a whole server is thrown away after the session.
 _FAST_SERVER = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
@@ -150,4 +155,11 @@ def postgres_dagster_home(database_url: str, tmp_path: Path, monkeypatch: pytest
 @pytest.fixture
 def demo_runner(db: DatabaseManager, database_url: str, dagster_instance: dg.DagsterInstance) -> DemoRunner:
     """The `make run` steps' runner on the test database, through the code location's definitions."""
-    return DemoRunner(dagster_instance, defs(), db, resources={"postgres": PostgresResource(database_url=database_url)})
+    return DemoRunner(dagster_instance, CODE_LOCATION, db,
+                      resources={"postgres": PostgresResource(database_url=database_url)})
+
+
+@pytest.fixture
+def code_location() -> dg.Definitions:
+    """The code location's definitions (`winiswin_pipelines.definitions`), with its resources."""
+    return CODE_LOCATION

@@ -14,6 +14,7 @@ from winiswin_pipelines.archive.tables import ARCHIVED_TABLES
 from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.defs.archive import (
+    TABLE_READERS,
     archive_every_24_hours,
     archive_key,
     cold_archive,
@@ -26,7 +27,8 @@ from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 from winiswin_pipelines.settings import PROJECT_DIR
 from winiswin_pipelines_tests.test_archive import AS_OF, OLD_DAYS, RECENT_DAY, all_rows, seed, table_rows
 
-RUN_CONFIG = {"ops": {"cold_archive": {"config": {"as_of": AS_OF.isoformat()}}}}
+# These tests are about the archival itself: no reader has materialized anything, so they force it.
+RUN_CONFIG = {"ops": {"cold_archive": {"config": {"as_of": AS_OF.isoformat(), "force": True}}}}
 
 
 @pytest.fixture
@@ -35,9 +37,21 @@ def resources(database_url: str, tmp_path: Path) -> dict:
             "cold_storage": ColdStorageResource(local_dir=str(tmp_path / "cold"))}
 
 
-def _materialize(resources: dict, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
+def _materialize(resources: dict, instance: dg.DagsterInstance, run_config: dict = RUN_CONFIG,
+                 **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize([cold_archive, *manifest_checks], resources=resources, instance=instance,
-                          run_config=RUN_CONFIG, **kwargs)
+                          run_config=run_config, **kwargs)
+
+
+def _config(**config) -> dict:
+    return {"ops": {"cold_archive": {"config": {"as_of": AS_OF.isoformat(), **config}}}}
+
+
+def _materialized_by_readers(instance: dg.DagsterInstance, *days: dt.date) -> None:
+    """What the readers' runs would record: their materializations of `days`."""
+    for reader in sorted({name for names in TABLE_READERS.values() for name in names}):
+        for day in days:
+            instance.report_runless_asset_event(dg.AssetMaterialization(reader, partition=day.isoformat()))
 
 
 def test_a_day_partition_archives_every_table_with_metadata_and_a_passing_check(
@@ -97,16 +111,64 @@ def test_the_schedule_requests_every_eligible_day_not_yet_archived(
 ) -> None:
     seed(db, OLD_DAYS + [RECENT_DAY])
 
-    def requested() -> list[str]:
-        context = dg.build_schedule_context(scheduled_execution_time=AS_OF, resources={"postgres": resources["postgres"]})
-        return [request.partition_key for request in archive_every_24_hours(context)]
+    def evaluate():
+        with dg.build_schedule_context(scheduled_execution_time=AS_OF, instance=dagster_instance,
+                                       resources={"postgres": resources["postgres"]}) as context:
+            return archive_every_24_hours(context)
 
-    assert requested() == [day.isoformat() for day in OLD_DAYS]
+    def requested() -> list[str]:
+        return [request.partition_key for request in evaluate()]
+
+    assert requested() == [day.isoformat() for day in OLD_DAYS]  # trades and decisions have no readers
     _materialize(resources, dagster_instance, partition_key=OLD_DAYS[0].isoformat())  # one day done meanwhile
     assert requested() == ["2024-03-02"]
     _materialize(resources, dagster_instance, partition_key=OLD_DAYS[1].isoformat())
-    context = dg.build_schedule_context(scheduled_execution_time=AS_OF, resources={"postgres": resources["postgres"]})
-    assert isinstance(archive_every_24_hours(context), dg.SkipReason)
+    assert isinstance(evaluate(), dg.SkipReason)
+
+
+def test_a_day_leaves_only_once_its_readers_have_used_it_unless_forced(
+    db: DatabaseManager, resources: dict, dagster_instance: dg.DagsterInstance
+) -> None:
+    seed(db, OLD_DAYS[:1])
+    day = OLD_DAYS[0].isoformat()
+    result = _materialize(resources, dagster_instance, _config(), partition_key=day)
+    archived = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert archived == {archive_key(t) for t in ("trading_decisions", "trades", "trade_partial_exits")}
+    waiting = {e.asset_key.path[-1]: e.event_specific_data.asset_observation.metadata
+               for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"}
+    assert set(waiting) == set(TABLE_READERS)
+    assert "microstructure_features 2024-03-01, 2024-03-02" in waiting["book_snapshots"]["waiting_for"].value
+    assert len(table_rows(db, "book_snapshots")) == 6  # still hot
+    _materialized_by_readers(dagster_instance, OLD_DAYS[0])  # the next day is still missing
+    still = _materialize(resources, dagster_instance, _config(), partition_key=day)
+    assert {e.asset_key.path[-1] for e in still.get_asset_materialization_events()}.isdisjoint(TABLE_READERS)
+    _materialized_by_readers(dagster_instance, OLD_DAYS[0] + dt.timedelta(days=1))
+    ready = _materialize(resources, dagster_instance, _config(), partition_key=day)
+    assert {e.asset_key for e in ready.get_asset_materialization_events()} == {archive_key(t) for t in ARCHIVED_TABLES}
+    assert table_rows(db, "book_snapshots") == []
+    tiers = {e.asset_key.path[-1]: e.materialization.metadata for e in ready.get_asset_materialization_events()}
+    assert tiers["klines"]["cold_days"].value == "1 (2024-03-01 .. 2024-03-01)" and tiers["klines"]["hot_days"].value == "0"
+
+
+def test_retention_per_table_from_the_run_config(
+    db: DatabaseManager, resources: dict, dagster_instance: dg.DagsterInstance
+) -> None:
+    seed(db, OLD_DAYS[:1])  # 45 days before AS_OF
+    config = _config(force=True, days_to_keep=30, days_to_keep_by_table={"klines": 60})
+    result = _materialize(resources, dagster_instance, config, partition_key=OLD_DAYS[0].isoformat())
+    archived = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert archive_key("book_snapshots") in archived and archive_key("klines") not in archived
+    assert len(table_rows(db, "klines")) == 6 and table_rows(db, "book_snapshots") == []
+
+
+def test_the_readers_of_each_table_are_the_assets_downstream_of_its_writers(code_location: dg.Definitions) -> None:
+    graph = code_location.resolve_asset_graph()
+    writers = {"klines": ["klines"], "book_snapshots": ["book_snapshots"],
+               "training_features": ["microstructure_features", "triple_barrier_labels"]}
+    for table, names in writers.items():
+        children = {child.to_user_string() for name in names for child in graph.get(dg.AssetKey(name)).child_keys
+                    if child.path[0] != "archive"}
+        assert children == set(TABLE_READERS[table]), table
 
 
 def test_restore_job_and_cli_bring_archived_days_back_idempotently(

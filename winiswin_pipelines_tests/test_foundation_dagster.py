@@ -14,13 +14,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from winiswin_pipelines.coldstore import LocalColdStore, S3ColdStore, sha256_file
-from winiswin_pipelines.definitions import defs
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource, build_resources
 from winiswin_pipelines.settings import PROJECT_DIR
 
 
-def test_definitions_are_loadable_with_the_shared_resources() -> None:
-    definitions = defs()
+def test_definitions_are_loadable_with_the_shared_resources(code_location: dg.Definitions) -> None:
+    definitions = code_location
     dg.Definitions.validate_loadable(definitions)
     assert {"postgres", "cold_storage", "legacy_folder"} <= set(definitions.resources)
 

@@ -41,9 +41,9 @@ def resources(database_url: str, root: Path) -> dict:
 
 
 def discover(instance: dg.DagsterInstance, root: Path, cursor: str | None = None) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                      resources={"legacy_folder": LegacyFolderResource(legacy_dir=str(root))})
-    result = legacy_store_discovery(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                 resources={"legacy_folder": LegacyFolderResource(legacy_dir=str(root))}) as context:
+        result = legacy_store_discovery(context)
     for request in getattr(result, "dynamic_partitions_requests", []):  # what the daemon does with the tick's result
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result

@@ -13,7 +13,6 @@ import pandas as pd
 from sqlalchemy import text
 
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.definitions import defs
 from winiswin_pipelines.defs.marketdata import (
     book_snapshots,
     book_snapshots_not_crossed,
@@ -195,8 +194,8 @@ def test_make_run_step_imports_every_bundled_sample_day(db: DatabaseManager, dem
     ]
 
 
-def test_daily_schedule_imports_the_day_that_just_ended() -> None:
-    definitions = defs()
+def test_daily_schedule_imports_the_day_that_just_ended(code_location: dg.Definitions) -> None:
+    definitions = code_location
     context = dg.build_schedule_context(
         scheduled_execution_time=dt.datetime(2024, 7, 20, 0, 20, tzinfo=UTC),
         repository_def=definitions.get_repository_def(),

@@ -26,7 +26,8 @@ from winiswin_pipelines.resources import PostgresResource
 
 
 def _tick(instance: dg.DagsterInstance, cursor: str | None):
-    return trading_session_supervisor(dg.build_sensor_context(instance=instance, cursor=cursor))
+    with dg.build_sensor_context(instance=instance, cursor=cursor) as context:
+        return trading_session_supervisor(context)
 
 
 def _launch(instance: dg.DagsterInstance, request: dg.RunRequest, status: dg.DagsterRunStatus) -> dg.DagsterRun:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -46,12 +47,12 @@ from winiswin_pipelines.archive.parquet import (
 )
 from winiswin_pipelines.archive.restore import restore_day
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES, ArchivedTable, archived_table
-from winiswin_pipelines.coldstore import ColdStore, sha256_file
+from winiswin_pipelines.coldstore import ColdStore, LocalColdStore, sha256_file
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.errors import describe
 from winiswin_pipelines.factories import cold_store, database_manager
 
-DEFAULT_DAYS_TO_KEEP = 30
+DEFAULT_DAYS_TO_KEEP = 30  # what `WINISWIN_RETENTION_DAYS` defaults to
 VACUUM_MIN_ROWS = 10_000
 _DETACH_LOCK_TIMEOUT = "30s"
 
@@ -121,6 +122,18 @@ class ArchiveSummary:
         for name, before in self.size_before.items():
             out.append(f"{name:<20} on disk {before:>13,} B -> {self.size_after.get(name, before):>13,} B")
         return out
+
+
+def frees_no_disk(store: ColdStore, manager: DatabaseManager) -> bool:
+    """Whether the cold store is a local folder on PostgreSQL's own filesystem: archiving then moves
+    bytes from one folder of the disk to another and frees no space on it."""
+    if not isinstance(store, LocalColdStore):
+        return False
+    data_dir = repository.data_directory(manager)
+    if data_dir is None or not data_dir.exists():
+        return False
+    store.root.mkdir(parents=True, exist_ok=True)
+    return os.stat(store.root).st_dev == os.stat(data_dir).st_dev
 
 
 def first_kept_day(days_to_keep: int, as_of: dt.datetime | None = None) -> dt.date:

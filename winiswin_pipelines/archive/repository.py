@@ -26,11 +26,13 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from sqlalchemy import Connection, case, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.exc import DBAPIError
 
 from winiswin_pipelines.archive.export import arrow_reader, read_arrow
 from winiswin_pipelines.archive.tables import ArchivedTable, day_bounds
@@ -199,6 +201,14 @@ def eligible_days(
         return {table.name: _eligible_days(conn, table, before) for table in tables}
 
 
+def hot_days(manager: DatabaseManager, table: ArchivedTable) -> list[dt.date]:
+    """The days that hold hot rows of `table` (that could leave for cold storage), in order."""
+    with manager.engine.connect() as conn:
+        days = _eligible_days(conn, table, dt.date.max)
+        # A partitioned table also has the empty partitions created ahead of time.
+        return [day for day in days if not table.partitioned or has_hot_rows(conn, table, day)]
+
+
 def has_partition(conn: Connection, table: ArchivedTable, day: dt.date) -> bool:
     return table.partitioned and day in existing_partitions(conn, table.name)
 
@@ -351,3 +361,15 @@ def restore_rows(
                                   fill_only=True)
         record_status(conn, table.name, day, RESTORED)
     return result
+
+
+def data_directory(manager: DatabaseManager) -> Path | None:
+    """PostgreSQL's data directory when the server runs on this machine and says where it is (the
+    setting needs superuser or pg_read_all_settings); None otherwise."""
+    if manager.url.host not in (None, "", "localhost", "127.0.0.1", "::1"):
+        return None
+    with manager.engine.connect() as conn:
+        try:
+            return Path(conn.execute(text("SHOW data_directory")).scalar_one())
+        except DBAPIError:
+            return None

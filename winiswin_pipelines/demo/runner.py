@@ -32,13 +32,15 @@ class DemoRunner:
 
     def materialize(
         self, *asset_keys: str, tags: dict[str, str] | None = None, resources: dict[str, Any] | None = None,
+        ops: dict[str, Any] | None = None,
     ) -> dg.ExecuteInProcessResult:
-        """Materialize the assets named (with their checks) as one run of the code location's assets."""
+        """Materialize the assets named (with their checks) as one run of the code location's assets;
+        `ops` is the run config of their ops."""
         selection = dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(key) for key in asset_keys))
         return dg.materialize(
             [*self.definitions.assets, *self.definitions.asset_checks], selection=selection,
             instance=self.instance, resources={**self.resources, **(resources or {})}, tags=tags,
-            run_config={"loggers": _QUIET_LOGGERS},
+            run_config={"loggers": _QUIET_LOGGERS, "ops": ops or {}},
         )
 
     def execute_job(self, name: str, run_config: dg.RunConfig) -> dg.ExecuteInProcessResult:
