@@ -3,8 +3,9 @@
 Target (issue 5): at least 100,000 rows/s for one daily partition, from `book_snapshots` (10 levels)
 to upserted `training_features` rows, as the `microstructure_features` asset does it. Measured side
 by side in one run: the read and the in-memory compute alone (one symbol after the other), then end
-to end as the asset runs it (two symbols side by side), first write and re-run. Runs on
-a throwaway embedded PostgreSQL in a temporary folder, or on --database-url (a scratch database).
+to end as the asset runs it (two symbols side by side), first write and re-run; then the day's
+labels as the `triple_barrier_labels` asset writes them (no target: for comparison). Runs on a
+throwaway embedded PostgreSQL in a temporary folder, or on --database-url (a scratch database).
 
     .venv/bin/python benchmarks/bench_features_end_to_end.py [--rows 200000] [--symbols 2] [--repeat 3]
         [--database-url URL]
@@ -26,7 +27,7 @@ from winiswin_pipelines.db.partitions import ensure_daily_partitions
 from winiswin_pipelines.db.scratch import scratch_database
 from winiswin_pipelines.features.days import FEATURES, day_features
 from winiswin_pipelines.features.repository import book_symbols
-from winiswin_pipelines.features.training import read_day_book, write_day_features
+from winiswin_pipelines.features.training import read_day_book, write_day_features, write_day_labels
 
 DAY = dt.datetime(2024, 1, 10, tzinfo=dt.UTC)
 TARGET_ROWS_PER_S = 100_000
@@ -98,6 +99,12 @@ def measure(manager: DatabaseManager, repeat: int) -> None:
     print(f"  compute features         {compute_s:6.2f} s  {snapshots_read / compute_s:>10,.0f} rows/s")
     report("end to end, first write", first_s, rows, f"{first.written.inserted:,} inserted")
     report("end to end, re-run", again_s, rows, f"{again.written.unchanged:,} unchanged")
+    labels_s, labels = timed(lambda: write_day_labels(manager, DAY))
+    labels_again_s, labels_again = best_of(repeat, lambda: write_day_labels(manager, DAY))
+    print(f"  labels, first write      {labels_s:6.2f} s  {labels.written.rows / labels_s:>10,.0f} rows/s  "
+          f"({labels.written.updated:,} updated; {sum(labels.labels.values()):,} labelled, {labels.pending:,} pending)")
+    print(f"  labels, re-run           {labels_again_s:6.2f} s  {labels_again.written.rows / labels_again_s:>10,.0f} "
+          f"rows/s  ({labels_again.written.unchanged:,} unchanged)")
 
 
 def main() -> None:

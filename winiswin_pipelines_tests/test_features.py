@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from winiswin_pipelines.features import BookArrays, FeatureConfig, book_arrays_from_frame, compute_features
+from winiswin_pipelines.features.days import SnapshotGap, day_gaps
+from winiswin_pipelines.features.microstructure import snapshot_gaps, usable_mid
 from winiswin_pipelines.marketdata.capture import read_capture
 from winiswin_pipelines.marketdata.orderbook import rebuild_book_snapshots
 from winiswin_pipelines.marketdata.samples import CAPTURE_BTCUSDT_20230404, CAPTURE_BTCUSDT_20230405
@@ -81,8 +84,11 @@ def test_locked_crossed_and_one_sided_books():
     for column in ("mid", "microprice", "obi", "obi_depth", "spread_pct", "ofi", "ret_short", "realized_vol"):
         assert unusable[column].isna().all(), column
     assert unusable["hour_sin"].notna().all()
-    # The last snapshot's 1-second return skips the unusable ones: it is taken against the locked book.
-    assert features.iloc[4]["ret_short"] == pytest.approx(100.5 / 100.5 - 1)
+    # The unusable books leave 3 s without a usable one: a gap, so the last snapshot's 1-second return is NaN.
+    assert math.isnan(features.iloc[4]["ret_short"])
+    # With a tolerance of 3 s there is no gap: the return skips the unusable books, taken against the locked one.
+    tolerant = FeatureConfig(return_horizon=pd.Timedelta(seconds=1), gap_tolerance=pd.Timedelta(seconds=3))
+    assert compute_features(book(rows), tolerant).iloc[4]["ret_short"] == pytest.approx(100.5 / 100.5 - 1)
 
 
 def test_order_flow_imbalance_returns_and_volatility_by_hand():
@@ -109,6 +115,95 @@ def test_windows_need_data_from_before_the_window():
     features = compute_features(book(rows), FeatureConfig(ofi_window=pd.Timedelta(seconds=3)))
     # Only snapshots at t >= 3 s have a snapshot at or before t - 3 s.
     assert features["ofi"].isna().tolist() == [True, True, True, False, False]
+
+
+def regular_book(seconds: list[int]) -> BookArrays:
+    """One-level books at the given seconds after T0: mid 100 + s / 2, bid size 1 + s (a function of the time)."""
+    rows = [(99.5 + s / 2, 1.0 + s, 100.5 + s / 2, 2.0) for s in seconds]
+    ts = T0.value + np.asarray(seconds, dtype=np.int64) * 10**9
+    built = book(rows)
+    return BookArrays(ts, built.bid_px, built.bid_qty, built.ask_px, built.ask_qty)
+
+
+WINDOWS_2S = FeatureConfig(
+    ofi_window=pd.Timedelta(seconds=2), return_horizon=pd.Timedelta(seconds=2), vol_window=pd.Timedelta(seconds=2)
+)
+
+
+def test_a_stale_reference_snapshot_makes_the_windowed_features_nan():
+    # 1 s grid, one snapshot missing at 3 s: 0 1 2 4 5 6 7.
+    features = compute_features(regular_book([0, 1, 2, 4, 5, 6, 7]), WINDOWS_2S)
+    flow = features[["ofi", "ret_short", "realized_vol"]]
+    # Row 4 s: its reference (the last snapshot at or before 2 s) is 2 s, fresh, but the gap 2 -> 4 s
+    # (2 s apart > 1 s) lies in its window; row 5 s: the reference 2 s is 1 s stale, within the
+    # tolerance, but the gap lies after it; row 6 s: the reference is 4 s, after the gap: observed again.
+    assert flow.isna().all(axis=1).tolist() == [True, True, False, True, True, False, False]
+    assert flow.notna().all(axis=1).tolist() == [False, False, True, False, False, True, True]
+    # A 2 s tolerance bridges the missing snapshot: 4 s and 5 s take 2 s as their reference.
+    tolerant = replace(WINDOWS_2S, gap_tolerance=pd.Timedelta(seconds=2))
+    bridged = compute_features(regular_book([0, 1, 2, 4, 5, 6, 7]), tolerant)
+    assert bridged["ret_short"].notna().tolist() == [False, False, True, True, True, True, True]
+    assert bridged["ret_short"].iloc[4] == pytest.approx((100 + 5 / 2) / (100 + 2 / 2) - 1)
+    # 0 1 5 6 7: 1 -> 5 s is more than 2 s apart; the first row whose window lies after it is 7 s (reference 5 s).
+    sparse = compute_features(regular_book([0, 1, 5, 6, 7]), tolerant)
+    assert sparse["ret_short"].notna().tolist() == [False, False, False, False, True]
+
+
+def test_after_a_seven_minute_gap_a_ten_second_return_is_nan_not_a_seven_minute_one():
+    seconds = [*range(0, 60), *range(480, 540)]  # a minute, nothing for 7 minutes, a minute
+    features = compute_features(regular_book(seconds))
+    after = features.iloc[60:]
+    ten_seconds_on = after["ts"] - after["ts"].iloc[0]
+    flow = ["ofi", "ret_short"]
+    # Nothing spans the gap: the 10 s features come back 10 s after it, realised volatility 60 s after.
+    assert after.loc[ten_seconds_on < pd.Timedelta(seconds=10), flow].isna().all().all()
+    assert after.loc[ten_seconds_on >= pd.Timedelta(seconds=10), flow].notna().all().all()
+    assert after["realized_vol"].isna().sum() == 60
+    # The same rows computed from a book that starts after the gap (a day computed alone) come out the same.
+    alone = compute_features(regular_book(seconds[60:])).reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone, after.reset_index(drop=True))
+
+
+def test_rows_come_out_the_same_whatever_history_before_their_warmup_is_given():
+    arrays = random_book(4_000, seed=11)
+    config = FeatureConfig(gap_tolerance=pd.Timedelta(milliseconds=1_500))
+    full = compute_features(arrays, config)
+    for cut in (500, 1_777, 3_000):
+        first = int(np.searchsorted(arrays.ts, arrays.ts[cut] - config.warmup.value))
+        tail = BookArrays(*(a[first:] for a in (arrays.ts, arrays.bid_px, arrays.bid_qty, arrays.ask_px, arrays.ask_qty)))
+        part = compute_features(tail, config).iloc[cut - first:].reset_index(drop=True)
+        expected = full.iloc[cut:].reset_index(drop=True)
+        # The same NaNs, and the same values but for the rounding of the running sums.
+        pd.testing.assert_frame_equal(part, expected, rtol=1e-9)
+
+
+def test_gaps_are_between_usable_snapshots():
+    ts = T0.value + np.array([0, 1, 2, 5, 6, 8], dtype=np.int64) * 10**9
+    assert snapshot_gaps(ts, pd.Timedelta(seconds=1)).tolist() == [3, 5]
+    assert snapshot_gaps(ts, pd.Timedelta(seconds=2)).tolist() == [3]
+    assert snapshot_gaps(ts[:1], pd.Timedelta(seconds=1)).tolist() == []
+    bid, ask = np.array([100.0, 100.0, 101.0, np.nan]), np.array([100.5, 100.0, 100.5, 101.0])
+    np.testing.assert_array_equal(usable_mid(bid, ask), [100.25, 100.0, np.nan, np.nan])
+
+
+def test_a_days_gaps_are_those_ending_on_it():
+    day = T0 + pd.Timedelta(seconds=4)
+    gaps, first_without_previous = day_gaps(regular_book([0, 1, 2, 5, 6, 12, 13]), "BTCUSDT", day)
+    at = [T0 + pd.Timedelta(seconds=s) for s in (2, 5, 6, 12)]
+    assert gaps == [SnapshotGap("BTCUSDT", at[0], at[1]), SnapshotGap("BTCUSDT", at[2], at[3])]
+    assert first_without_previous is None
+    assert str(gaps[1]) == "BTCUSDT 2023-04-05 06:00:06 -> 2023-04-05 06:00:12 (0 days 00:00:06)"
+    # A book read that starts with the day: whether its first snapshot ends a gap lies before the read.
+    gaps, first_without_previous = day_gaps(regular_book([5, 6, 12]), "BTCUSDT", day)
+    assert gaps == [SnapshotGap("BTCUSDT", at[2], at[3])] and first_without_previous == at[1]
+
+
+def test_feature_config_rejects_bad_windows_and_tolerance():
+    with pytest.raises(ValueError, match="gap_tolerance"):
+        FeatureConfig(gap_tolerance=pd.Timedelta(seconds=-1))
+    with pytest.raises(ValueError, match="vol_window"):
+        FeatureConfig(vol_window=pd.Timedelta(0))
+    assert FeatureConfig().warmup == pd.Timedelta(seconds=61)
 
 
 def random_book(n: int, seed: int = 7, levels: int = 5) -> BookArrays:

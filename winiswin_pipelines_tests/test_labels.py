@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from winiswin_pipelines.labels import get_daily_vol, get_return_vol, get_triple_barrier_label
+from winiswin_pipelines.labels.days import LabelConfig, label_events
 from winiswin_pipelines.marketdata.klines import read_kline_csv
 from winiswin_pipelines.marketdata.samples import BTCUSDT_5M_2023_04_CSV
 
@@ -238,3 +239,71 @@ def test_few_events_and_every_bar_give_the_same_labels(horizon):
     pd.testing.assert_frame_equal(few, every_bar.loc[every_bar.index.intersection(events)])
     pd.testing.assert_frame_equal(every_bar, reference_labels(price, vol, horizon, (1.0, 0.5), side),
                                   check_index_type=False, check_names=False)
+
+
+def test_get_return_vol_leaves_out_returns_across_a_gap():
+    # A 1 s grid with 30 s missing: returns over 5 s are taken against the bar strictly before t - 5 s.
+    times = pd.DatetimeIndex([*pd.date_range("2024-01-01", periods=20, freq="1s", tz="UTC"),
+                              *pd.date_range("2024-01-01 00:00:50", periods=20, freq="1s", tz="UTC")])
+    price = pd.Series(100 + np.arange(40.0), index=times)
+    lookback = pd.Timedelta(seconds=5)
+    everything = get_return_vol(price, lookback, span=5)
+    fresh = get_return_vol(price, lookback, span=5, tolerance=pd.Timedelta(seconds=1))
+    after_gap = times[20:]
+    # Without a tolerance the first 6 bars after the gap take their return across it; with one, they have none.
+    assert everything.index.intersection(after_gap).size == 20
+    assert list(fresh.index.intersection(after_gap)) == list(after_gap[6:])
+    # The others are the same returns: the same volatility up to the gap.
+    pd.testing.assert_series_equal(fresh.loc[: times[19]], everything.loc[: times[19]])
+
+
+def one_second_bars(*closes: float, missing: tuple[int, ...] = ()) -> pd.Series:
+    """Closes on a 1 s grid, the positions in `missing` left out (a gap)."""
+    index = pd.date_range("2024-01-01", periods=len(closes), freq="1s", tz="UTC")
+    keep = [i for i in range(len(closes)) if i not in missing]
+    return pd.Series(np.asarray(closes, dtype=float)[keep], index=index[keep])
+
+
+def labels_by_second(mid: pd.Series, config: LabelConfig, events=None) -> pd.DataFrame:
+    labels = label_events(mid, mid.index if events is None else events, config).set_index("ts")
+    return labels.set_axis((labels.index - pd.Timestamp("2024-01-01", tz="UTC")).total_seconds().astype(int))
+
+
+# Six moves give a volatility target, then flat prices touch no barrier.
+WARM_UP = (100, 101, 99, 102, 98, 100)
+
+
+def test_label_events_report_paths_into_a_gap_as_gap_not_pending():
+    config = LabelConfig(horizon=pd.Timedelta(seconds=3), vol_span=3, vol_warmup=pd.Timedelta(0))
+    mid = one_second_bars(*WARM_UP, *[100] * 12, missing=(12, 13))  # nothing at 12 s and 13 s
+    labels = labels_by_second(mid, config)
+    # The first volatility target needs two 3 s returns (against the bar before t - 3 s): 5 s. At 16 s and
+    # 17 s that bar lies across the gap: no return, the target stays the one before.
+    assert labels.loc[:4, "skipped"].all() and not labels.loc[5:, "skipped"].any()
+    # 8 s: its vertical barrier 11 s comes before the gap; 9-11 s: their paths need the missing bars.
+    assert labels.loc[5:8, "label_barrier"].tolist() == ["vertical"] * 4
+    blocked = labels.loc[9:11]
+    assert blocked["label_barrier"].tolist() == ["gap"] * 3
+    assert blocked["label"].isna().all() and blocked["label_ret"].isna().all() and blocked["label_t1"].isna().all()
+    # 14 s: after the gap, labelled; 15-17 s: waiting for later prices (pending: no barrier yet).
+    assert labels.loc[14, "label_barrier"] == "vertical"
+    assert labels.loc[15:, "label_barrier"].isna().all() and labels.loc[15:, "label"].isna().all()
+
+
+def test_a_touch_before_the_gap_is_a_label_and_a_pending_path_that_reaches_a_gap_is_gap():
+    config = LabelConfig(horizon=pd.Timedelta(seconds=5), vol_span=3, vol_warmup=pd.Timedelta(0))
+    closes = (*WARM_UP, 100, 100, 103, 100, 100, 100)
+    mid = one_second_bars(*closes, missing=(9,))  # the price jumps at 8 s, then nothing at 9 s
+    labels = labels_by_second(mid, config)
+    assert labels.loc[:6, "skipped"].all() and not labels.loc[7:, "skipped"].any()
+    # 7 s touches the upper barrier at 8 s, before the gap: labelled.
+    assert (labels.loc[7, "label_barrier"], labels.loc[7, "label"]) == ("upper", 1)
+    # 8 s would touch the lower barrier at 10 s, after the gap: blocked, not labelled.
+    assert labels.loc[8, "label_barrier"] == "gap" and labels.loc[8, "label"] is None
+    # 10 s and 11 s: after the gap, waiting for later prices.
+    assert labels.loc[10:, "label_barrier"].isna().all() and not labels.loc[10:, "skipped"].any()
+    # Without a barrier in reach, a path that has reached a gap is blocked for good, whatever comes later.
+    flat = one_second_bars(*WARM_UP, *[100] * 6, missing=(9,))
+    assert labels_by_second(flat, config).loc[8, "label_barrier"] == "gap"
+    later = one_second_bars(*WARM_UP, *[100] * 16, missing=(9,))
+    assert labels_by_second(later, config, events=later.index[8:9]).loc[8, "label_barrier"] == "gap"

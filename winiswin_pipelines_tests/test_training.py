@@ -38,11 +38,21 @@ def snapshots() -> pd.DataFrame:
     return rebuild_book_snapshots(messages, symbol="BTCUSDT", cadence=dt.timedelta(seconds=1), depth=10)
 
 
-@pytest.fixture
-def resources(db, database_url, snapshots) -> dict:
+def store_book(db, snapshots: pd.DataFrame) -> None:
     with db.engine.begin() as conn:
         copy_upsert(conn, "book_snapshots", BOOK_SNAPSHOT_COLUMNS, dataframe_rows(snapshots, BOOK_SNAPSHOT_COLUMNS),
                     conflict_columns=("symbol", "exchange_time"))
+
+
+def delete_book(db, start: pd.Timestamp, end: pd.Timestamp) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM book_snapshots WHERE exchange_time >= :start AND exchange_time < :end"),
+                     {"start": start, "end": end})
+
+
+@pytest.fixture
+def resources(db, database_url, snapshots) -> dict:
+    store_book(db, snapshots)
     return {"postgres": PostgresResource(database_url=database_url)}
 
 
@@ -123,8 +133,11 @@ def assert_labels_match_one_pass_over_all_data(db) -> None:
     assert frame["labels_computed_at"].notna().all()
 
 
-def test_labels_near_midnight_wait_for_the_next_day_and_complete_when_it_arrives(db, resources, dagster_instance):
+def test_labels_near_midnight_wait_for_the_next_day_and_complete_when_it_arrives(
+    db, resources, snapshots, dagster_instance
+):
     labels = [training.triple_barrier_labels, training.labels_consistent]
+    delete_book(db, MIDNIGHT, MIDNIGHT + pd.Timedelta(days=1))  # 2023-04-05 is not recorded yet
     run([training.microstructure_features], resources, dagster_instance, FIRST)
     first = run(labels, resources, dagster_instance, FIRST)
     assert_checks_passed(first, 1)
@@ -132,7 +145,9 @@ def test_labels_near_midnight_wait_for_the_next_day_and_complete_when_it_arrives
     waiting = label_frame(db)
     # Paths of the last minute of 2023-04-04 run into 2023-04-05, which is not there yet.
     assert pending > 5 and waiting["label"].isna().sum() >= pending
+    assert label_metadata(first)["blocked_by_gap"].value == 0
 
+    store_book(db, snapshots[snapshots["exchange_time"] >= MIDNIGHT])  # 2023-04-05 arrives
     run([training.microstructure_features], resources, dagster_instance, SECOND)
     second = run(labels, resources, dagster_instance, SECOND)
     assert_checks_passed(second, 1)
@@ -256,16 +271,72 @@ def test_look_ahead_check_skips_days_whose_book_was_archived(db, resources, dags
     assert len(stored(db, "mid")) > 400  # the features stay
 
 
-def test_labels_do_not_jump_a_gap_in_the_data(db, resources, dagster_instance):
+def test_labels_do_not_jump_a_gap_in_the_data(db, resources, snapshots, dagster_instance):
     run([training.microstructure_features], resources, dagster_instance, days=(FIRST, SECOND))
-    later = MIDNIGHT + pd.Timedelta(days=400)
-    with db.engine.begin() as conn:  # the same symbol's features resume 400 days later
-        conn.execute(text("INSERT INTO training_features (symbol, ts, mid) VALUES ('BTCUSDT', :ts, 1000)"),
-                     [{"ts": later + pd.Timedelta(seconds=k)} for k in range(120)])
-    run([training.triple_barrier_labels], resources, dagster_instance, days=(FIRST, SECOND))
+    tail = snapshots[snapshots["exchange_time"] >= snapshots["exchange_time"].max() - pd.Timedelta(minutes=2)]
+    later = tail.assign(exchange_time=tail["exchange_time"] + pd.Timedelta(days=400))
+    store_book(db, later)  # the same symbol's book resumes 400 days later
+    labels = [training.triple_barrier_labels, training.labels_consistent]
+    result = run(labels, resources, dagster_instance, days=(FIRST, SECOND))
+    assert_checks_passed(result, 1)
     frame = label_frame(db).loc[:MIDNIGHT + pd.Timedelta(days=1)]
     labelled = frame.dropna(subset=["label"])
-    assert (pd.DatetimeIndex(labelled["label_t1"]) - labelled.index <= pd.Timedelta(minutes=2)).all()
-    # Without the gap the last minute is pending too: same labels as one pass over the capture alone.
+    assert (pd.DatetimeIndex(labelled["label_t1"]) - labelled.index <= LABELS.horizon + LABELS.gap_tolerance).all()
+    # The paths of the capture's last minute run into the gap: no label, for good ('gap'), not pending.
+    blocked = frame[frame["label_barrier"] == "gap"]
+    assert len(blocked) > 30 and blocked.index.min() >= snapshots["exchange_time"].max() - LABELS.horizon
+    assert blocked[["label", "label_ret", "label_t1"]].isna().all().all()
+    metadata = label_metadata(result)
+    assert metadata["blocked_by_gap"].value == len(blocked) and metadata["pending_next_day"].value == 0
+    assert "none (gap)" in metadata["label_distribution"].value
+    (check,) = result.get_asset_check_evaluations()
+    assert check.metadata["blocked_by_gap"].value == len(blocked)
+    # The check's "pending" (no label, no barrier) are only the rows without a volatility target.
+    assert check.metadata["pending"].value == metadata["skipped_without_vol_target"].value > 0
+    # The others are labelled as in one pass over the capture alone.
     expected = expected_labels(frame["mid"])
     assert list(labelled.index) == list(expected.index)
+
+
+def test_labels_do_not_depend_on_which_features_exist(db, resources, dagster_instance):
+    labels = [training.triple_barrier_labels]
+    # 2023-04-05 first, without the features of the day before (its volatility warm-up): then 04-04.
+    run(labels, resources, dagster_instance, SECOND)
+    run(labels, resources, dagster_instance, FIRST)
+    out_of_order = label_frame(db).drop(columns=["mid", "labels_computed_at"])
+    assert out_of_order["label"].notna().sum() > 400
+    run([training.microstructure_features, *labels], resources, dagster_instance, days=(FIRST, SECOND))
+    in_order = label_frame(db)
+    pd.testing.assert_frame_equal(out_of_order, in_order.drop(columns=["mid", "labels_computed_at"]))
+    assert_labels_match_one_pass_over_all_data(db)
+
+
+def test_a_gap_across_midnight_is_reported_and_blanks_the_windows_after_it(db, resources, snapshots, dagster_instance):
+    # Nothing from 23:59:40 to 00:00:30: 50 s, longer than every window.
+    start, end = MIDNIGHT - pd.Timedelta(seconds=20), MIDNIGHT + pd.Timedelta(seconds=30)
+    delete_book(db, start + pd.Timedelta(milliseconds=1), end)
+    result = run([training.microstructure_features, *FEATURE_CHECKS], resources, dagster_instance, SECOND)
+    assert_checks_passed(result, 3)
+    metadata = result.asset_materializations_for_node("microstructure_features")[0].metadata
+    assert metadata["gaps"].value == 1 and metadata["gap_tolerance"].value == "0 days 00:00:01"
+    assert "BTCUSDT 2023-04-04 23:59:40 -> 2023-04-05 00:00:30 (0 days 00:00:50)" in metadata["gap_spans"].value
+    assert metadata["longest_gap"].value == "0 days 00:00:50"
+    got = stored(db, ", ".join(FEATURE_COLUMNS))
+    assert got.index.min() == end
+    seconds_on = (got.index - end).total_seconds()
+    for column, window in (("ofi", 10), ("ret_short", 10), ("realized_vol", 60)):
+        assert got[column].isna().tolist() == list(seconds_on < window), column
+    # The same as one pass over the whole book, the gap included.
+    book = snapshots[(snapshots["exchange_time"] <= start) | (snapshots["exchange_time"] >= end)]
+    expected = expected_features(book).loc[MIDNIGHT:, list(FEATURE_COLUMNS)]
+    pd.testing.assert_frame_equal(got, expected, check_index_type=False, check_names=False, rtol=1e-12)
+    # The gap belongs to the day it ends on: 2023-04-04 reports none.
+    first = run([training.microstructure_features], resources, dagster_instance, FIRST)
+    assert first.asset_materializations_for_node("microstructure_features")[0].metadata["gaps"].value == 0
+
+
+def test_features_and_labels_see_the_same_gaps():
+    # One grid step of the book (the market-data import's 1 s cadence) for both.
+    assert FEATURES.gap_tolerance == LABELS.gap_tolerance == pd.Timedelta(seconds=1)
+    # A day's features read what their windows may reach, no more: the longest window and the tolerance.
+    assert feature_days.FEATURE_READ_WARMUP == FEATURES.vol_window + FEATURES.gap_tolerance

@@ -1,12 +1,17 @@
 """Training data: microstructure features and triple-barrier labels in `training_features`, and the
 training dataset as Hive-partitioned Parquet. They replace the legacy Close > Open / trade-outcome labels.
 
-Partitions are UTC days, the same as `book_snapshots`. Across day boundaries:
-- the features of day D read D's snapshots plus the last `FEATURE_READ_WARMUP` of D-1, so the
-  windowed features of D's first rows see the previous day's book;
-- the labels of day D follow each event's mid-price path into D+1 when D+1's features exist; an
-  event whose path is not complete yet stays unlabelled (label NULL, labels_computed_at set) and is
-  labelled when D+1 is materialised, because every run re-evaluates the previous day's unlabelled rows;
+Partitions are UTC days, the same as `book_snapshots`. A range of days computed in one run gives the
+same rows as its days computed one by one, in any order. Across day boundaries:
+- the features of day D read D's snapshots plus the last `FEATURE_READ_WARMUP` of D-1 (the longest
+  window plus the gap tolerance), all that the windowed features of D's first rows may read: a
+  window whose reference snapshot is stale, or that holds a gap in the book, is NaN (see
+  `features.microstructure`); the gaps that end on D are reported;
+- the labels of day D follow each event's mid-price path in `book_snapshots` (not the stored
+  features, so they do not depend on which features exist) from an hour before D into D+1; an event
+  whose path is not complete yet stays unlabelled (label NULL, labels_computed_at set) and is
+  labelled when D+1 is materialised, because every run re-evaluates the previous day's unlabelled
+  rows; an event whose path runs into a gap gets none, for good (label_barrier 'gap');
 - the dataset of D holds D's labelled rows, so it depends on the labels of D and of D+1.
 
 The work of a day is `winiswin_pipelines.features.training`; the checks' counts come from
@@ -32,7 +37,7 @@ from winiswin_pipelines.features.training import (
     write_day_labels,
 )
 from winiswin_pipelines.labels import BARRIERS
-from winiswin_pipelines.labels.days import LABELS
+from winiswin_pipelines.labels.days import GAP, LABELS
 from winiswin_pipelines.resources import PostgresResource
 
 # Every training-data asset: a UTC day per partition, a range of days in one run when backfilling.
@@ -49,13 +54,15 @@ def _daily_dep(asset, *, start_offset: int = 0, end_offset: int = 0) -> dg.Asset
 
 
 def _each_day(
-    window: dg.TimeWindow, run: Callable[[dt.datetime], Result], log: Callable[[dt.datetime, Result], None] | None = None
+    window: dg.TimeWindow, run: Callable[[dt.datetime], Result], log: Callable[[dt.datetime, Result], None] | None = None,
+    *, idle: Callable[[Result], bool] = lambda result: False,
 ) -> Result:
-    """`run` for each day of the partition window, in order, the results added up."""
+    """`run` for each day of the partition window, in order, the results added up; `log` each day's
+    result unless the day was `idle` (a line per empty day of a long range costs more than the day)."""
     total = None
     for day in partition_days(window):
         result = run(day)
-        if log:
+        if log and not idle(result):
             log(day, result)
         total = result if total is None else total + result
     return total
@@ -75,7 +82,9 @@ def _each_day(
 def microstructure_features(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
     total = _each_day(
         context.partition_time_window, lambda day: write_day_features(postgres.manager, day),
-        lambda day, r: context.log.info(f"features {day:%Y-%m-%d}: {r.written}; book states {r.states}"),
+        lambda day, r: context.log.info(f"features {day:%Y-%m-%d}: {r.written}; book states {r.states}; "
+                                        f"{len(r.gaps)} gaps{''.join(f'; {g}' for g in r.gaps[:_LISTED_GAPS])}"),
+        idle=lambda r: not r.symbols,
     )
     return dg.MaterializeResult(metadata={
         "dagster/row_count": total.written.rows, **total.written.counts(),
@@ -83,7 +92,21 @@ def microstructure_features(context: dg.AssetExecutionContext, postgres: Postgre
         "locked_books": total.states["locked"],
         "symbols": ", ".join(sorted(total.symbols)) or "none",
         "windows": f"ofi {FEATURES.ofi_window}, return {FEATURES.return_horizon}, volatility {FEATURES.vol_window}",
+        "gap_tolerance": str(FEATURES.gap_tolerance),
+        "gaps": len(total.gaps),
+        "gap_spans": dg.MetadataValue.md(_gap_list(total.gaps)),
+        "longest_gap": str(max((g.end - g.start for g in total.gaps), default="none")),
     })
+
+
+_LISTED_GAPS = 20
+
+
+def _gap_list(gaps) -> str:
+    lines = [f"- {gap}" for gap in gaps[:_LISTED_GAPS]]
+    if len(gaps) > _LISTED_GAPS:
+        lines.append(f"- ... and {len(gaps) - _LISTED_GAPS} more")
+    return "\n".join(lines) or "none"
 
 
 # --- labels -----------------------------------------------------------------------------------------
@@ -91,34 +114,42 @@ def microstructure_features(context: dg.AssetExecutionContext, postgres: Postgre
 
 @dg.asset(
     **_DAILY,
-    deps=[_daily_dep("microstructure_features", start_offset=-1)],
+    # The mid-price path is read from the book of D-1 (the volatility warm-up) to D+1; the same day's
+    # features come first so that every row the labels write has its features (and the dataset both).
+    deps=[_daily_dep("book_snapshots", start_offset=-1, end_offset=1), _daily_dep("microstructure_features")],
     kinds={"postgres", "numpy"},
     pool="pg_write",
-    description=f"Triple-barrier labels (AFML ch. 3) on the mid price: barriers at +/-{LABELS.pt_sl} x the EWM "
-    f"std of {LABELS.horizon} returns, vertical barrier {LABELS.horizon}; completes the previous day's pending labels.",
+    description=f"Triple-barrier labels (AFML ch. 3) on the book's mid price: barriers at +/-{LABELS.pt_sl} x the "
+    f"EWM std of {LABELS.horizon} returns, vertical barrier {LABELS.horizon}; paths into a gap are labelled 'gap' "
+    "(no label); completes the previous day's pending labels.",
 )
 def triple_barrier_labels(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
     # A day's pending rows are completed by the next day of the same run: the total's are the last day's.
     total = _each_day(
         context.partition_time_window, lambda day: write_day_labels(postgres.manager, day),
-        lambda day, r: context.log.info(f"labels {day:%Y-%m-%d}: {r.labels}, {r.pending} pending, "
-                                        f"{r.completed_previous_day} of the previous day completed"),
+        lambda day, r: context.log.info(f"labels {day:%Y-%m-%d}: {r.labels}, {r.gap} blocked by a gap, "
+                                        f"{r.pending} pending, {r.completed_previous_day} of the previous day completed"),
+        idle=lambda r: not r.written.rows,
     )
     return dg.MaterializeResult(metadata={
         "labelled": sum(total.labels.values()),
         "labels": ", ".join(f"{n:,} {barrier}" for barrier, n in total.labels.items()),
-        "label_distribution": dg.MetadataValue.md(_distribution_table(total.labels)),
+        "label_distribution": dg.MetadataValue.md(_distribution_table(total.labels, total.gap)),
         "pending_next_day": total.pending,
+        "blocked_by_gap": total.gap,
         "skipped_without_vol_target": total.skipped,
         "completed_previous_day": total.completed_previous_day,
         "dagster/row_count": total.written.rows, **total.written.counts(),
         "horizon": str(LABELS.horizon), "pt_sl": str(LABELS.pt_sl), "min_ret": LABELS.min_ret,
+        "gap_tolerance": str(LABELS.gap_tolerance),
     })
 
 
-def _distribution_table(counts: dict[str, int]) -> str:
+def _distribution_table(labels: dict[str, int], gap: int) -> str:
+    """Rows per label and rows blocked by a gap (no label), with their shares of all of them."""
+    counts = {**labels, GAP: gap}
     total = sum(counts.values()) or 1
-    names = {"upper": "1 (upper)", "lower": "-1 (lower)", "vertical": "0 (vertical)"}
+    names = {"upper": "1 (upper)", "lower": "-1 (lower)", "vertical": "0 (vertical)", GAP: "none (gap)"}
     lines = ["| label | rows | share |", "|---|---:|---:|"]
     lines += [f"| {names[k]} | {v:,} | {v / total:.1%} |" for k, v in counts.items()]
     return "\n".join(lines)
@@ -207,14 +238,16 @@ def features_no_look_ahead(context: dg.AssetCheckExecutionContext, postgres: Pos
 
 @dg.asset_check(asset=triple_barrier_labels, partitions_def=daily_partitions, blocking=True)
 def labels_consistent(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
-    """Labels match their barrier, end at or after their event, and their distribution is reported."""
+    """Labels match their barrier (rows blocked by a gap have none), end at or after their event, and
+    their distribution is reported; rows blocked by a gap are their own state, neither labelled nor pending."""
     window = _check_window(context)
     counts, inconsistent = repository.count_labels(postgres.manager, window.start, window.end)
     distribution = {barrier: counts.get(barrier, 0) for barrier in BARRIERS}
     return dg.AssetCheckResult(
         passed=inconsistent == 0,
-        metadata={"label_distribution": dg.MetadataValue.md(_distribution_table(distribution)),
-                  "pending": counts.get("pending", 0), "inconsistent": inconsistent},
+        metadata={"label_distribution": dg.MetadataValue.md(_distribution_table(distribution, counts.get(GAP, 0))),
+                  "pending": counts.get("pending", 0), "blocked_by_gap": counts.get(GAP, 0),
+                  "inconsistent": inconsistent},
     )
 
 

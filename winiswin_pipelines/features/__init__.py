@@ -12,8 +12,11 @@ from winiswin_pipelines.features.microstructure import (
     FeatureConfig,
     book_arrays_from_frame,
     compute_features,
+    snapshot_gaps,
+    usable_mid,
 )
 
 __all__ = [
     "BOOK_STATES", "FEATURE_COLUMNS", "BookArrays", "FeatureConfig", "book_arrays_from_frame", "compute_features",
+    "snapshot_gaps", "usable_mid",
 ]

@@ -25,9 +25,21 @@ Defined behaviour at the edges:
 - Locked book (ask == bid): valid, `spread_pct` is 0 (`book_state` "locked").
 - Crossed book (ask < bid) or a side without a price ("one_sided"): not a usable book. Every
   book-derived feature is NaN and the snapshot takes no part in the flow features (`ofi`,
-  `ret_short`, `realized_vol`) of later snapshots; the time features are still computed.
-- Windowed features need the window to be observed: they are NaN unless a usable snapshot exists at
-  or before t - window (so a day's first rows need the previous day's snapshots as warm-up).
+  `ret_short`, `realized_vol`) of later snapshots; the time features are still computed. Gaps are
+  between usable snapshots: unusable books for longer than the tolerance make one.
+
+Windowed features (`ofi`, `ret_short`, `realized_vol`) need their window observed without a hole,
+with `gap_tolerance` (tau, default one grid step of the book: 1 s) as the only slack:
+
+- The reference snapshot of a window W at t is the last usable snapshot at or before t - W. The
+  feature is NaN when there is none, or when it is stale: older than t - W - tau.
+- A gap is two consecutive usable snapshots more than tau apart (ts[k] - ts[k-1] > tau). The
+  feature is NaN when a gap lies between its reference snapshot and t; so the first rows after a
+  gap (those whose window reaches back to it) are NaN. A stale reference is itself such a gap.
+- Hence a feature at t reads only snapshots in [t - W - tau, t]: `FeatureConfig.warmup` of history
+  before a day is all its first rows can read. A row has the same NaNs and values whichever range
+  of snapshots around it is computed (a day alone, or many days at once), up to the rounding of the
+  running sums behind `ofi` and `realized_vol`, which start at the first snapshot given.
 """
 
 from __future__ import annotations
@@ -50,17 +62,28 @@ FEATURE_COLUMNS = (
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Levels in the depth imbalance, and the look-back windows of the flow features."""
+    """Levels in the depth imbalance, the look-back windows of the flow features, and how far apart
+    usable snapshots may be before a window counts as not observed (see the module docstring)."""
 
     depth_levels: int = 10
     ofi_window: pd.Timedelta = pd.Timedelta(seconds=10)
     return_horizon: pd.Timedelta = pd.Timedelta(seconds=10)
     vol_window: pd.Timedelta = pd.Timedelta(seconds=60)
+    # One grid step of the book: the market-data import samples it every second (`book_cadence_ms`).
+    gap_tolerance: pd.Timedelta = pd.Timedelta(seconds=1)
+
+    def __post_init__(self) -> None:
+        windows = {"ofi_window": self.ofi_window, "return_horizon": self.return_horizon, "vol_window": self.vol_window}
+        for name, window in windows.items():
+            if not pd.Timedelta(window) > pd.Timedelta(0):
+                raise ValueError(f"{name} must be a positive Timedelta, got {window!r}")
+        if not pd.Timedelta(self.gap_tolerance) >= pd.Timedelta(0):
+            raise ValueError(f"gap_tolerance must be a Timedelta >= 0, got {self.gap_tolerance!r}")
 
     @property
     def warmup(self) -> pd.Timedelta:
-        """How much history before a snapshot its features can read."""
-        return max(self.ofi_window, self.return_horizon, self.vol_window)
+        """How much history before a snapshot its features can read: the longest window plus the tolerance."""
+        return max(self.ofi_window, self.return_horizon, self.vol_window) + self.gap_tolerance
 
 
 @dataclass(frozen=True)
@@ -95,7 +118,7 @@ def compute_features(book: BookArrays, config: FeatureConfig = FeatureConfig()) 
     bid_qty, ask_qty = _volume(book.bid_qty[:, 0], bid), _volume(book.ask_qty[:, 0], ask)
     state = _book_state(bid, ask)
     usable = state <= 1
-    mid = np.where(usable, (bid + ask) / 2, np.nan)
+    mid = _mid(bid, ask, usable)
     level_qty = bid_qty + ask_qty
     safe_qty = np.where(level_qty > 0, level_qty, 1.0)
     obi = np.where(level_qty > 0, (bid_qty - ask_qty) / safe_qty, 0.0)
@@ -112,6 +135,21 @@ def compute_features(book: BookArrays, config: FeatureConfig = FeatureConfig()) 
         "book_state": pd.Categorical.from_codes(state, BOOK_STATES),
     }
     return pd.DataFrame(columns)
+
+
+def usable_mid(bid: np.ndarray, ask: np.ndarray) -> np.ndarray:
+    """The level-1 mid of each book, NaN where the book is not usable (crossed or one-sided): the
+    `mid` feature, and the price path of the labels."""
+    return _mid(bid, ask, _book_state(bid, ask) <= 1)
+
+
+def _mid(bid: np.ndarray, ask: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    return np.where(usable, (bid + ask) / 2, np.nan)
+
+
+def snapshot_gaps(ts: np.ndarray, tolerance: pd.Timedelta) -> np.ndarray:
+    """Positions k >= 1 of the snapshots that end a gap: ts[k] - ts[k - 1] > tolerance (ts in ns)."""
+    return np.flatnonzero(np.diff(ts) > pd.Timedelta(tolerance).value) + 1
 
 
 def _volume(qty: np.ndarray, price: np.ndarray) -> np.ndarray:
@@ -166,33 +204,43 @@ def _flow_features(
     )
     squared = np.zeros(len(ts))
     squared[1:] = np.log(m[1:] / m[:-1]) ** 2
-    window_start = _WindowStarts(ts)
-    ofi = _window_sum(flow, window_start(config.ofi_window))
-    realized_vol = np.sqrt(_window_sum(squared, window_start(config.vol_window)))
-    before = window_start(config.return_horizon) - 1  # the last snapshot at or before t - horizon
-    ret_short = np.where(before >= 0, m / m[np.maximum(before, 0)] - 1, np.nan)
+    windows = _Windows(ts, config.gap_tolerance)
+    ofi = _window_sum(flow, *windows(config.ofi_window))
+    realized_vol = np.sqrt(_window_sum(squared, *windows(config.vol_window)))
+    reference, observed = windows(config.return_horizon)
+    ret_short = np.where(observed, m / m[reference] - 1, np.nan)
     values = {"ofi": ofi, "ret_short": ret_short, "realized_vol": realized_vol}
     if isinstance(rows, slice):
         return values
     return {name: _scatter(len(usable), rows, column) for name, column in values.items()}
 
 
-class _WindowStarts:
-    """Per snapshot, the first snapshot inside (t - window, t]; computed once per window length."""
+class _Windows:
+    """Per snapshot and window length (computed once per length): the reference snapshot, the last
+    one at or before t - window (0 when there is none), and whether the window is observed: the
+    reference exists and no gap (consecutive snapshots more than `tolerance` apart) lies between it
+    and t. A stale reference (older than t - window - tolerance) is such a gap."""
 
-    def __init__(self, ts: np.ndarray):
+    def __init__(self, ts: np.ndarray, tolerance: pd.Timedelta):
         self.ts, self.cache = ts, {}
+        # gaps_up_to[i]: how many gaps end at or before snapshot i.
+        self.gaps_up_to = np.zeros(len(ts), dtype=np.int64)
+        np.cumsum(np.diff(ts) > pd.Timedelta(tolerance).value, out=self.gaps_up_to[1:])
 
-    def __call__(self, window: pd.Timedelta) -> np.ndarray:
+    def __call__(self, window: pd.Timedelta) -> tuple[np.ndarray, np.ndarray]:
         if window not in self.cache:
-            self.cache[window] = np.searchsorted(self.ts, self.ts - window.value, side="right")
+            first = np.searchsorted(self.ts, self.ts - window.value, side="right")  # first inside (t - window, t]
+            reference = np.maximum(first - 1, 0)
+            observed = (first >= 1) & (self.gaps_up_to[reference] == self.gaps_up_to)
+            self.cache[window] = reference, observed
         return self.cache[window]
 
 
-def _window_sum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """Sum of values[first:i + 1] per row i; NaN unless a snapshot at or before the window start exists."""
+def _window_sum(values: np.ndarray, reference: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Sum of values[reference + 1 : i + 1] per row i (each value compares a snapshot with the one
+    before it, so the window's first term is against the reference); NaN where not observed."""
     totals = np.cumsum(values)
-    return np.where(first >= 1, totals - totals[np.maximum(first - 1, 0)], np.nan)
+    return np.where(observed, totals - totals[reference], np.nan)
 
 
 def _scatter(n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:

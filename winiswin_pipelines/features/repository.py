@@ -18,8 +18,8 @@ from sqlalchemy import Connection, text
 from winiswin_pipelines.db.bulk import UpsertResult, upsert_frame
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.features.dataset import DATASET_COLUMNS
-from winiswin_pipelines.features.microstructure import FEATURE_COLUMNS, BookArrays
-from winiswin_pipelines.labels.days import LABEL_COLUMNS
+from winiswin_pipelines.features.microstructure import FEATURE_COLUMNS, BookArrays, usable_mid
+from winiswin_pipelines.labels.days import GAP, LABEL_COLUMNS
 
 # The features every usable book has (the flow features need a window of history first).
 REQUIRED_FEATURES = (
@@ -85,6 +85,40 @@ def _array_values(blob: bytes | None, element: str) -> np.ndarray:
     return values["value"].astype(element[1:])
 
 
+# A usable book (not crossed, both sides priced), as `microstructure` decides it; NaN is greater
+# than every number in PostgreSQL, so it is excluded explicitly.
+_USABLE_BOOK = "best_bid > 0 AND best_ask >= best_bid AND best_bid <> 'NaN' AND best_ask <> 'NaN'"
+
+
+def read_book_mids(conn: Connection, symbol: str, start: dt.datetime, reach: dt.datetime) -> pd.Series:
+    """Mids of `symbol`'s usable book snapshots from `start` up to `reach` (inclusive), and of the
+    first usable one after `reach` however late (it shows whether the prices go on after a gap):
+    the labels' price path, the same numbers as the `mid` feature."""
+    query = (
+        "SELECT array_send(array_agg(exchange_time)), array_send(array_agg(coalesce(best_bid, 'NaN'))), "
+        "array_send(array_agg(coalesce(best_ask, 'NaN'))) FROM book_snapshots WHERE symbol = %(symbol)s "
+        "AND exchange_time >= %(start)s AND exchange_time <= coalesce((SELECT min(exchange_time) FROM "
+        f"book_snapshots WHERE symbol = %(symbol)s AND exchange_time > %(reach)s AND {_USABLE_BOOK}), %(reach)s)"
+    )
+    with conn.connection.driver_connection.cursor(binary=True) as cur:
+        times, bids, asks = cur.execute(query, {"symbol": symbol, "start": start, "reach": reach}).fetchone()
+    micros = _array_values(times, ">i8") + _PG_EPOCH_MICROS
+    order = np.argsort(micros, kind="stable")
+    mid = usable_mid(_array_values(bids, ">f8")[order], _array_values(asks, ">f8")[order])
+    usable = ~np.isnan(mid)
+    index = pd.DatetimeIndex((micros[order][usable] * 1000).view("M8[ns]")).tz_localize("UTC")
+    return pd.Series(mid[usable], index=index, name="mid")
+
+
+def last_usable_snapshot(conn: Connection, symbol: str, before: dt.datetime) -> dt.datetime | None:
+    """Exchange time of `symbol`'s last usable book snapshot before `before`, None if there is none."""
+    return conn.execute(
+        text(f"SELECT max(exchange_time) FROM book_snapshots WHERE symbol = :symbol AND exchange_time < :before "
+             f"AND {_USABLE_BOOK}"),
+        {"symbol": symbol, "before": before},
+    ).scalar_one()
+
+
 # --- training_features: reads -------------------------------------------------------------------------
 
 
@@ -107,27 +141,13 @@ def stored_features(conn: Connection, symbol: str, start: dt.datetime, end: dt.d
     )
 
 
-def read_mids(
-    conn: Connection, symbol: str, start: dt.datetime, reach: dt.datetime, *, max_gap: pd.Timedelta
-) -> pd.Series:
-    """Stored mids of `symbol` from `start` up to `reach`, and the first one after it within `max_gap`."""
-    rows = conn.execute(
-        text(
-            "SELECT ts, mid FROM training_features WHERE symbol = :symbol AND mid IS NOT NULL AND ts >= :start "
-            "AND ts <= coalesce((SELECT min(ts) FROM training_features WHERE symbol = :symbol AND ts >= :reach "
-            "AND ts <= :reach + :max_gap AND mid IS NOT NULL), :reach) ORDER BY ts"
-        ),
-        {"symbol": symbol, "start": start, "reach": reach, "max_gap": max_gap.to_pytimedelta()},
-    ).all()
-    return pd.Series([r[1] for r in rows], index=_utc_index([r[0] for r in rows]), dtype=float, name="mid")
-
-
 def unlabelled_times(conn: Connection, symbol: str, start: dt.datetime, end: dt.datetime) -> pd.DatetimeIndex:
-    """Times of `symbol`'s rows in [start, end) without a label (pending or skipped)."""
+    """Times of `symbol`'s rows in [start, end) without a label that a later run may still give one
+    (pending or skipped; not those blocked by a gap, which never get one)."""
     times = conn.execute(
         text("SELECT ts FROM training_features WHERE symbol = :symbol AND ts >= :start AND ts < :end "
-             "AND label IS NULL"),
-        {"symbol": symbol, "start": start, "end": end},
+             "AND label IS NULL AND label_barrier IS DISTINCT FROM :gap"),
+        {"symbol": symbol, "start": start, "end": end, "gap": GAP},
     ).scalars().all()
     return _utc_index(times)
 
@@ -137,19 +157,20 @@ def _utc_index(times: Sequence[dt.datetime]) -> pd.DatetimeIndex:
 
 
 def labelled_rows(conn: Connection, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    """The DATASET_COLUMNS of the labelled rows in [start, end), by symbol and time."""
+    """The DATASET_COLUMNS of the rows in [start, end) with features and a label, by symbol and time."""
     return pd.read_sql_query(
         text(f"SELECT {', '.join(DATASET_COLUMNS)} FROM training_features WHERE ts >= :start AND ts < :end "
-             "AND label IS NOT NULL ORDER BY symbol, ts"),
+             "AND label IS NOT NULL AND features_computed_at IS NOT NULL ORDER BY symbol, ts"),
         conn, params={"start": start, "end": end},
     )
 
 
 def count_unlabelled(conn: Connection, start: dt.datetime, end: dt.datetime) -> int:
-    """Rows in [start, end) without a label (pending or skipped)."""
+    """Rows with features in [start, end) without a label (pending or skipped; not blocked by a gap)."""
     return conn.execute(
-        text("SELECT count(*) FROM training_features WHERE ts >= :start AND ts < :end AND label IS NULL"),
-        {"start": start, "end": end},
+        text("SELECT count(*) FROM training_features WHERE ts >= :start AND ts < :end AND label IS NULL "
+             "AND label_barrier IS DISTINCT FROM :gap AND features_computed_at IS NOT NULL"),
+        {"start": start, "end": end, "gap": GAP},
     ).scalar_one()
 
 
@@ -209,17 +230,18 @@ def count_out_of_range(manager: DatabaseManager, start: dt.datetime, end: dt.dat
 
 
 def count_labels(manager: DatabaseManager, start: dt.datetime, end: dt.datetime) -> tuple[dict[str, int], int]:
-    """(rows with features in [start, end) per label barrier, "pending" for none; rows whose label
-    contradicts its barrier or whose path ends before its event)."""
+    """(rows with features in [start, end) per label barrier, GAP for those blocked by a gap and
+    "pending" for none; rows whose label contradicts its barrier or whose path ends before its event)."""
     with manager.engine.connect() as conn:
         rows = conn.execute(
             text(
                 "SELECT coalesce(label_barrier, 'pending'), count(*), count(*) FILTER (WHERE NOT ("
                 "(label_barrier = 'upper' AND label = 1) OR (label_barrier = 'lower' AND label = -1) OR "
-                "(label_barrier = 'vertical' AND label = 0) OR (label_barrier IS NULL AND label IS NULL)) "
+                "(label_barrier = 'vertical' AND label = 0) OR (label_barrier IS NULL AND label IS NULL) OR "
+                "(label_barrier = :gap AND label IS NULL AND label_ret IS NULL AND label_t1 IS NULL)) "
                 "OR label_t1 < ts) FROM training_features WHERE ts >= :start AND ts < :end "
                 "AND features_computed_at IS NOT NULL GROUP BY 1"
             ),
-            {"start": start, "end": end},
+            {"start": start, "end": end, "gap": GAP},
         ).all()
     return {barrier: n for barrier, n, _ in rows}, sum(bad for _, _, bad in rows)

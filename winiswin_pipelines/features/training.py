@@ -22,10 +22,17 @@ from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.features import repository
 from winiswin_pipelines.features.dataset import write_day_file
-from winiswin_pipelines.features.days import FEATURE_READ_WARMUP, FEATURES, day_features, look_ahead_difference
+from winiswin_pipelines.features.days import (
+    FEATURE_READ_WARMUP,
+    FEATURES,
+    SnapshotGap,
+    day_features,
+    day_gaps,
+    look_ahead_difference,
+)
 from winiswin_pipelines.features.microstructure import BOOK_STATES, BookArrays
 from winiswin_pipelines.labels import BARRIERS
-from winiswin_pipelines.labels.days import LABELS, label_events
+from winiswin_pipelines.labels.days import GAP, LABELS, label_events
 
 DAY = dt.timedelta(days=1)
 _USABLE_STATES = ("ok", "locked")
@@ -37,17 +44,21 @@ _PARALLEL_SYMBOLS = 2
 
 @dataclass(frozen=True)
 class FeatureResult:
-    """Feature rows written, snapshots per book state (only "ok" and "locked" are written), symbols."""
+    """Feature rows written, snapshots per book state (only "ok" and "locked" are written), symbols,
+    and the gaps in the book that end on the days (after each, the windowed features are NaN until
+    their windows are observed again)."""
 
     written: UpsertResult = EMPTY_RESULT
     states: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BOOK_STATES, 0))
     symbols: frozenset[str] = frozenset()
+    gaps: tuple[SnapshotGap, ...] = ()
 
     def __add__(self, other: FeatureResult) -> FeatureResult:
         return FeatureResult(
             self.written + other.written,
             {state: self.states[state] + other.states[state] for state in BOOK_STATES},
             self.symbols | other.symbols,
+            tuple(sorted(self.gaps + other.gaps, key=lambda gap: (gap.end, gap.symbol))),
         )
 
 
@@ -68,10 +79,16 @@ def write_day_features(manager: DatabaseManager, day: dt.datetime) -> FeatureRes
 def _write_symbol_features(manager: DatabaseManager, symbol: str, day: dt.datetime) -> FeatureResult:
     """Compute and upsert the features of `symbol`'s snapshots on `day` (one transaction)."""
     with manager.engine.connect() as conn:
-        features = day_features(read_day_book(conn, symbol, day), day).assign(symbol=symbol)
+        book = read_day_book(conn, symbol, day)
+        gaps, first_without_previous = day_gaps(book, symbol, day)
+        if first_without_previous is not None:  # the usable snapshot before it, if any, lies before the read
+            previous = repository.last_usable_snapshot(conn, symbol, day - FEATURE_READ_WARMUP)
+            if previous is not None:
+                gaps.insert(0, SnapshotGap(symbol, pd.Timestamp(previous), first_without_previous))
+        features = day_features(book, day).assign(symbol=symbol)
     states = features["book_state"].value_counts().reindex(BOOK_STATES, fill_value=0).astype(int).to_dict()
     usable = features[features["book_state"].isin(_USABLE_STATES)]
-    return FeatureResult(repository.write_features(manager, usable), states, frozenset([symbol]))
+    return FeatureResult(repository.write_features(manager, usable), states, frozenset([symbol]), tuple(gaps))
 
 
 # --- labels -----------------------------------------------------------------------------------------
@@ -80,13 +97,15 @@ def _write_symbol_features(manager: DatabaseManager, symbol: str, day: dt.dateti
 @dataclass(frozen=True)
 class LabelResult:
     """Label rows written, labels given per barrier (the day's, and the previous day's completed ones),
-    the day's rows still pending or skipped for good, and the previous day's rows completed."""
+    rows blocked by a gap (the day's, and the previous day's pending ones found blocked), the day's
+    rows still pending or skipped for good, and the previous day's rows completed."""
 
     written: UpsertResult
     labels: dict[str, int]
     pending: int
     skipped: int
     completed_previous_day: int
+    gap: int = 0
 
     def __add__(self, next_day: LabelResult) -> LabelResult:
         """This day's result followed by the next day's: the pending rows are the next day's (it
@@ -97,13 +116,19 @@ class LabelResult:
             next_day.pending,
             self.skipped + next_day.skipped,
             self.completed_previous_day + next_day.completed_previous_day,
+            self.gap + next_day.gap,
         )
 
 
 def write_day_labels(manager: DatabaseManager, day: dt.datetime) -> LabelResult:
-    """Label every row of `day`, and the rows of the day before that were still waiting for this day's prices."""
+    """Label every usable book snapshot of `day`, and the rows of the day before that were still
+    waiting for this day's prices.
+
+    The prices are the mids of `book_snapshots`, not stored features: a day's labels do not depend on
+    which days' features exist, and they are upserted by (symbol, ts), the same rows the features have.
+    """
     with manager.engine.connect() as conn:
-        symbols = repository.feature_symbols(conn, day - DAY, day + DAY)
+        symbols = repository.book_symbols(conn, day - DAY, day + DAY)
         previous = [_day_labels(conn, s, day - DAY, only_unlabelled=True) for s in symbols]
         current = [_day_labels(conn, s, day) for s in symbols]
     if not symbols:
@@ -111,30 +136,39 @@ def write_day_labels(manager: DatabaseManager, day: dt.datetime) -> LabelResult:
     rows = pd.concat([*previous, *current], ignore_index=True)
     written = repository.write_labels(manager, rows)
     today = rows[rows["ts"] >= day]
+    skipped = today["skipped"].astype(bool)
     return LabelResult(
         written=written,
         labels={barrier: int((rows["label_barrier"] == barrier).sum()) for barrier in BARRIERS},
-        pending=int((today["label"].isna() & ~today["skipped"].astype(bool)).sum()),
-        skipped=int(today["skipped"].astype(bool).sum()),
+        pending=int((today["label"].isna() & ~skipped & (today["label_barrier"] != GAP)).sum()),
+        skipped=int(skipped.sum()),
         completed_previous_day=sum(int(frame["label"].notna().sum()) for frame in previous),
+        gap=int((rows["label_barrier"] == GAP).sum()),
     )
 
 
 def _day_labels(conn: Connection, symbol: str, day: dt.datetime, *, only_unlabelled: bool = False) -> pd.DataFrame:
-    """Labels of `symbol`'s rows on `day` (or only those without a label), NULL where still pending or skipped.
+    """Labels of `symbol`'s usable book snapshots on `day` (or only of its rows without a label that
+    may still get one), NULL where still pending, skipped or blocked by a gap.
 
-    The price path comes from a window fixed by the day (from `vol_warmup` before it), so a row gets
-    the same label whichever run computes it.
+    The price path comes from a window fixed by the day (from `vol_warmup` before it to the first
+    price after every path's end), so a row gets the same label whichever run computes it.
     """
-    mid = repository.read_mids(conn, symbol, day - LABELS.vol_warmup, day + DAY + LABELS.horizon,
-                               max_gap=LABELS.max_gap)
+    waiting = repository.unlabelled_times(conn, symbol, day, day + DAY) if only_unlabelled else None
+    if waiting is not None and not len(waiting):
+        mid = _NO_PRICES  # nothing to read
+    else:
+        reach = day + DAY + LABELS.horizon + LABELS.gap_tolerance  # every path ends by then, but across a gap
+        mid = repository.read_book_mids(conn, symbol, day - LABELS.vol_warmup, reach)
     events = mid.index[(mid.index >= day) & (mid.index < day + DAY)]
-    if only_unlabelled:
-        pending = repository.unlabelled_times(conn, symbol, day, day + DAY)
-        events = events.intersection(pending) if len(pending) else events[:0]
+    if waiting is not None:
+        events = events.intersection(waiting)
     labels = label_events(mid, events, LABELS)
     labels.insert(0, "symbol", symbol)
     return labels
+
+
+_NO_PRICES = pd.Series([], index=pd.DatetimeIndex([], tz="UTC").as_unit("ns"), dtype=float, name="mid")
 
 
 # --- training dataset -------------------------------------------------------------------------------

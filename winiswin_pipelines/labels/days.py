@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from winiswin_pipelines.labels.triple_barrier import get_triple_barrier_label
@@ -12,20 +13,25 @@ from winiswin_pipelines.labels.volatility import get_return_vol
 
 # The label columns of `training_features` (and of the training dataset).
 LABEL_COLUMNS = ("label", "label_ret", "label_t1", "label_barrier")
+# `label_barrier` of an event whose path runs into a gap in the prices before any barrier: no label, ever.
+GAP = "gap"
 
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """Triple barriers on the mid price: the volatility target is the EWM std of horizon-long returns."""
+    """Triple barriers on the mid price: the volatility target is the EWM std of horizon-long returns,
+    over the prices from `vol_warmup` before the events' day on."""
 
     horizon: pd.Timedelta = pd.Timedelta(minutes=1)
     pt_sl: tuple[float, float] = (1.0, 1.0)
     min_ret: float = 0.0
     vol_span: int = 300
     vol_warmup: pd.Timedelta = pd.Timedelta(hours=1)
-    # A path may end at most this long after t0 + horizon: beyond, the data has a gap and the event
-    # gets no label (AFML's "first bar at or after t0 + horizon" would otherwise jump the gap).
-    max_gap: pd.Timedelta = pd.Timedelta(minutes=1)
+    # Consecutive prices further apart than this are a gap: one grid step of the book (1 s), as the
+    # features' `gap_tolerance`. A path that reaches a gap before any barrier gets no label (`GAP`;
+    # AFML's "first bar at or after t0 + horizon" would jump it), and a return whose earlier price is
+    # stale by more than this (it would span a gap) is left out of the volatility target.
+    gap_tolerance: pd.Timedelta = pd.Timedelta(seconds=1)
 
 
 LABELS = LabelConfig()
@@ -33,20 +39,41 @@ LABELS = LabelConfig()
 
 def label_events(mid: pd.Series, events: pd.DatetimeIndex, config: LabelConfig = LABELS) -> pd.DataFrame:
     """Labels of `events` (times of bars of `mid`) from the path of `mid`: one row per event, with
-    `ts`, the LABEL_COLUMNS (None/NaN where the path is not complete yet or the event is skipped) and
-    `skipped` (no volatility target yet, the warm-up, or one not above `min_ret`: never labelled)."""
-    vol = get_return_vol(mid, config.horizon, config.vol_span)
+    `ts`, the LABEL_COLUMNS and `skipped`.
+
+    - `skipped`: no volatility target yet (the warm-up) or one not above `min_ret`: never labelled
+      (all label columns None/NaN). The target of a bar is the EWM std of the horizon-long returns up
+      to it; a return whose earlier price is stale (across a gap) is left out.
+    - `label_barrier` GAP: a gap in `mid` lies on the event's path before its first touch (or before
+      the end of the data, when no barrier is reached yet): never labelled (the other columns None/NaN).
+    - Otherwise the label, or None/NaN everywhere while the path is not complete yet (pending).
+    """
+    # A bar whose return would span a gap has none: its target stays the last one before it.
+    vol = get_return_vol(mid, config.horizon, config.vol_span, tolerance=config.gap_tolerance)
+    vol = vol.reindex(mid.index, method="ffill") if len(vol) else vol
     labels = get_triple_barrier_label(
         mid, vol, config.horizon, pt_sl=config.pt_sl, min_ret=config.min_ret, events=events
     )
-    across_gap = labels["t1"] > labels.index + config.horizon + config.max_gap
+    gaps_up_to = _gaps_up_to(mid.index, config.gap_tolerance)
+    across_gap = gaps_up_to[mid.index.get_indexer(labels["t1"])] > gaps_up_to[mid.index.get_indexer(labels.index)]
     labels = labels[~across_gap].reindex(events)
+    skipped = ~(vol.reindex(events) > config.min_ret).to_numpy()
+    # Without a label (yet), an event is blocked for good when its path has reached a gap.
+    gap_ahead = gaps_up_to[-1] > gaps_up_to[mid.index.get_indexer(events)] if len(events) else np.zeros(0, bool)
+    blocked = labels["label"].isna().to_numpy() & ~skipped & gap_ahead
     return pd.DataFrame({
         "ts": events,
         # Object dtype keeps Python ints and None (a float column would not fit the smallint column).
         "label": pd.Series([None if pd.isna(v) else int(v) for v in labels["label"]], dtype=object),
         "label_ret": labels["ret"].to_numpy(),
         "label_t1": labels["t1"].to_numpy(),
-        "label_barrier": labels["barrier"].to_numpy(),
-        "skipped": ~(vol.reindex(events) > config.min_ret).to_numpy(),
+        "label_barrier": np.where(blocked, GAP, labels["barrier"].to_numpy()),
+        "skipped": skipped,
     })
+
+
+def _gaps_up_to(index: pd.DatetimeIndex, tolerance: pd.Timedelta) -> np.ndarray:
+    """Per bar, how many gaps (consecutive bars more than `tolerance` apart) end at or before it."""
+    counts = np.zeros(len(index), dtype=np.int64)
+    np.cumsum(np.diff(index.as_unit("ns").asi8) > pd.Timedelta(tolerance).value, out=counts[1:])
+    return counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 
@@ -17,18 +18,24 @@ def check_price_series(price: pd.Series, name: str = "price") -> pd.DatetimeInde
     return index
 
 
-def get_return_vol(close: pd.Series, lookback: pd.Timedelta, span: int = 100) -> pd.Series:
+def get_return_vol(
+    close: pd.Series, lookback: pd.Timedelta, span: int = 100, *, tolerance: pd.Timedelta | None = None
+) -> pd.Series:
     """EWM standard deviation of the simple returns over `lookback` (AFML snippet 3.1 with any lookback).
 
     For each bar t the return is taken against the last bar strictly before t - lookback, exactly as
     snippet 3.1 does with `searchsorted(index - lookback) - 1`; bars with no such earlier bar are left
-    out, so the result starts later than `close`. `ewm(span=span).std()` (pandas' bias-corrected,
-    adjust=True) follows. The result is indexed by the bars that have a value.
+    out, so the result starts later than `close`. With a `tolerance`, so are bars whose earlier bar is
+    stale, older than t - lookback - tolerance (after a gap in the data the return would span the
+    gap, not `lookback`). `ewm(span=span).std()` (pandas' bias-corrected, adjust=True) follows. The
+    result is indexed by the bars that have a value.
     """
     index = check_price_series(close, "close")
     lookback = pd.Timedelta(lookback)
     prior = index.searchsorted(index - lookback)
     has_prior = prior > 0
+    if tolerance is not None:
+        has_prior &= index[np.maximum(prior - 1, 0)] >= index - lookback - pd.Timedelta(tolerance)
     values = close.to_numpy(dtype=float)
     returns = pd.Series(
         values[has_prior] / values[prior[has_prior] - 1] - 1, index=index[has_prior], name=close.name
