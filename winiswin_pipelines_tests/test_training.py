@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from winiswin_pipelines.db.bulk import copy_upsert, dataframe_rows
 from winiswin_pipelines.defs import features as training
-from winiswin_pipelines.defs.partitions import day_runs, range_tags
+from winiswin_pipelines.defs.partitions import DAY, day_runs, range_tags
 from winiswin_pipelines.demo import steps
 from winiswin_pipelines.features import FEATURE_COLUMNS, book_arrays_from_frame, compute_features
 from winiswin_pipelines.features import days as feature_days
@@ -227,13 +227,32 @@ def test_range_and_null_checks_fail_on_bad_rows(db, resources, dagster_instance)
     assert verdicts["features_required_not_null"].metadata["null_counts"].value == {"spread_pct": 1}
 
 
-def test_daily_schedule_requests_yesterday_and_the_day_before_in_one_run():
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2023, 4, 6, 1, 0, tzinfo=dt.UTC))
-    request = training.training_data_daily(context)
-    assert request.tags["dagster/asset_partition_range_start"] == FIRST
-    assert request.tags["dagster/asset_partition_range_end"] == SECOND
-    assert request.run_key == f"training-data-{FIRST}..{SECOND}"
-    assert training.training_data_daily.job_name == "training_data_job"
+def test_automation_follows_the_data_not_the_clock(code_location, dagster_instance):
+    """A day of book snapshots landing requests the features of the days that read it; the labels and
+    the dataset follow their own inputs; nothing is requested while nothing new lands."""
+    selection = dg.AssetSelection.groups("training_data")
+
+    def tick(cursor=None):
+        return dg.evaluate_automation_conditions(defs=code_location, instance=dagster_instance,
+                                                 asset_selection=selection, cursor=cursor)
+
+    def requested(result) -> dict[str, set[str]]:
+        return {key.to_user_string(): set(subset.expensively_compute_partition_keys())
+                for key, subset in ((r.key, r.true_subset) for r in result.results) if not subset.is_empty}
+
+    first = tick()
+    assert requested(first) == {}  # nothing landed: nothing runs, old days are not backfilled
+    dagster_instance.report_runless_asset_event(dg.AssetMaterialization("book_snapshots", partition=FIRST))
+    landed = tick(first.cursor)
+    assert requested(landed)["microstructure_features"] == {FIRST, SECOND}  # the day, and the next one's warm-up
+    assert FIRST in requested(landed)["triple_barrier_labels"]
+    quiet = tick(landed.cursor)
+    assert requested(quiet) == {}  # handled: not requested again
+    dagster_instance.report_runless_asset_event(dg.AssetMaterialization("microstructure_features", partition=FIRST))
+    features_landed = tick(quiet.cursor)
+    # The labels read the features; the dataset reads the labels, so it follows in the same tick.
+    assert requested(features_landed) == {"triple_barrier_labels": {FIRST},
+                                          "training_dataset": {FIRST, str(dt.date.fromisoformat(FIRST) - DAY)}}
 
 
 def test_make_run_steps_process_every_day_with_book_snapshots(db, resources, demo_runner, monkeypatch, tmp_path):

@@ -26,6 +26,7 @@ from winiswin_pipelines.archive.archiver import (
 )
 from winiswin_pipelines.archive.parquet import day_prefix
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES, archived_table
+from winiswin_pipelines.catalog import table_asset
 from winiswin_pipelines.defs.partitions import DAY, daily_partitions, run_days
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 
@@ -115,6 +116,7 @@ class Readiness:
     specs=[
         dg.AssetSpec(
             archive_key(table), skippable=True, group_name="archive", kinds={"parquet", "s3", "postgres"},
+            **table_asset(table, tier="cold"),
             description=f"UTC days of `{table}` older than the retention, as verified Parquet in cold storage "
                         "(the hot rows removed after verification).",
         )

@@ -27,7 +27,8 @@ import dagster as dg
 from pydantic import Field
 
 from winiswin_pipelines import settings
-from winiswin_pipelines.defs.partitions import DAY, daily_partitions, partition_days, range_tags
+from winiswin_pipelines.catalog import OWNER, table_asset
+from winiswin_pipelines.defs.partitions import daily_partitions, partition_days
 from winiswin_pipelines.features import repository
 from winiswin_pipelines.features.days import FEATURES
 from winiswin_pipelines.features.training import (
@@ -40,9 +41,17 @@ from winiswin_pipelines.labels import BARRIERS
 from winiswin_pipelines.labels.days import GAP, LABELS
 from winiswin_pipelines.resources import PostgresResource
 
+# Driven by data, not by the clock: a day is (re)computed when a day it reads lands or changes (the
+# automation sensor, on by default, evaluates this), once nothing it reads is still being written.
+WHEN_UPSTREAM_LANDS = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("when a day it reads lands")
+
 # Every training-data asset: a UTC day per partition, a range of days in one run when backfilling.
 _DAILY = {"group_name": "training_data", "partitions_def": daily_partitions,
-          "backfill_policy": dg.BackfillPolicy.single_run()}
+          "backfill_policy": dg.BackfillPolicy.single_run(), "automation_condition": WHEN_UPSTREAM_LANDS}
 
 Result = TypeVar("Result")
 
@@ -73,6 +82,7 @@ def _each_day(
 
 @dg.asset(
     **_DAILY,
+    **table_asset("training_features"),
     deps=[_daily_dep("book_snapshots", start_offset=-1)],
     kinds={"postgres", "numpy"},
     pool="pg_write",
@@ -114,6 +124,7 @@ def _gap_list(gaps) -> str:
 
 @dg.asset(
     **_DAILY,
+    **table_asset("training_features"),
     # The mid-price path is read from the book of D-1 (the volatility warm-up) to D+1; the same day's
     # features come first so that every row the labels write has its features (and the dataset both).
     deps=[_daily_dep("book_snapshots", start_offset=-1, end_offset=1), _daily_dep("microstructure_features")],
@@ -164,6 +175,8 @@ class TrainingDatasetConfig(dg.Config):
 
 @dg.asset(
     **_DAILY,
+    owners=[OWNER],
+    tags={"tier": "dataset"},
     deps=[_daily_dep(triple_barrier_labels, end_offset=1)],
     kinds={"parquet", "postgres"},
     description="Features joined with their labels, one Parquet file per UTC day, Hive-partitioned by date "
@@ -251,22 +264,10 @@ def labels_consistent(context: dg.AssetCheckExecutionContext, postgres: Postgres
     )
 
 
-# --- job and schedule -------------------------------------------------------------------------------
+# --- job -------------------------------------------------------------------------------------------
 
 training_data_job = dg.define_asset_job(
     "training_data_job",
     selection=dg.AssetSelection.assets(microstructure_features, triple_barrier_labels, training_dataset),
     description="Features, labels and the training dataset for a range of UTC days, in one run.",
 )
-
-
-@dg.schedule(job=training_data_job, cron_schedule="0 1 * * *", execution_timezone="UTC")
-def training_data_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """At 01:00 UTC, after the market-data import (00:20): yesterday, and the day before, whose pending
-    labels need yesterday's prices and whose dataset file then gains them."""
-    yesterday = (context.scheduled_execution_time.astimezone(dt.UTC) - DAY).date()
-    first = yesterday - dt.timedelta(days=1)
-    return dg.RunRequest(
-        run_key=f"training-data-{first}..{yesterday}",
-        tags=range_tags(first, yesterday),
-    )

@@ -18,6 +18,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from winiswin_pipelines.catalog import table_asset
 from winiswin_pipelines.defs.partitions import legacy_store_partitions, new_legacy_stores
 from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.load import BATCH_SIZE, Verification, migrate_store, verify_store
@@ -36,6 +37,7 @@ class LegacyMigrationConfig(dg.Config):
 
 
 @dg.asset(
+    **table_asset("trades"),
     partitions_def=legacy_store_partitions,
     group_name="legacy",
     backfill_policy=dg.BackfillPolicy.single_run(),

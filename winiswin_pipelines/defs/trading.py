@@ -18,6 +18,7 @@ import dagster as dg
 from pydantic import Field
 
 from winiswin_pipelines import settings
+from winiswin_pipelines.catalog import table_asset
 from winiswin_pipelines.defs.partitions import daily_partitions, partition_days
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BINANCE_FUTURES_WS
 from winiswin_pipelines.marketdata.feed import BinanceFeed, MarketFeed, ReplayFeed
@@ -179,6 +180,7 @@ class BacktestConfig(TradingParameters):
 
 
 @dg.asset(
+    **table_asset("trades"),
     group_name="trading",
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -208,6 +210,7 @@ def backtest(
         "win_rate": dg.MetadataValue.float(round(performance.win_rate, 4)) if performance.win_rate is not None
         else dg.MetadataValue.text("no trades"),
         "trades": dg.MetadataValue.int(performance.trades),
+        "dagster/row_count": dg.MetadataValue.int(performance.trades),  # the trades it wrote
         "max_drawdown": dg.MetadataValue.float(round(performance.max_drawdown, 2)),
         "max_drawdown_pct": dg.MetadataValue.float(round(performance.max_drawdown_pct, 6)),
         "return_pct": dg.MetadataValue.float(round(performance.return_pct, 6)),
