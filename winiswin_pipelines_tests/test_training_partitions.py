@@ -25,7 +25,7 @@ from winiswin_pipelines.labels.days import LABELS
 from winiswin_pipelines.marketdata import samples
 from winiswin_pipelines.marketdata.capture import read_capture
 from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS, rebuild_book_snapshots
-from winiswin_pipelines.resources import PostgresResource
+from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 
 DATA_DAYS = [dt.date(2023, 4, 4), dt.date(2023, 4, 5), dt.date(2024, 7, 18), dt.date(2024, 7, 19)]
 CAPTURES = {
@@ -69,11 +69,12 @@ def book() -> pd.DataFrame:
 
 
 @pytest.fixture
-def resources(db, database_url, book) -> dict:
+def resources(db, database_url, book, tmp_path_factory) -> dict:
     with db.engine.begin() as conn:
         copy_upsert(conn, "book_snapshots", BOOK_SNAPSHOT_COLUMNS, dataframe_rows(book, BOOK_SNAPSHOT_COLUMNS),
                     conflict_columns=("symbol", "exchange_time"))
-    return {"postgres": PostgresResource(database_url=database_url)}
+    return {"postgres": PostgresResource(database_url=database_url),
+            "cold_storage": ColdStorageResource(local_dir=str(tmp_path_factory.mktemp("cold")))}
 
 
 def materialize(assets, resources, instance, first: dt.date, last: dt.date) -> dg.ExecuteInProcessResult:

@@ -22,7 +22,7 @@ import pyarrow as pa
 from winiswin_pipelines.archive import repository
 from winiswin_pipelines.archive.parquet import iter_file_batches
 from winiswin_pipelines.archive.repository import ManifestEntry
-from winiswin_pipelines.archive.tables import ArchivedTable
+from winiswin_pipelines.archive.tables import ArchivedTable, archived_table
 from winiswin_pipelines.coldstore import ColdStore, sha256_file
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.errors import describe
@@ -85,10 +85,12 @@ def restore_day(manager: DatabaseManager, store: ColdStore, table: ArchivedTable
 
 def restore_days(
     manager: DatabaseManager, store: ColdStore, table: ArchivedTable, first: dt.date, last: dt.date,
-    on_day: Callable[[RestoredDay], None] | None = None,
+    on_day: Callable[[RestoredDay], None] | None = None, *, again: bool = True,
 ) -> list[RestoredDay]:
-    """Restore every archived day of `table` in [first, last]; one transaction per day."""
-    entries = repository.manifest_entries(manager, table.name, first, last, {repository.ARCHIVED, repository.RESTORED})
+    """Restore every archived day of `table` in [first, last]; one transaction per day. With
+    `again=False`, days restored before (their rows are hot already) are left as they are."""
+    statuses = {repository.ARCHIVED, repository.RESTORED} if again else {repository.ARCHIVED}
+    entries = repository.manifest_entries(manager, table.name, first, last, statuses)
     restored = []
     for entry in entries:
         with repository.locked_day(manager, table.name, entry.day) as lock:
@@ -99,3 +101,11 @@ def restore_days(
         if on_day:
             on_day(day)
     return restored
+
+
+def bring_back(manager: DatabaseManager, store: ColdStore, spans: dict[str, tuple[dt.date, dt.date]]) -> list[RestoredDay]:
+    """Make the archived days of each table's span (first, last) hot again before a run reads or
+    rewrites them: what derives from an archived day is computed from the rows it had, and written
+    where the archive's merge rule finds it. The next archive run moves the days back unchanged."""
+    return [day for table, (first, last) in spans.items()
+            for day in restore_days(manager, store, archived_table(table), first, last, again=False)]

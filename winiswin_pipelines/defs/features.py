@@ -39,7 +39,7 @@ from winiswin_pipelines.features.training import (
 )
 from winiswin_pipelines.labels import BARRIERS
 from winiswin_pipelines.labels.days import GAP, LABELS
-from winiswin_pipelines.resources import PostgresResource
+from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 
 # Driven by data, not by the clock: a day is (re)computed when a day it reads lands or changes (the
 # automation sensor, on by default, evaluates this), once nothing it reads is still being written.
@@ -89,9 +89,12 @@ def _each_day(
     description="Order-book features per snapshot (obi, depth obi, spread, mid, micro-price, cyclic time, OFI, "
     "short return, realised volatility) from data at or before each snapshot, in training_features.",
 )
-def microstructure_features(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
+def microstructure_features(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, cold_storage: ColdStorageResource
+) -> dg.MaterializeResult:
+    cold = cold_storage.store()
     total = _each_day(
-        context.partition_time_window, lambda day: write_day_features(postgres.manager, day),
+        context.partition_time_window, lambda day: write_day_features(postgres.manager, day, cold),
         lambda day, r: context.log.info(f"features {day:%Y-%m-%d}: {r.written}; book states {r.states}; "
                                         f"{len(r.gaps)} gaps{''.join(f'; {g}' for g in r.gaps[:_LISTED_GAPS])}"),
         idle=lambda r: not r.symbols,
@@ -134,10 +137,13 @@ def _gap_list(gaps) -> str:
     f"EWM std of {LABELS.horizon} returns, vertical barrier {LABELS.horizon}; paths into a gap are labelled 'gap' "
     "(no label); completes the previous day's pending labels.",
 )
-def triple_barrier_labels(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
+def triple_barrier_labels(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, cold_storage: ColdStorageResource
+) -> dg.MaterializeResult:
+    cold = cold_storage.store()
     # A day's pending rows are completed by the next day of the same run: the total's are the last day's.
     total = _each_day(
-        context.partition_time_window, lambda day: write_day_labels(postgres.manager, day),
+        context.partition_time_window, lambda day: write_day_labels(postgres.manager, day, cold),
         lambda day, r: context.log.info(f"labels {day:%Y-%m-%d}: {r.labels}, {r.gap} blocked by a gap, "
                                         f"{r.pending} pending, {r.completed_previous_day} of the previous day completed"),
         idle=lambda r: not r.written.rows,
@@ -183,11 +189,13 @@ class TrainingDatasetConfig(dg.Config):
     "(only labelled rows; rows waiting for the next day's prices come when it is materialised).",
 )
 def training_dataset(
-    context: dg.AssetExecutionContext, config: TrainingDatasetConfig, postgres: PostgresResource
+    context: dg.AssetExecutionContext, config: TrainingDatasetConfig, postgres: PostgresResource,
+    cold_storage: ColdStorageResource,
 ) -> dg.MaterializeResult:
     root = Path(config.output_dir) if config.output_dir else settings.state_dir() / "datasets"
+    cold = cold_storage.store()
     total = _each_day(
-        context.partition_time_window, lambda day: write_dataset_day(postgres.manager, day, root),
+        context.partition_time_window, lambda day: write_dataset_day(postgres.manager, day, root, cold),
         lambda day, r: context.log.info(f"dataset {day:%Y-%m-%d}: {r.rows} rows -> "
                                         f"{r.files[0] if r.files else 'no file'} ({r.pending} waiting for labels)"),
     )

@@ -18,8 +18,11 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection
 
+from winiswin_pipelines.archive import bring_back
+from winiswin_pipelines.coldstore import ColdStore
 from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult
 from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.factories import cold_store
 from winiswin_pipelines.features import repository
 from winiswin_pipelines.features.dataset import write_day_file
 from winiswin_pipelines.features.days import (
@@ -62,13 +65,19 @@ class FeatureResult:
         )
 
 
+def _bring_back(manager: DatabaseManager, cold: ColdStore | None, **spans: tuple[dt.datetime, dt.datetime]) -> None:
+    bring_back(manager, cold or cold_store(), {table: (first.date(), last.date()) for table, (first, last) in spans.items()})
+
+
 def read_day_book(conn: Connection, symbol: str, day: dt.datetime) -> BookArrays:
     """`symbol`'s snapshots of `day` and of the warm-up before it."""
     return repository.read_book(conn, symbol, day - FEATURE_READ_WARMUP, day + DAY, levels=FEATURES.depth_levels)
 
 
-def write_day_features(manager: DatabaseManager, day: dt.datetime) -> FeatureResult:
-    """Compute and upsert the features of every symbol's snapshots on `day`, symbols side by side."""
+def write_day_features(manager: DatabaseManager, day: dt.datetime, cold: ColdStore | None = None) -> FeatureResult:
+    """Compute and upsert the features of every symbol's snapshots on `day`, symbols side by side.
+    Archived days it reads or rewrites are brought back from `cold` first (default: the environment's)."""
+    _bring_back(manager, cold, book_snapshots=(day - DAY, day), training_features=(day, day))
     with manager.engine.connect() as conn:
         symbols = repository.book_symbols(conn, day, day + DAY)
     # PostgreSQL does most of the work (reading, upserting): two symbols at once keep two backends busy.
@@ -120,13 +129,15 @@ class LabelResult:
         )
 
 
-def write_day_labels(manager: DatabaseManager, day: dt.datetime) -> LabelResult:
+def write_day_labels(manager: DatabaseManager, day: dt.datetime, cold: ColdStore | None = None) -> LabelResult:
     """Label every usable book snapshot of `day`, and the rows of the day before that were still
     waiting for this day's prices.
 
     The prices are the mids of `book_snapshots`, not stored features: a day's labels do not depend on
     which days' features exist, and they are upserted by (symbol, ts), the same rows the features have.
+    Archived days it reads or rewrites are brought back from `cold` first.
     """
+    _bring_back(manager, cold, book_snapshots=(day - DAY, day + DAY), training_features=(day - DAY, day))
     with manager.engine.connect() as conn:
         symbols = repository.book_symbols(conn, day - DAY, day + DAY)
         previous = [_day_labels(conn, s, day - DAY, only_unlabelled=True) for s in symbols]
@@ -186,8 +197,12 @@ class DatasetResult:
         return DatasetResult(self.files + other.files, self.rows + other.rows, self.pending + other.pending)
 
 
-def write_dataset_day(manager: DatabaseManager, day: dt.datetime, root: Path) -> DatasetResult:
-    """Write the labelled rows of `day` to <root>/training_dataset/date=YYYY-MM-DD/part-0.parquet."""
+def write_dataset_day(
+    manager: DatabaseManager, day: dt.datetime, root: Path, cold: ColdStore | None = None
+) -> DatasetResult:
+    """Write the labelled rows of `day` to <root>/training_dataset/date=YYYY-MM-DD/part-0.parquet
+    (the day's rows brought back from `cold` first when they were archived)."""
+    _bring_back(manager, cold, training_features=(day, day))
     with manager.engine.connect() as conn:
         frame = repository.labelled_rows(conn, day, day + DAY)
         pending = repository.count_unlabelled(conn, day, day + DAY)
