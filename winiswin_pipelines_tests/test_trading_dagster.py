@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import func, select
 
+from winiswin_pipelines.archive import archive_old_data
 from winiswin_pipelines.db.bulk import copy_upsert, dataframe_rows
 from winiswin_pipelines.db.models import Trade, TradeStatus, TradingDecision, TradingSession
 from winiswin_pipelines.defs.trading import (
@@ -22,7 +23,7 @@ from winiswin_pipelines.defs.trading import (
 )
 from winiswin_pipelines.marketdata.klines import KLINE_COLUMNS, read_kline_csv
 from winiswin_pipelines.marketdata.samples import BTCUSDT_5M_2023_04_CSV
-from winiswin_pipelines.resources import PostgresResource
+from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 
 
 def _tick(instance: dg.DagsterInstance, cursor: str | None):
@@ -156,8 +157,9 @@ def april_klines(db):
     return frame
 
 
-def test_backtest_asset_materialises_with_metadata(db, database_url, dagster_instance, april_klines):
-    resources = {"postgres": PostgresResource(database_url=database_url)}
+def test_backtest_asset_materialises_with_metadata(db, database_url, dagster_instance, april_klines, tmp_path):
+    resources = {"postgres": PostgresResource(database_url=database_url),
+                 "cold_storage": ColdStorageResource(local_dir=str(tmp_path / "cold"))}
     metadata = []
     for _ in range(2):  # re-materialising the day gives the same rows, not more
         result = dg.materialize([backtest, backtest_trades_closed_in_their_day], partition_key="2023-04-05",
@@ -180,3 +182,8 @@ def test_backtest_asset_materialises_with_metadata(db, database_url, dagster_ins
     assert figures["win_rate"] == pytest.approx(sum(t.pnl > 0 for t in trades) / len(trades), abs=1e-4)
     assert figures["max_drawdown"] >= 0 and figures["intervals"] == "5m" and figures["symbols"] == "BTCUSDT"
     assert decisions >= 2 * len(trades)
+    # The klines it replays archived: the same day backtests to the same figures from cold storage.
+    archive_old_data(30, manager=db, store=resources["cold_storage"].store(), tables=["klines", "book_snapshots"],
+                     as_of=dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+    replayed = dg.materialize([backtest], partition_key="2023-04-05", resources=resources, instance=dagster_instance)
+    assert {k: v.value for k, v in replayed.asset_materializations_for_node("backtest")[0].metadata.items()} == figures

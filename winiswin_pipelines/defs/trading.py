@@ -22,7 +22,7 @@ from winiswin_pipelines.catalog import table_asset
 from winiswin_pipelines.defs.partitions import daily_partitions, partition_days
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BINANCE_FUTURES_WS
 from winiswin_pipelines.marketdata.feed import BinanceFeed, MarketFeed, ReplayFeed
-from winiswin_pipelines.resources import PostgresResource
+from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 from winiswin_pipelines.trading import repository
 from winiswin_pipelines.trading.backtest import SOURCE as BACKTEST_SOURCE
 from winiswin_pipelines.trading.backtest import backtest_day
@@ -190,13 +190,15 @@ class BacktestConfig(TradingParameters):
     "(same strategy, risk, paper execution and recorder as live; trades recorded with source 'backtest').",
 )
 def backtest(
-    context: dg.AssetExecutionContext, config: BacktestConfig, postgres: PostgresResource
+    context: dg.AssetExecutionContext, config: BacktestConfig, postgres: PostgresResource,
+    cold_storage: ColdStorageResource,
 ) -> dg.MaterializeResult:
     days = [start.date() for start in partition_days(context.partition_time_window)]
+    cold = cold_storage.store()
     session_config = config.session_config()
     closed, rows, symbols, intervals = [], [], set(), set()
     for day in days:
-        for run in backtest_day(postgres.manager, day, session_config, run_id=context.run.run_id):
+        for run in backtest_day(postgres.manager, day, session_config, run_id=context.run.run_id, cold=cold):
             day_performance = summarize(run.result.closed, run.result.starting_equity)
             closed += run.result.closed
             symbols.update(run.symbols)

@@ -14,7 +14,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, replace
 
+from winiswin_pipelines.archive import bring_back
+from winiswin_pipelines.coldstore import ColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.factories import cold_store
 from winiswin_pipelines.marketdata.feed import StoredFeed
 from winiswin_pipelines.technical.resample import interval_timedelta
 from winiswin_pipelines.trading import repository
@@ -54,14 +57,19 @@ def clear_previous_run(manager: DatabaseManager, day: dt.date) -> None:
 
 
 def backtest_day(manager: DatabaseManager, day: dt.date, config: SessionConfig, *,
-                 run_id: str | None = None) -> list[DayBacktest]:
-    """Backtest every stored symbol on `day`, one session per traded interval."""
+                 run_id: str | None = None, cold: ColdStore | None = None) -> list[DayBacktest]:
+    """Backtest every stored symbol on `day`, one session per traded interval. The archived days it
+    replays (the day and its indicators' warm-up) are brought back from `cold` first."""
     start = dt.datetime.combine(day, dt.time(), dt.UTC)
     end = start + dt.timedelta(days=1)
+    cold = cold or cold_store()
+    bring_back(manager, cold, {"klines": (day, day), "book_snapshots": (day, day)})
     clear_previous_run(manager, day)
     results = []
     for interval, symbols in stored_intervals(manager, start, end).items():
         warmup = interval_timedelta(interval) * config.strategy.indicators.history_bars
+        first = (start - warmup).date()
+        bring_back(manager, cold, {"klines": (first, day), "book_snapshots": (first, day)})
         session_config = replace(config, interval=interval, trade_from=start, flatten_on_end=True,
                                  resume_open_positions=False, max_events=None, max_duration=None)
         result = run_session(
