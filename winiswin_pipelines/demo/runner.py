@@ -11,8 +11,8 @@ import dagster as dg
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.manager import DatabaseManager
 
-# The steps print their own summaries; the runs' full event logs are in the Dagster UI.
-_QUIET_LOGGERS = {"console": {"config": {"log_level": "WARNING"}}}
+# The steps print their own summaries; the runs' full event logs, warnings included, are in the Dagster UI.
+_QUIET_LOGGERS = {"console": {"config": {"log_level": "ERROR"}}}
 
 
 def demo_instance() -> dg.DagsterInstance:

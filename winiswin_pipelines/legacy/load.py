@@ -78,9 +78,9 @@ _REFUSALS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 Progress = Callable[[int, int], None]  # (records, bytes) done since the last call
 
 
-def _seq(origin: str | bytes | None) -> int:
-    """A record's position in its store, from its `origin` JSON."""
-    return (orjson.loads(origin) or {}).get("seq", 0) if origin else 0
+def _seq(origin: object) -> int:
+    """A record's position in its store, from its `origin` JSON (0 for trades with none: not migrated)."""
+    return (orjson.loads(origin) or {}).get("seq", 0) if isinstance(origin, str | bytes) and origin else 0
 
 
 @dataclass(frozen=True)
