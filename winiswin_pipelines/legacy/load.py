@@ -79,8 +79,11 @@ Progress = Callable[[int, int], None]  # (records, bytes) done since the last ca
 
 
 def _seq(origin: object) -> int:
-    """A record's position in its store, from its `origin` JSON (0 for trades with none: not migrated)."""
-    return (orjson.loads(origin) or {}).get("seq", 0) if isinstance(origin, str | bytes) and origin else 0
+    """A record's position in its store, from its `origin` (JSON text or already parsed; 0 for trades
+    with none: they were not migrated)."""
+    if isinstance(origin, str | bytes) and origin:
+        origin = orjson.loads(origin)
+    return origin.get("seq", 0) if isinstance(origin, dict) else 0
 
 
 @dataclass(frozen=True)
