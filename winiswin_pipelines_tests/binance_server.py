@@ -1,41 +1,93 @@
-"""A local Binance USDT-M server on 127.0.0.1 for tests: the same REST and websocket protocol.
+"""A local Binance USDT-M server on 127.0.0.1 for tests and offline tries: the same REST and
+websocket protocol, either simulating a market or replaying a recorded capture.
 
-It simulates a market per symbol (an L2 book, trades, klines) on its own exchange clock, which
-advances `exchange_step` per tick (a tick every `tick_seconds` of real time), so 1m bars close in a
-fraction of a second. It serves
-- REST: /fapi/v1/ping, /time, /exchangeInfo, /depth, /klines (the bar in progress last), and the
-  signed /fapi/v1/order (POST) and /fapi/v2/balance (GET), checking the API key, the HMAC-SHA256
-  signature over the query (+ body) and the timestamp against `recvWindow` as Binance does;
+Simulated (the default), it runs a market per symbol (an L2 book, trades, klines) on its own
+exchange clock, which advances `exchange_step` per tick (a tick every `tick_seconds` of real time),
+so 1m bars close in a fraction of a second. With `history_from`, deterministic klines also exist for
+every interval from that day up to the simulated clock's start (what a REST backfill pages through).
+
+Replaying (`replay=[capture files]`), it streams the capture's messages in their recorded order,
+paced by their receive times divided by `speed` (None: as fast as the client takes them), starting
+when the first websocket client connects. A subscription to `<sym>@depth@<any speed>` gets the
+capture's depth diffs (relabelled with the subscribed name); `<sym>@kline_1m` gets closed 1m klines
+built from the capture's trades by the import's own aggregation (only bars the capture saw whole,
+as the import keeps them); other streams get the capture's messages of the same name. A REST depth
+request is answered with the capture's recorded REST snapshot (held until the replay reaches it) the
+first time after the replay reached it, and afterwards with the book the replay has built so far
+(after a gap or a dropped connection a client needs a fresher snapshot than the recorded one).
+
+It serves
+- REST: /fapi/v1/ping, /time, /exchangeInfo, /depth, /klines (startTime / endTime / limit paging as
+  Binance does, up to 1,500 a page, the bar in progress last), and the signed /fapi/v1/order (POST)
+  and /fapi/v2/balance (GET), checking the API key, the HMAC-SHA256 signature over the query
+  (+ body) and the timestamp against `recvWindow` as Binance does. Every request costs Binance's
+  request weight: the IP's weight in the last `weight_window` seconds is returned in
+  `X-MBX-USED-WEIGHT-1M`, and beyond `weight_limit` requests are refused with 429 and Retry-After;
 - websocket: /stream?streams=<sym>@kline_<iv>/<sym>@bookTicker/<sym>@depth@100ms with messages
   {"stream": ..., "data": ...} in Binance's field layout.
 On demand it drops every websocket connection (optionally refusing new ones for a while) and
-injects a depth-sequence gap (one diff is applied to its book but not sent). It remembers the top
-of its book after every update id, so a test can check a client's rebuilt book exactly.
+injects a depth-sequence gap (one diff is applied to its book but not sent). Simulating, it
+remembers the top of its book after every update id, so a test can check a client's rebuilt book.
+
+Standalone (from the project folder), e.g. replaying the bundled capture at 10x real time:
+
+    .venv/bin/python -m winiswin_pipelines_tests.binance_server --port 8090 --speed 10 \
+        --replay winiswin_pipelines/sample_data/market/hftbacktest_usdm_btcusdt_20240718.gz \
+                 winiswin_pipelines/sample_data/market/hftbacktest_usdm_btcusdt_20240719.gz
+
+REST on http://127.0.0.1:8090, websocket on ws://127.0.0.1:8091 (--ws-port to choose); Ctrl-C stops it.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import datetime as dt
 import hashlib
+import heapq
 import hmac
 import json
+import math
 import random
+import signal
+import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from winiswin_pipelines.marketdata.klines import interval_ms
+from winiswin_pipelines.marketdata.capture import REST_DEPTH, CaptureMessage, read_capture, stream_symbol
+from winiswin_pipelines.marketdata.klines import aggregate_trades_to_klines, interval_ms, trades_from_capture
+from winiswin_pipelines.marketdata.orderbook import OrderBook
 
 TICK = 0.1  # price grid
 LOT = 0.001  # quantity grid
 START_MS = 1_721_347_200_000  # 2024-07-19 00:00:00 UTC: the simulated exchange clock starts here
 HISTORY_DEPTH = 20
+BINANCE_WEIGHT_LIMIT = 2_400  # request weight per minute per IP
+MAX_KLINES_LIMIT = 1_500
+
+
+def binance_weight(path: str, params: dict[str, str]) -> int:
+    """Binance's documented request weight of the endpoints served (USDT-M futures)."""
+    if path == "/fapi/v1/depth":
+        limit = int(params.get("limit", 500))
+        return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+    if path == "/fapi/v1/klines":
+        limit = int(params.get("limit", 500))
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+    if path == "/fapi/v2/balance":
+        return 5
+    return 1
 
 
 def _price(ticks: int) -> str:
@@ -169,38 +221,222 @@ class _Market:
                 "asks": [[_price(p), _qty(self.asks[p])] for p in asks]}
 
 
+
+
+def _history_bar(symbol: str, interval: str, open_ms: int) -> _Bar:
+    """A deterministic past bar (the same for the same symbol, interval and open time)."""
+    step = interval_ms(interval)
+    rng = random.Random(f"{symbol}:{interval}:{open_ms}")
+    open_ = round(60_000 + rng.uniform(-2_000, 2_000), 1)
+    close = round(open_ + rng.uniform(-50, 50), 1)
+    bar = _Bar(open_ms, open_ms + step - 1)
+    bar.open, bar.close = open_, close
+    bar.high, bar.low = round(max(open_, close) + rng.uniform(0, 30), 1), round(min(open_, close) - rng.uniform(0, 30), 1)
+    bar.volume = round(rng.uniform(1, 500), 3)
+    bar.quote = round(bar.volume * (open_ + close) / 2, 4)
+    bar.count = rng.randrange(10, 5_000)
+    bar.buy_volume = round(bar.volume * rng.uniform(0.2, 0.8), 3)
+    bar.buy_quote = round(bar.buy_volume * (open_ + close) / 2, 4)
+    return bar
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+@dataclass
+class _ReplayBars:
+    """Closed bars of one interval built from a replayed symbol's trades, as the import builds them:
+    MARKET trades only, quiet intervals filled at the previous close, and only bars the capture saw
+    whole (opening at or after its first trade, not touching trades lost between two recorded ones)."""
+
+    symbol: str
+    interval: str
+    step: int
+    first_trade_ms: int | None = None
+    open_ms: int | None = None
+    trades: list[CaptureMessage] = field(default_factory=list)
+    last_close: float | None = None
+    last_trade: tuple[int, int] | None = None  # (id, time) of the last trade seen
+    lost: list[tuple[int, int]] = field(default_factory=list)
+    closed: list[list[Any]] = field(default_factory=list)  # REST rows
+
+    def add(self, message: CaptureMessage) -> list[dict[str, Any]]:
+        """Take one trade; returns the kline events (closed bars) it makes known."""
+        data = message.data
+        trade_ms, trade_id = int(data["T"]), int(data["t"] if message.kind == "trade" else data["a"])
+        if self.first_trade_ms is None:
+            self.first_trade_ms = trade_ms
+        if self.last_trade is not None and trade_id - self.last_trade[0] > 1:
+            self.lost.append((self.last_trade[1], trade_ms))
+        self.last_trade = (trade_id, trade_ms)
+        bucket = trade_ms // self.step * self.step
+        events = []
+        if self.open_ms is not None and bucket > self.open_ms:
+            events += self._close(data["E"])
+            for quiet in range(self.open_ms + self.step, bucket, self.step):
+                events += self._quiet(quiet, data["E"])
+            self.trades = []
+        if self.open_ms is None or bucket > self.open_ms:
+            self.open_ms = bucket
+        self.trades.append(message)
+        return events
+
+    def _close(self, event_ms: int) -> list[dict[str, Any]]:
+        bars = aggregate_trades_to_klines(trades_from_capture(self.trades), symbol=self.symbol, interval=self.interval)
+        if bars.empty:  # no MARKET trade in the interval: a quiet bar
+            return self._quiet(self.open_ms, event_ms)
+        bar = bars.iloc[0]
+        self.last_close = float(bar["close"])
+        values = [_num(bar[c]) for c in ("open", "high", "low", "close", "volume", "quote_volume",
+                                         "taker_buy_base_volume", "taker_buy_quote_volume")]
+        return self._emit(self.open_ms, values, int(bar["trade_count"]), event_ms)
+
+    def _quiet(self, open_ms: int, event_ms: int) -> list[dict[str, Any]]:
+        if self.last_close is None:
+            return []
+        close = _num(self.last_close)
+        return self._emit(open_ms, [close] * 4 + ["0.0"] * 4, 0, event_ms)
+
+    def _emit(self, open_ms: int, values: list[str], count: int, event_ms: int) -> list[dict[str, Any]]:
+        close_ms = open_ms + self.step - 1
+        if open_ms < self.first_trade_ms or any(open_ms <= to and close_ms >= since for since, to in self.lost):
+            return []  # a bar the capture did not see whole
+        o, h, low, c, v, q, bv, bq = values
+        self.closed.append([open_ms, o, h, low, c, v, close_ms, q, count, bv, bq, "0"])
+        return [{"e": "kline", "E": event_ms, "s": self.symbol, "k": {
+            "t": open_ms, "T": close_ms, "s": self.symbol, "i": self.interval, "f": -1, "L": -1, "o": o, "c": c,
+            "h": h, "l": low, "v": v, "n": count, "x": True, "q": q, "V": bv, "Q": bq, "B": "0"}}]
+
+
+@dataclass
+class _ReplaySymbol:
+    symbol: str
+    book: OrderBook = field(default_factory=OrderBook)
+    recorded: dict[str, Any] | None = None  # the last REST snapshot the replay reached
+    recorded_served: bool = False
+    last_event: tuple[int, int] = (0, 0)  # (E, T) of the last diff replayed
+    bars: dict[str, _ReplayBars] = field(default_factory=dict)
+
+
+class _Replay:
+    """The messages of capture files in receive order (a symbol's files chained by time, symbols
+    merged), and per symbol what the replay has made of them so far."""
+
+    def __init__(self, paths: Sequence[str | Path], kline_intervals: Sequence[str] = ("1m",)):
+        chains: dict[str, list[list[CaptureMessage]]] = {}
+        for path in paths:
+            messages = list(read_capture(path))
+            symbols = {s for m in messages if (s := stream_symbol(m.stream))}
+            if len(symbols) != 1:
+                raise ValueError(f"{path}: a replayed capture holds one symbol's messages, found {sorted(symbols)}")
+            chains.setdefault(symbols.pop(), []).append(messages)
+        if not chains:
+            raise ValueError("nothing to replay: give at least one capture file")
+        streams = []
+        for symbol, parts in sorted(chains.items()):
+            ordered = [m for part in sorted(parts, key=lambda p: p[0].receive_time) for m in part]
+            streams.append([(m.receive_time, symbol, m) for m in ordered])
+        self.items = list(heapq.merge(*streams, key=lambda item: item[0]))
+        self.symbols = tuple(sorted(chains))
+        self.state = {s: _ReplaySymbol(s, bars={iv: _ReplayBars(s, iv, interval_ms(iv)) for iv in kline_intervals})
+                      for s in self.symbols}
+
+    def step(self, symbol: str, message: CaptureMessage) -> list[tuple[str, dict[str, Any]]]:
+        """Advance by one message; returns what to publish as (stream key, data)."""
+        state = self.state[symbol]
+        kind = message.kind
+        if message.stream == REST_DEPTH:
+            state.recorded, state.recorded_served = message.data, False
+            state.book.apply_snapshot(message.data)
+            return []
+        if kind == "depth":
+            state.book.apply_diff(message.data)
+            state.last_event = (message.data["E"], message.data.get("T", message.data["E"]))
+            return [(f"{symbol.lower()}@depth", message.data)]
+        out = [(message.stream, message.data)]
+        if kind in ("trade", "aggTrade"):
+            for interval, bars in state.bars.items():
+                out += [(f"{symbol.lower()}@kline_{interval}", event) for event in bars.add(message)]
+        return out
+
+    def snapshot(self, symbol: str, limit: int) -> dict[str, Any] | None:
+        """The answer to a depth request now, None while there is none (before the first recorded one)."""
+        state = self.state[symbol]
+        if state.recorded is not None and not state.recorded_served:
+            state.recorded_served = True
+            return {**state.recorded, "bids": state.recorded["bids"][:limit], "asks": state.recorded["asks"][:limit]}
+        if state.recorded is None or not state.book.is_valid:
+            return None
+        levels = state.book.top(limit)
+        event_ms, transaction_ms = state.last_event
+        return {"lastUpdateId": state.book.last_update_id, "E": event_ms, "T": transaction_ms,
+                "bids": [[_num(p), _num(q)] for p, q in zip(levels.bid_prices, levels.bid_sizes, strict=True)],
+                "asks": [[_num(p), _num(q)] for p, q in zip(levels.ask_prices, levels.ask_sizes, strict=True)]}
+
+    def forget_recorded(self) -> None:
+        """Clients will need fresher snapshots than the recorded ones (a gap, dropped connections)."""
+        for state in self.state.values():
+            state.recorded_served = True
+
+
 class LocalBinanceServer:
     """Start with `start()` (or as a context manager); REST at `rest_url`, websocket at `ws_url`."""
 
     def __init__(self, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT"), *, intervals: tuple[str, ...] = ("1m",),
                  api_key: str = "local-test-key", api_secret: str = "local-test-secret",
-                 tick_seconds: float = 0.005, exchange_step_ms: int = 1_000, seed: int = 7):
+                 tick_seconds: float = 0.005, exchange_step_ms: int = 1_000, seed: int = 7,
+                 replay: Sequence[str | Path] | None = None, speed: float | None = None,
+                 history_from: dt.date | None = None, weight_limit: int = BINANCE_WEIGHT_LIMIT,
+                 weight_window: float = 60.0, host: str = "127.0.0.1", port: int = 0, ws_port: int = 0):
+        if speed is not None and speed <= 0:
+            raise ValueError(f"speed must be positive (or None: as fast as the client takes it), got {speed}")
+        self.replay = _Replay(replay, intervals) if replay else None
         rng = random.Random(seed)
-        self.markets = {s: _Market(s, intervals, random.Random(rng.random())) for s in symbols}
+        self.markets = {} if self.replay else {s: _Market(s, intervals, random.Random(rng.random())) for s in symbols}
+        self.symbols = self.replay.symbols if self.replay else tuple(symbols)
+        self.intervals = tuple(intervals)
+        self.speed = speed
+        self.history_from_ms = None
+        if history_from is not None:
+            self.history_from_ms = int(dt.datetime.combine(history_from, dt.time(), dt.UTC).timestamp() * 1000)
         self.api_key, self.api_secret = api_key, api_secret
         self.tick_seconds, self.exchange_step_ms = tick_seconds, exchange_step_ms
         self.now_ms = START_MS
         self.time_offset_ms = 0  # added to /fapi/v1/time and the timestamp check: a drifting exchange clock
+        self.weight_limit, self.weight_window = weight_limit, weight_window
+        self.max_used_weight = 0
+        self.refused_requests = 0  # answered 429
         self.orders: list[dict[str, str]] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every REST request
+        self.klines_requests: list[dict[str, str]] = []  # the parameters of every /fapi/v1/klines request
+        self.replayed = 0  # replay: messages replayed so far
+        self.replay_done = threading.Event()
+        self.connections_opened = 0
+        self._weights: deque[tuple[float, int]] = deque()
         self._lock = threading.RLock()
-        self._gaps: set[str] = set()
+        self._cond = threading.Condition(self._lock)
+        self._gaps: dict[str, int] = {}  # symbol -> depth diffs to let through before dropping one
+        self.dropped_diffs = 0
         self._refuse_until = 0.0
-        self._connections: dict[ServerConnection, set[str]] = {}
+        self._connections: dict[ServerConnection, dict[str, list[str]]] = {}  # -> stream key -> names subscribed
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._rest_handler())
+        self._client_connected: asyncio.Event | None = None
+        self._host, self._ws_port_wanted = host, ws_port
+        self._http = ThreadingHTTPServer((host, port), self._rest_handler())
+        self._http.daemon_threads = True
         self.ws_port = 0
 
     # -- control -----------------------------------------------------------------------------------
 
     @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self._http.server_address[1]}"
+        return f"http://{self._host}:{self._http.server_address[1]}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}"
+        return f"ws://{self._host}:{self.ws_port}"
 
     def start(self) -> LocalBinanceServer:
         threading.Thread(target=self._http.serve_forever, daemon=True, name="binance-rest").start()
@@ -225,6 +461,9 @@ class LocalBinanceServer:
     def drop_connections(self, refuse_for: float = 0.0) -> int:
         """Abort every websocket connection (no close frame); refuse new ones for `refuse_for` s."""
         self._refuse_until = time.monotonic() + refuse_for
+        if self.replay:
+            with self._lock:
+                self.replay.forget_recorded()
 
         def abort() -> int:
             for connection in list(self._connections):
@@ -233,18 +472,35 @@ class LocalBinanceServer:
 
         return self._call_in_loop(abort)
 
-    def inject_gap(self, symbol: str) -> None:
-        """The next depth diff of `symbol` changes the book but is not sent: clients see a `pu` gap."""
-        self._gaps.add(symbol)
+    def inject_gap(self, symbol: str, after: int = 0) -> None:
+        """The depth diff of `symbol` that follows `after` more of its diffs (0: the next) changes the
+        book but is not sent: clients see a `pu` gap."""
+        with self._lock:
+            self._gaps[symbol] = after
+
+    def _drop_diff(self, symbol: str) -> bool:
+        """Whether this depth diff of `symbol` is the one to drop (with the lock held)."""
+        if symbol not in self._gaps:
+            return False
+        if self._gaps[symbol] > 0:
+            self._gaps[symbol] -= 1
+            return False
+        del self._gaps[symbol]
+        self.dropped_diffs += 1
+        if self.replay:
+            self.replay.forget_recorded()  # the recorded snapshots cannot bridge the gap
+        return True
 
     def book_at(self, symbol: str, update_id: int) -> tuple[list[float], list[float], list[float], list[float]]:
-        """(bid prices, bid sizes, ask prices, ask sizes), best first, after update `update_id`."""
+        """(bid prices, bid sizes, ask prices, ask sizes), best first, after update `update_id` (simulating)."""
         with self._lock:
             return self.markets[symbol].history[update_id]
 
     def closed_bars(self, symbol: str, interval: str) -> list[list[Any]]:
-        """The closed bars so far as REST rows."""
+        """The closed bars so far as REST rows (simulated, or built from the replayed trades)."""
         with self._lock:
+            if self.replay:
+                return list(self.replay.state[symbol].bars[interval].closed)
             return [bar.rest_row() for bar in self.markets[symbol].closed_bars.get(interval, [])]
 
     def count_requests(self, path: str) -> int:
@@ -259,10 +515,11 @@ class LocalBinanceServer:
     # -- websocket ---------------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        self._server = await serve(self._on_connection, "127.0.0.1", 0, process_request=self._check_request,
-                                   compression=None)
+        self._client_connected = asyncio.Event()
+        self._server = await serve(self._on_connection, self._host, self._ws_port_wanted,
+                                   process_request=self._check_request, compression=None)
         self.ws_port = self._server.sockets[0].getsockname()[1]
-        self._ticker = asyncio.create_task(self._run_market())
+        self._ticker = asyncio.create_task(self._run_replay() if self.replay else self._run_market())
         self._ready.set()
 
     async def _shutdown(self) -> None:
@@ -279,11 +536,27 @@ class LocalBinanceServer:
 
     async def _on_connection(self, connection: ServerConnection) -> None:
         query = dict(parse_qsl(urlsplit(connection.request.path).query))
-        self._connections[connection] = set(filter(None, query.get("streams", "").split("/")))
+        routes: dict[str, list[str]] = {}
+        for name in filter(None, query.get("streams", "").split("/")):
+            symbol, _, kind = name.partition("@")
+            key = f"{symbol}@depth" if kind.startswith("depth") else name  # any depth speed: the diffs
+            routes.setdefault(key, []).append(name)
+        self._connections[connection] = routes
+        self.connections_opened += 1
+        self._client_connected.set()
         try:
             await connection.wait_closed()
         finally:
             self._connections.pop(connection, None)
+
+    def _publish(self, outgoing: list[tuple[str, dict[str, Any]]]) -> None:
+        for key, data in outgoing:
+            names: dict[str, list[ServerConnection]] = {}
+            for connection, routes in self._connections.items():
+                for name in routes.get(key, ()):
+                    names.setdefault(name, []).append(connection)
+            for name, listeners in names.items():
+                broadcast(listeners, orjson.dumps({"stream": name, "data": data}).decode())
 
     async def _run_market(self) -> None:
         while True:
@@ -292,15 +565,33 @@ class LocalBinanceServer:
                 outgoing = []
                 for symbol, market in self.markets.items():
                     for suffix, data in market.step(self.now_ms):
-                        if suffix.startswith("depth") and symbol in self._gaps:
-                            self._gaps.discard(symbol)
+                        if suffix.startswith("depth") and self._drop_diff(symbol):
                             continue
-                        outgoing.append((f"{symbol.lower()}@{suffix}", data))
-            for stream, data in outgoing:
-                listeners = [c for c, streams in self._connections.items() if stream in streams]
-                if listeners:
-                    broadcast(listeners, json.dumps({"stream": stream, "data": data}))
+                        key = f"{symbol.lower()}@depth" if suffix.startswith("depth") else f"{symbol.lower()}@{suffix}"
+                        outgoing.append((key, data))
+            self._publish(outgoing)
             await asyncio.sleep(self.tick_seconds)
+
+    async def _run_replay(self) -> None:
+        await self._client_connected.wait()
+        loop = asyncio.get_running_loop()
+        items = self.replay.items
+        first, started = items[0][0], loop.time()
+        for number, (receive_time, symbol, message) in enumerate(items):
+            if self.speed is not None:
+                delay = started + (receive_time - first).total_seconds() / self.speed - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif number % 64 == 0:
+                await asyncio.sleep(0)
+            with self._cond:
+                outgoing = self.replay.step(symbol, message)
+                if outgoing and message.kind == "depth" and self._drop_diff(symbol):
+                    outgoing = []
+                self.replayed += 1
+                self._cond.notify_all()
+            self._publish(outgoing)
+        self.replay_done.set()
 
     # -- REST --------------------------------------------------------------------------------------
 
@@ -326,17 +617,38 @@ class LocalBinanceServer:
                 body = self.rfile.read(length).decode() if length else ""
                 with server._lock:
                     server.requests.append((method, parts.path))
-                status, payload = server._route(method, parts.path, parts.query, body, self.headers)
+                headers: dict[str, str] = {}
+                status, payload = server._route(method, parts.path, parts.query, body, self.headers, headers)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
         return Handler
 
-    def _route(self, method: str, path: str, query: str, body: str, headers) -> tuple[int, Any]:
+    def _spend_weight(self, weight: int, headers: dict[str, str]) -> tuple[int, dict] | None:
+        now = time.monotonic()
+        with self._lock:
+            while self._weights and self._weights[0][0] <= now - self.weight_window:
+                self._weights.popleft()
+            used = sum(w for _, w in self._weights)
+            if used + weight > self.weight_limit:
+                self.refused_requests += 1
+                wait = self._weights[0][0] + self.weight_window - now if self._weights else self.weight_window
+                headers.update({"Retry-After": str(max(1, math.ceil(wait))), "X-MBX-USED-WEIGHT-1M": str(used)})
+                return 429, {"code": -1003, "msg": f"Too many requests; current limit of IP is {self.weight_limit} "
+                                                   f"request weight per {self.weight_window:g} s."}
+            self._weights.append((now, weight))
+            self.max_used_weight = max(self.max_used_weight, used + weight)
+            headers["X-MBX-USED-WEIGHT-1M"] = str(used + weight)
+        return None
+
+    def _route(self, method: str, path: str, query: str, body: str, headers, out_headers: dict[str, str]
+               ) -> tuple[int, Any]:
         params = dict(parse_qsl(query)) | dict(parse_qsl(body))
         public = {
             ("GET", "/fapi/v1/ping"): lambda: {},
@@ -348,15 +660,20 @@ class LocalBinanceServer:
         signed = {("POST", "/fapi/v1/order"): lambda: self._new_order(params),
                   ("GET", "/fapi/v2/balance"): lambda: [{"asset": "USDT", "balance": "1000.0",
                                                          "availableBalance": "1000.0"}]}
+        if (method, path) not in public and (method, path) not in signed:
+            return 404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"}
         try:
+            refused = self._spend_weight(binance_weight(path, params), out_headers)
+            if refused:
+                return refused
             if (method, path) in public:
                 return 200, public[(method, path)]()
-            if (method, path) in signed:
-                refused = self._check_signature(query, body, headers, params)
-                return refused or (200, signed[(method, path)]())
+            refused = self._check_signature(query, body, headers, params)
+            return refused or (200, signed[(method, path)]())
         except KeyError as missing:
             return 400, {"code": -1102, "msg": f"Mandatory parameter {missing} was not sent."}
-        return 404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"}
+        except _Refused as refused:
+            return refused.status, {"code": refused.code, "msg": refused.message}
 
     def _server_time(self) -> int:
         return int(time.time() * 1000) + self.time_offset_ms
@@ -385,20 +702,56 @@ class LocalBinanceServer:
                 {"filterType": "MARKET_LOT_SIZE", "minQty": "0.001", "maxQty": "120", "stepSize": "0.001"},
                 {"filterType": "MIN_NOTIONAL", "notional": "5"},
             ],
-        } for symbol in self.markets]
+        } for symbol in self.symbols]
         return {"timezone": "UTC", "serverTime": self._server_time(), "symbols": symbols}
 
     def _depth(self, params: dict) -> dict[str, Any]:
-        with self._lock:
-            return self.markets[params["symbol"]].snapshot(int(params.get("limit", 500)), self.now_ms)
+        symbol, limit = params["symbol"], int(params.get("limit", 500))
+        if symbol not in self.symbols:
+            raise _Refused(400, -1121, "Invalid symbol.")
+        if not self.replay:
+            with self._lock:
+                return self.markets[symbol].snapshot(limit, self.now_ms)
+        deadline = time.monotonic() + 30
+        with self._cond:  # held until the replay reaches the symbol's recorded snapshot
+            while (snapshot := self.replay.snapshot(symbol, limit)) is None:
+                if not self._cond.wait(deadline - time.monotonic()) and time.monotonic() >= deadline:
+                    raise _Refused(503, -1001, "Internal error; unable to process your request. Please try again.")
+        return snapshot
 
     def _klines(self, params: dict) -> list[list[Any]]:
-        interval, limit = params["interval"], int(params.get("limit", 500))
-        start = int(params.get("startTime", 0))
+        symbol, interval = params["symbol"], params["interval"]
+        if symbol not in self.symbols:
+            raise _Refused(400, -1121, "Invalid symbol.")
+        try:
+            step = interval_ms(interval)
+        except ValueError:
+            raise _Refused(400, -1120, "Invalid interval.") from None
+        limit = int(params.get("limit", 500))
+        if not 1 <= limit <= MAX_KLINES_LIMIT:
+            raise _Refused(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        start = int(params["startTime"]) if "startTime" in params else None
+        end = int(params["endTime"]) if "endTime" in params else None
         with self._lock:
-            market = self.markets[params["symbol"]]
-            bars = market.closed_bars.get(interval, []) + [market.bars[interval]]
-            return [bar.rest_row() for bar in bars if bar.open_ms >= start][:limit]
+            self.klines_requests.append(dict(params))
+            if self.replay:
+                live = list(self.replay.state[symbol].bars[interval].closed) if interval in self.intervals else []
+            else:
+                market = self.markets[symbol]
+                bars = market.closed_bars.get(interval, []) + ([market.bars[interval]] if interval in market.bars else [])
+                live = [bar.rest_row() for bar in bars]
+        history_end = live[0][0] if live else (START_MS if not self.replay else 0)
+        rows = []
+        if self.history_from_ms is not None:
+            first = -(-self.history_from_ms // step) * step
+            if start is not None:
+                first = max(first, -(-start // step) * step)
+            last = min(history_end, end + 1) if end is not None else history_end
+            if start is None:  # the newest `limit` bars up to the end
+                first = max(first, last - limit * step)
+            rows = [_history_bar(symbol, interval, t).rest_row() for t in range(first, last, step)][:limit]
+        rows += [row for row in live if (start is None or row[0] >= start) and (end is None or row[0] <= end)]
+        return rows[:limit] if start is not None else rows[-limit:]
 
     def _new_order(self, params: dict) -> dict[str, Any]:
         with self._lock:
@@ -408,3 +761,49 @@ class LocalBinanceServer:
                 "clientOrderId": params.get("newClientOrderId", f"local-{order_id}"), "side": params["side"],
                 "type": params["type"], "origQty": params.get("quantity", "0"), "price": params.get("price", "0"),
                 "executedQty": "0", "updateTime": self._server_time()}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: int, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m winiswin_pipelines_tests.binance_server",
+        description="A local Binance USDT-M server (REST + websocket) simulating a market or replaying captures.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090, help="REST port (default 8090)")
+    parser.add_argument("--ws-port", type=int, help="websocket port (default: --port + 1)")
+    parser.add_argument("--replay", nargs="+", metavar="FILE", help="capture files to replay (one symbol each; a "
+                        "symbol's files are chained in time order); without: a simulated market")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="replay speed, times real time (default 1; 0: as fast as the client takes it)")
+    parser.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="simulated symbols (default BTCUSDT,ETHUSDT)")
+    args = parser.parse_args(argv)
+    server = LocalBinanceServer(
+        tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()), replay=args.replay,
+        speed=args.speed or None, host=args.host, port=args.port,
+        ws_port=args.ws_port if args.ws_port is not None else args.port + 1,
+    ).start()
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    if server.replay:
+        what = (f"replaying {len(server.replay.items):,} messages of {', '.join(server.symbols)} at "
+                f"{'full speed' if server.speed is None else f'{server.speed:g}x'} once a client connects")
+    else:
+        what = f"simulating {', '.join(server.symbols)}"
+    print(f"local Binance USDT-M server: REST {server.rest_url}  websocket {server.ws_url}  ({what}); Ctrl-C stops it",
+          flush=True)
+    while not done.wait(0.5):
+        if server.replay and server.replay_done.is_set():
+            print(f"replay finished ({server.replayed:,} messages); still serving", flush=True)
+            server.replay_done.clear()
+    server.stop()
+    print("stopped", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

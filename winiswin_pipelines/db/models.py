@@ -322,6 +322,56 @@ class TradingDecision(Base):
     created_at: Mapped[dt.datetime] = _created_at()
 
 
+GAP_REASONS = ("restart", "reconnect", "sequence_break", "snapshot_resync")
+
+
+class MarketDataGap(Base):
+    """A span of exchange time in which the live capture has no trustworthy book for a symbol.
+
+    `start_time` is the exchange time of the last update known good, `end_time` that of the first
+    update after the book is in sync again (NULL while the gap is still open). Book snapshots are
+    missing between the two. `reason` says what opened the gap: the capture `restart`ed, its
+    connection dropped (`reconnect`), a diff broke the `pu` chain (`sequence_break`), or a REST
+    snapshot did not bridge the buffered diffs (`snapshot_resync`).
+    """
+
+    __tablename__ = "market_data_gaps"
+    __table_args__ = (
+        CheckConstraint(f"reason IN ({', '.join(repr(r) for r in GAP_REASONS)})", name="reason_valid"),
+        CheckConstraint("end_time IS NULL OR end_time >= start_time", name="end_not_before_start"),
+        Index(None, "start_time"),
+    )
+
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    start_time: Mapped[dt.datetime] = mapped_column(UtcDateTime, primary_key=True)
+    end_time: Mapped[dt.datetime | None]
+    reason: Mapped[str] = mapped_column(String(32), nullable=False)
+    capture_id: Mapped[str | None] = mapped_column(String(128), comment="the capture that saw the gap open")
+    details: Mapped[dict[str, Any] | None]
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = _updated_at()
+
+
+class MarketDataCapture(Base):
+    """One live market-data capture run and its heartbeat (staleness: now - last_heartbeat_at)."""
+
+    __tablename__ = "market_data_captures"
+
+    capture_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), nullable=False, comment="running, or how it ended")
+    symbols: Mapped[list[str]] = mapped_column(ARRAY(String(32)), nullable=False)
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    last_heartbeat_at: Mapped[dt.datetime | None]
+    last_message_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, comment="local receive time")
+    stopped_at: Mapped[dt.datetime | None]
+    messages: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    book_rows: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    kline_rows: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    gaps: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    details: Mapped[dict[str, Any] | None]
+
+
 # Tables that grow with time, with the column that places a row in a UTC day (for archival).
 TIME_SERIES_TABLES: dict[str, str] = {
     "klines": "open_time",

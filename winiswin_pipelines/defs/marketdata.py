@@ -1,7 +1,9 @@
 """Market data import: Binance kline CSVs and recorded websocket captures -> `klines`, `book_snapshots`.
 
 Both assets are daily-partitioned by UTC day and idempotent (rows are upserted; re-running a day
-changes nothing). A range of days imports in one run (`BackfillPolicy.single_run()`), reading each
+changes nothing). With `rest_backfill`, `klines` also fetches from Binance's `/fapi/v1/klines` the
+days of `backfill_symbols` that no file covers (paged, within a request-weight budget); the daily
+schedule turns it on, so a day the capture missed is filled from Binance's own bars. A range of days imports in one run (`BackfillPolicy.single_run()`), reading each
 source file once. A day's book needs the state left by the day before (the REST snapshot is taken
 once, when recording starts), so the previous day's capture is replayed too and only the day's
 own rows are written.
@@ -10,15 +12,20 @@ own rows are written.
 import datetime as dt
 import itertools
 from collections.abc import Iterator
+from dataclasses import astuple
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from winiswin_pipelines import settings
 from winiswin_pipelines.db.bulk import UpsertResult
 from winiswin_pipelines.defs.partitions import daily_partitions
+from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, DEFAULT_WEIGHT_PER_MINUTE, BinanceAPIError
 from winiswin_pipelines.marketdata.capture import CaptureMessage, RejectedLine, read_capture
+from winiswin_pipelines.marketdata.feed import kline_from_stream
+from winiswin_pipelines.marketdata.kline_backfill import days_without_files, fetch_klines
 from winiswin_pipelines.marketdata.klines import (
     KLINE_COLUMNS,
     complete_klines_from_trades,
@@ -47,6 +54,13 @@ class MarketImportConfig(dg.Config):
     book_cadence_ms: int = Field(default=1000, description="book snapshot every N ms of exchange time")
     book_depth: int = Field(default=10, description="levels kept per side in each snapshot")
     capture_kline_interval: str = Field(default="1m", description="interval of the bars built from captured trades")
+    rest_backfill: bool = Field(default=False, description="klines: fetch the days no file covers from Binance's "
+                                "/fapi/v1/klines (reaches the network)")
+    backfill_symbols: list[str] = Field(default=[], description="symbols backfilled; empty: WINISWIN_CAPTURE_SYMBOLS")
+    backfill_interval: str = Field(default="1m", description="interval of the backfilled bars")
+    rest_url: str = Field(default=BINANCE_FUTURES_REST)
+    rest_weight_per_minute: int = Field(default=DEFAULT_WEIGHT_PER_MINUTE,
+                                        description="request weight allowed a minute (Binance: 2400 per IP)")
 
     def files(self) -> MarketFiles:
         return scan_market_folder(Path(self.source_dir) if self.source_dir else MARKET_SAMPLES_DIR)
@@ -95,8 +109,21 @@ def _rejected_metadata(context: dg.AssetExecutionContext, rejected: list[Rejecte
 def _capture_klines(
     chain: list[CaptureFile], symbol: str, interval: str, rejected: list[RejectedLine]
 ) -> pd.DataFrame:
-    trades = trades_from_capture(_messages(chain, {"trade", "aggTrade"}, rejected))
-    return complete_klines_from_trades(trades, symbol=symbol, interval=interval, source="capture:trades")
+    """Complete bars built from the captured trades, then the closed klines the capture recorded from
+    Binance's kline stream (the live capture's files hold those), which win where both exist."""
+    trade_messages, closed = [], []
+    for message in _messages(chain, {"trade", "aggTrade", f"kline_{interval}"}, rejected):
+        if message.kind in ("trade", "aggTrade"):
+            trade_messages.append(message)
+        elif message.data.get("k", {}).get("x"):
+            closed.append(kline_from_stream(message.data))
+    frame = complete_klines_from_trades(trades_from_capture(trade_messages), symbol=symbol, interval=interval,
+                                        source="capture:trades")
+    if closed:
+        recorded = pd.DataFrame([astuple(event)[:-1] for event in closed], columns=list(KLINE_COLUMNS[:-1]))
+        recorded["source"] = "capture:klines"
+        frame = pd.concat([frame, recorded], ignore_index=True) if len(frame) else recorded
+    return frame
 
 
 @dg.asset(
@@ -113,7 +140,10 @@ def klines(
     start, end = _window(context)
     first, last = _days(start, end)
     files = config.files()
-    frames, rejected = [], []
+    frames, rejected, backfill_metadata = [], [], {}
+    if config.rest_backfill:
+        frame, backfill_metadata = _rest_backfill(context, config, files, first, last)
+        frames.append(frame)
     for symbol, chain in _capture_chains(files, first, last).items():
         context.log.info(f"{symbol}: bars from the trades of {', '.join(c.path.name for c in chain)}")
         frames.append(_capture_klines(chain, symbol, config.capture_kline_interval, rejected))
@@ -132,8 +162,32 @@ def klines(
         "intervals": ", ".join(sorted(frame["interval"].unique())) or "none",
         "time_range": _time_range(frame, "open_time"),
         "days": f"{first} .. {last}",
+        **backfill_metadata,
         **_rejected_metadata(context, rejected),
     })
+
+
+def _rest_backfill(
+    context: dg.AssetExecutionContext, config: MarketImportConfig, files: MarketFiles, first: dt.date, last: dt.date
+) -> tuple[pd.DataFrame, dict[str, object]]:
+    symbols = config.backfill_symbols or settings.capture_symbols()
+    wanted = days_without_files(files, symbols, first, last)
+    if not wanted:
+        return pd.DataFrame(columns=list(KLINE_COLUMNS)), {"rest_backfill": "every day has a file"}
+    for symbol, days in wanted.items():
+        context.log.info(f"{symbol}: {len(days)} days without a file, fetched from {config.rest_url}/fapi/v1/klines")
+    try:
+        fetched = fetch_klines(config.rest_url, wanted, config.backfill_interval,
+                               weight_per_minute=config.rest_weight_per_minute)
+    except (BinanceAPIError, ValueError) as error:
+        raise dg.Failure(f"kline backfill of {', '.join(wanted)} from {config.rest_url} failed: {error}") from None
+    listing = "\n".join(f"- {symbol}: {', '.join(str(d) for d in days)}" for symbol, days in wanted.items())
+    return fetched.frame, {
+        "rest_backfill_rows": len(fetched.frame),
+        "rest_backfill_requests": fetched.requests,
+        "rest_backfill_days": dg.MetadataValue.md(listing),
+        "rest_weight_wait_seconds": round(fetched.waited_seconds, 1),
+    }
 
 
 @dg.asset(
@@ -225,6 +279,8 @@ market_data_import_job = dg.define_asset_job(
 
 @dg.schedule(cron_schedule="20 0 * * *", job=market_data_import_job, execution_timezone="UTC")
 def market_data_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Imports the UTC day that just ended (a recorder rolls its capture file at midnight)."""
+    """Imports the UTC day that just ended (a recorder rolls its capture file at midnight); the klines
+    of symbols without a file that day come from Binance's REST API."""
     day = (context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
-    return dg.RunRequest(run_key=day.isoformat(), partition_key=day.isoformat())
+    return dg.RunRequest(run_key=day.isoformat(), partition_key=day.isoformat(),
+                         run_config={"ops": {"klines": {"config": {"rest_backfill": True}}}})

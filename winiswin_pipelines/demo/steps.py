@@ -13,13 +13,16 @@ from winiswin_pipelines import settings
 from winiswin_pipelines.archive import read_history
 from winiswin_pipelines.archive.archiver import days_to_archive, first_kept_day
 from winiswin_pipelines.archive.tables import ARCHIVED_TABLES
+from winiswin_pipelines.defs.capture import MarketDataCaptureConfig
 from winiswin_pipelines.defs.partitions import daily_partitions, day_runs, range_tags, register_legacy_stores
 from winiswin_pipelines.defs.trading import TradingSessionConfig
 from winiswin_pipelines.demo.runner import DemoRunner, checks_verdict, materialization
 from winiswin_pipelines.legacy.sniff import discover_stores
-from winiswin_pipelines.marketdata.repository import snapshot_days
+from winiswin_pipelines.marketdata.feed import DEFAULT_CAPTURES
+from winiswin_pipelines.marketdata.repository import read_capture_row, snapshot_days
 from winiswin_pipelines.resources import LegacyFolderResource
 from winiswin_pipelines.trading.repository import session_trades
+from winiswin_pipelines_tests.binance_server import LocalBinanceServer  # the project's own server, on 127.0.0.1
 
 Step = Callable[[DemoRunner], list[str]]
 
@@ -27,6 +30,21 @@ _MARKET_DAYS = {
     "klines": [("2023-04-01", "2023-04-30"), ("2024-07-18", "2024-07-19")],
     "book_snapshots": [("2023-04-04", "2023-04-05"), ("2024-07-18", "2024-07-19")],
 }
+
+
+def live_capture(runner: DemoRunner) -> list[str]:
+    """The live capture job on loopback: the project's local Binance server replays the bundled capture
+    over a real websocket; the job writes the book rows the import makes, with its gaps and heartbeat."""
+    with LocalBinanceServer(replay=DEFAULT_CAPTURES) as server:
+        config = MarketDataCaptureConfig(capture_id="demo-replay", symbols=["BTCUSDT", "ETHUSDT"],
+                                         ws_url=server.ws_url, rest_url=server.rest_url, flush_seconds=0.5,
+                                         stop_after_idle_seconds=2)
+        runner.execute_job("market_data_capture_job", dg.RunConfig(ops={"market_data_capture": config}))
+    row = read_capture_row(runner.manager, "demo-replay")
+    seconds = (row.stopped_at - row.started_at).total_seconds()
+    return [f"market_data_capture_job, local server replaying the bundled 8-minute capture: {row.messages:,} "
+            f"messages in {seconds:.1f} s, {row.book_rows:,} book snapshots, {row.kline_rows} klines, "
+            f"{row.gaps} gaps ({row.status})"]
 
 
 def market_data(runner: DemoRunner) -> list[str]:
@@ -199,6 +217,7 @@ def archived_day_again(runner: DemoRunner) -> list[str]:
 
 
 STEPS: list[tuple[str, Step]] = [
+    ("Live capture: market_data_capture_job against the local Binance server replaying a capture", live_capture),
     ("Market data: Binance klines and order-book snapshots from the bundled samples", market_data),
     ("Microstructure features for the days with book snapshots", features),
     ("Triple-barrier labels for the same days", labels),

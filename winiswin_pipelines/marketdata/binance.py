@@ -1,14 +1,22 @@
-"""Binance USDT-M futures protocol: REST (public and signed) and the combined websocket stream.
+"""Binance USDT-M futures protocol: REST (public and signed) and the combined websocket streams.
 
 `BinanceRestClient` speaks REST through httpx: klines (warm-up and backfill), depth snapshots,
 exchangeInfo, and signed requests (HMAC-SHA256 over the query string, `timestamp` from the
-server-synchronised clock, `recvWindow`), e.g. `new_order`. Errors raise `BinanceAPIError` with
+server-synchronised clock, `recvWindow`), e.g. `new_order`. Every request first takes its request
+weight from a `RateWindow` (by default 1,200 a minute: half of Binance's 2,400 per IP), backs off
+when Binance reports the IP's used weight (`X-MBX-USED-WEIGHT-1M`) above that budget, and waits
+out a 429 (`Retry-After`) before trying a public request again. Errors raise `BinanceAPIError` with
 Binance's code and message, never the key, secret or signature.
 
-`BinanceStream` reads `/stream?streams=...` with `websockets`, reconnects with back-off, and keeps
-one local L2 book per symbol by Binance's futures rules (`OrderBook`): a book is re-synchronised
-from a REST snapshot after every (re)connect and whenever a diff's `pu` breaks the sequence; no
-book update is reported while a book is out of sync, so nobody trades on a stale book.
+`BinanceStream` is the one implementation of the live streams, used by the market-data capture and
+by `BinanceFeed` (trading sessions) alike. It reads `/stream?streams=...` with `websockets`,
+sharded over as many connections as needed (streams of a symbol stay on one connection; at most
+`streams_per_connection`, 200 by default, well under Binance's 1,024), opens connections no faster
+than `CONNECTIONS_PER_5_MINUTES` (Binance allows 300 per 5 minutes per IP) and sends nothing but
+pings (Binance allows 10 incoming messages a second). It reconnects with back-off, and keeps one
+`LiveBook` per symbol: Binance's futures book rules through the import's `BookSnapshotter`, a REST
+snapshot fetched whenever a book is out of sync (rate-limited like every request), and the gaps.
+No book update is reported while a book is out of sync, so nobody trades on a stale book.
 """
 
 from __future__ import annotations
@@ -17,21 +25,25 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
-import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from winiswin_pipelines.marketdata.capture import stream_kind, stream_symbol
+from winiswin_pipelines.marketdata.capture import stream_kind
 from winiswin_pipelines.marketdata.klines import interval_ms
-from winiswin_pipelines.marketdata.orderbook import DiffResult, OrderBook
+from winiswin_pipelines.marketdata.livebook import LiveBook, ResumePoint, SyncState
+from winiswin_pipelines.marketdata.orderbook import OrderBook
+from winiswin_pipelines.times import EPOCH
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +51,16 @@ BINANCE_FUTURES_REST = "https://fapi.binance.com"
 BINANCE_FUTURES_WS = "wss://fstream.binance.com"
 DEFAULT_RECV_WINDOW_MS = 5_000
 KLINES_PAGE = 1_500  # the most /fapi/v1/klines returns per request
+SMALL_KLINES_PAGE = 99  # the largest page of request weight 1
 _TIMESTAMP_OUTSIDE_WINDOW = -1021
+
+# Binance's limits (USDT-M futures) and the share of them this client allows itself.
+BINANCE_WEIGHT_PER_MINUTE = 2_400  # REQUEST_WEIGHT per IP
+DEFAULT_WEIGHT_PER_MINUTE = 1_200
+MAX_STREAMS_PER_CONNECTION = 1_024
+DEFAULT_STREAMS_PER_CONNECTION = 200
+CONNECTIONS_PER_5_MINUTES = 60  # Binance allows 300 per IP
+_RETRIES_ON_429 = 3
 
 
 class BinanceAPIError(RuntimeError):
@@ -50,18 +71,77 @@ class BinanceAPIError(RuntimeError):
         self.status, self.code, self.message = status, code, message
 
 
+class RateWindow:
+    """At most `limit` units (request weight, connections) in any `seconds`-long window; `acquire`
+    waits until the units fit. `pause_until` holds every caller until a (monotonic) time."""
+
+    def __init__(self, limit: float, seconds: float, *, clock: Callable[[], float] = time.monotonic):
+        if limit <= 0 or seconds <= 0:
+            raise ValueError(f"a rate window needs a positive limit and length, got {limit} per {seconds} s")
+        self.limit, self.seconds, self._clock = limit, seconds, clock
+        self._spent: deque[tuple[float, float]] = deque()
+        self._total = 0.0
+        self._paused_until = 0.0
+        self.waited = 0.0  # seconds callers spent waiting, in total
+
+    def used(self) -> float:
+        self._expire(self._clock())
+        return self._total
+
+    def pause_until(self, when: float) -> None:
+        self._paused_until = max(self._paused_until, when)
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        if amount > self.limit:
+            raise ValueError(f"{amount} units can never fit in a window of {self.limit}")
+        while True:
+            now = self._clock()
+            if now < self._paused_until:
+                wait = self._paused_until - now
+            else:
+                self._expire(now)
+                if self._total + amount <= self.limit:
+                    self._spent.append((now, amount))
+                    self._total += amount
+                    return
+                wait = self._spent[0][0] + self.seconds - now
+            self.waited += wait
+            await asyncio.sleep(max(wait, 0.001))
+
+    def _expire(self, now: float) -> None:
+        while self._spent and self._spent[0][0] <= now - self.seconds:
+            self._total -= self._spent.popleft()[1]
+
+
+def request_weight(path: str, params: Mapping[str, Any] | None = None) -> int:
+    """Binance's request weight of a USDT-M futures REST request (the endpoints this client calls)."""
+    params = params or {}
+    if path == "/fapi/v1/depth":
+        limit = int(params.get("limit", 500))
+        return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+    if path == "/fapi/v1/klines":
+        limit = int(params.get("limit", 500))
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+    if path == "/fapi/v2/balance":
+        return 5
+    return 1
+
+
 class BinanceRestClient:
     """Async REST client of Binance USDT-M futures (use `async with`, or `await close()`)."""
 
     def __init__(self, base_url: str = BINANCE_FUTURES_REST, api_key: str | None = None,
                  api_secret: str | None = None, *, recv_window_ms: int = DEFAULT_RECV_WINDOW_MS,
-                 timeout: float = 10.0):
+                 timeout: float = 10.0, weight_limiter: RateWindow | None = None):
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._api_secret = api_secret
         self.recv_window_ms = recv_window_ms
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         self._clock_offset_ms: int | None = None  # server time minus local time
+        self.weights = weight_limiter or RateWindow(DEFAULT_WEIGHT_PER_MINUTE, 60.0)
+        self.used_weight: int | None = None  # the IP's weight in the current minute, as Binance last said
+        self.requests_sent = 0
 
     def __repr__(self) -> str:  # no key material, ever
         return f"BinanceRestClient({self.base_url!r}, signed={self.can_sign})"
@@ -99,19 +179,34 @@ class BinanceRestClient:
         params = {"symbol": symbol, "interval": interval, "limit": limit, "startTime": start_time, "endTime": end_time}
         return await self._request("GET", "/fapi/v1/klines", {k: v for k, v in params.items() if v is not None})
 
-    async def closed_klines_since(self, symbol: str, interval: str, start_time: int) -> list[list[Any]]:
+    async def closed_klines_since(self, symbol: str, interval: str, start_time: int, *,
+                                  page: int = KLINES_PAGE) -> list[list[Any]]:
         """Every closed kline opening at or after `start_time` (paged), without the open bar.
 
         Binance always lists the bar in progress last; a page shorter than the limit therefore ends
-        with it, so it is dropped there (this needs no clock agreement with the exchange).
+        with it, so it is dropped there (this needs no clock agreement with the exchange). A small
+        `page` costs less weight when only a few bars are missing (99: weight 1 a page).
         """
         step, rows = interval_ms(interval), []
         while True:
-            page = await self.klines(symbol, interval, start_time=start_time, limit=KLINES_PAGE)
-            if len(page) < KLINES_PAGE:
-                return rows + page[:-1]
-            rows += page
-            start_time = int(page[-1][0]) + step
+            chunk = await self.klines(symbol, interval, start_time=start_time, limit=page)
+            if len(chunk) < page:
+                return rows + chunk[:-1]
+            rows += chunk
+            start_time = int(chunk[-1][0]) + step
+
+    async def klines_between(self, symbol: str, interval: str, start_time: int, end_time: int, *,
+                             page: int = KLINES_PAGE) -> list[list[Any]]:
+        """The klines opening in [start_time, end_time) (epoch ms), oldest first, `page` per request
+        (each request takes its weight from the limiter first: 10 for a page of 1,500)."""
+        step, rows = interval_ms(interval), []
+        while start_time < end_time:
+            chunk = await self.klines(symbol, interval, start_time=start_time, end_time=end_time - 1, limit=page)
+            rows += [row for row in chunk if start_time <= int(row[0]) < end_time]
+            if len(chunk) < page:
+                break
+            start_time = int(chunk[-1][0]) + step
+        return rows
 
     # -- signed endpoints --------------------------------------------------------------------------
 
@@ -152,6 +247,30 @@ class BinanceRestClient:
 
     async def _request(self, method: str, path: str, params: dict[str, Any] | None = None, *,
                        signed: bool = False) -> Any:
+        for attempt in range(_RETRIES_ON_429 + 1):
+            await self.weights.acquire(request_weight(path, params))
+            self.requests_sent += 1
+            response = await self._send(method, path, params, signed)
+            self._note_used_weight(response)
+            if response.status_code == 429 and not signed and method == "GET" and attempt < _RETRIES_ON_429:
+                retry_after = _retry_after(response)
+                log.warning("Binance %s %s: too many requests (HTTP 429); waiting %.0f s as asked", method, path,
+                            retry_after)
+                self.weights.pause_until(time.monotonic() + retry_after)
+                continue
+            break
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                code, message = body.get("code"), body.get("msg", response.text)
+            except ValueError:
+                code, message = None, response.text[:200]
+            if response.status_code in (418, 429):
+                message = f"{message} (retry after {_retry_after(response):.0f} s)"
+            raise BinanceAPIError(response.status_code, code, message, method, path)
+        return response.json()
+
+    async def _send(self, method: str, path: str, params: dict[str, Any] | None, signed: bool) -> httpx.Response:
         query = urlencode([(key, _param_text(value)) for key, value in (params or {}).items()])
         headers = {}
         if signed:
@@ -162,18 +281,29 @@ class BinanceRestClient:
             headers["X-MBX-APIKEY"] = self._api_key
         url = f"{path}?{query}" if query else path
         try:
-            response = await self._http.request(method, url, headers=headers)
+            return await self._http.request(method, url, headers=headers)
         except httpx.HTTPError as error:
             detail = type(error).__name__ if signed else f"{type(error).__name__}: {error}"  # URL holds the signature
             raise BinanceAPIError(0, None, detail, method, path) from None
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                code, message = body.get("code"), body.get("msg", response.text)
-            except ValueError:
-                code, message = None, response.text[:200]
-            raise BinanceAPIError(response.status_code, code, message, method, path)
-        return response.json()
+
+    def _note_used_weight(self, response: httpx.Response) -> None:
+        used = response.headers.get("X-MBX-USED-WEIGHT-1M")
+        if used is None or not used.isdigit():
+            return
+        self.used_weight = int(used)
+        if self.used_weight > self.weights.limit:
+            # Others on this IP spend weight too: stay away until a window of ours has passed.
+            log.warning("Binance reports %d request weight used this minute (budget %d); pausing requests",
+                        self.used_weight, self.weights.limit)
+            self.weights.pause_until(time.monotonic() + self.weights.seconds)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(float(value), 1.0)
+    except ValueError:
+        return 60.0
 
 
 def _param_text(value: Any) -> str:
@@ -184,10 +314,14 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
+# -- the live streams ----------------------------------------------------------------------------------
+
 @dataclass(frozen=True, slots=True)
 class StreamUpdate:
-    """One thing the stream reports: a raw `kline` or `bookTicker` event, a `book` update (the
-    symbol's book is in sync and moved; `book` is live, read it at once), or `reconnected`."""
+    """One thing the stream reports: a raw `kline`, `bookTicker`, `trade`, ... event; a `book` update
+    (the symbol's book is in sync and moved; `book` is live, read it at once); `disconnected` and
+    `reconnected` (data: the connection and its symbols); `tick` (about once a second, so a consumer
+    can keep time while the market is quiet)."""
 
     kind: str
     symbol: str | None
@@ -198,103 +332,263 @@ class StreamUpdate:
 
 @dataclass
 class StreamStats:
-    connections: int = 0
+    messages: int = 0
+    connections: int = 0  # connections opened (shards x their reconnects)
     reconnects: int = 0
-    snapshots: int = 0
-    gaps: dict[str, int] = field(default_factory=dict)
+    snapshots: int = 0  # REST snapshots applied
+    gaps: dict[str, int] = field(default_factory=dict)  # diffs that broke a book's sequence, per symbol
+
+
+def shard_streams(streams: Sequence[str], per_connection: int) -> list[list[str]]:
+    """`streams` split into connections of at most `per_connection`, a symbol's streams together."""
+    if not 1 <= per_connection <= MAX_STREAMS_PER_CONNECTION:
+        raise ValueError(f"streams per connection must be 1..{MAX_STREAMS_PER_CONNECTION}, got {per_connection}")
+    by_symbol: dict[str, list[str]] = {}
+    for name in streams:
+        symbol, at, _ = name.partition("@")
+        if not at or not symbol or symbol != symbol.lower():
+            raise ValueError(f"stream names are '<lower-case symbol>@<stream>', got {name!r}")
+        by_symbol.setdefault(name.split("@")[0], []).append(name)
+    shards: list[list[str]] = [[]]
+    for symbol, names in by_symbol.items():
+        if len(names) > per_connection:
+            raise ValueError(f"{symbol} alone has {len(names)} streams, more than {per_connection} per connection")
+        if len(shards[-1]) + len(names) > per_connection:
+            shards.append([])
+        shards[-1] += names
+    return [shard for shard in shards if shard]
+
+
+_MESSAGE, _SNAPSHOT, _CONNECTED, _DISCONNECTED, _TICK = range(5)
+_NOTHING: tuple[StreamUpdate, ...] = ()
+RawListener = Callable[[str, int, "str | bytes"], None]  # (symbol, receive time in µs, the message as received)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def utc_from_us(micros: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(microseconds=micros)
 
 
 class BinanceStream:
-    """The combined stream of `streams` with reconnects and per-symbol depth books."""
+    """The combined streams of `streams` over sharded connections, with reconnects and per-symbol books.
+
+    `on_message(symbol, receive_us, raw)` sees every message of a symbol exactly as received, and
+    every REST snapshot (as JSON) where it is applied to the book: in the order the books take them,
+    which is what a capture file must hold to rebuild the same books. `book_updates=False` reports
+    no `book` update per diff (the capture reads the books' rows instead). `message_limit` ends
+    `updates()` after that many websocket messages.
+    """
 
     def __init__(self, ws_url: str, streams: Sequence[str], rest: BinanceRestClient, *,
-                 snapshot_limit: int = 1000, backoff: tuple[float, float] = (0.1, 10.0)):
-        self.url = f"{ws_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
+                 snapshot_limit: int = 1000, backoff: tuple[float, float] = (0.1, 10.0),
+                 streams_per_connection: int = DEFAULT_STREAMS_PER_CONNECTION,
+                 connection_limiter: RateWindow | None = None, book_cadence: dt.timedelta = dt.timedelta(seconds=1),
+                 book_depth: int = 10, book_source: str | None = None,
+                 resume: Mapping[str, ResumePoint] | None = None, book_updates: bool = True,
+                 on_message: RawListener | None = None, message_limit: int | None = None,
+                 tick_seconds: float = 1.0, max_snapshot_requests: int = 4, queue_size: int = 100_000):
+        self.ws_url = ws_url.rstrip("/")
+        self.shards = shard_streams(list(streams), streams_per_connection)
+        self.urls = [f"{self.ws_url}/stream?streams={'/'.join(shard)}" for shard in self.shards]
+        self.shard_symbols = [sorted({name.split("@")[0].upper() for name in shard}) for shard in self.shards]
+        self.url = self.urls[0]
         self.rest = rest
         self.snapshot_limit = snapshot_limit
         self.backoff = backoff
-        self.stats = StreamStats()
-        self.books: dict[str, OrderBook] = {}
-        self._snapshots: dict[str, asyncio.Task] = {}
+        self.connection_limiter = connection_limiter or RateWindow(CONNECTIONS_PER_5_MINUTES, 300.0)
+        self.book_updates, self.on_message, self.message_limit = book_updates, on_message, message_limit
+        self.tick_seconds, self.queue_size = tick_seconds, queue_size
+        resume = resume or {}
+        depth_symbols = sorted({name.split("@")[0].upper() for name in streams if stream_kind(name) == "depth"})
+        self.books: dict[str, LiveBook] = {
+            symbol: LiveBook(symbol, cadence=book_cadence, depth=book_depth, source=book_source,
+                             resume=resume.get(symbol))
+            for symbol in depth_symbols
+        }
+        self.messages = 0
+        self.last_receive_us: int | None = None
+        self._connections = self._reconnects = self._snapshots = 0
+        self._connected_once: set[int] = set()
+        self._routes: dict[str, tuple[str, str]] = {}
+        self._snapshot_tasks: dict[str, asyncio.Task] = {}
+        self._snapshot_slots = asyncio.Semaphore(max_snapshot_requests)
+        self._queue: asyncio.Queue | None = None
+
+    @property
+    def stats(self) -> StreamStats:
+        return StreamStats(self.messages, self._connections, self._reconnects, self._snapshots,
+                           {s: b.sequence_breaks for s, b in self.books.items() if b.sequence_breaks})
 
     async def updates(self) -> AsyncIterator[StreamUpdate]:
-        """Updates forever; reconnects on any connection failure (yields `reconnected` after one)."""
+        """Updates until `message_limit` (forever without one); reconnects on any connection failure."""
+        self._queue = asyncio.Queue(self.queue_size)
+        tasks = [asyncio.create_task(self._run_connection(index)) for index in range(len(self.urls))]
+        tasks.append(asyncio.create_task(self._tick()))
+        try:
+            while self.message_limit is None or self.messages < self.message_limit:
+                item = await self._queue.get()
+                kind = item[0]
+                if kind == _MESSAGE:
+                    updates = self.handle_message(item[1], item[2])
+                elif kind == _SNAPSHOT:
+                    updates = self._on_snapshot(*item[1:])
+                elif kind == _TICK:
+                    self._request_snapshots()
+                    updates = (StreamUpdate("tick", None, {}, utc_from_us(now_us())),)
+                else:
+                    updates = self._on_connection_event(item)
+                for update in updates:
+                    yield update
+        finally:
+            pending = [*tasks, *self._snapshot_tasks.values()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            self._snapshot_tasks.clear()
+
+    # -- messages -----------------------------------------------------------------------------------
+
+    def handle_message(self, receive_us: int, raw: str | bytes) -> tuple[StreamUpdate, ...] | list[StreamUpdate]:
+        """Take one websocket message received at `receive_us` (µs since the epoch)."""
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.warning("Binance stream: skipping a message that is not JSON: %.120r", raw)
+            return _NOTHING
+        stream = message.get("stream") if type(message) is dict else None
+        data = message.get("data") if stream is not None else None
+        if type(data) is not dict:
+            return _NOTHING  # e.g. a reply to a SUBSCRIBE request
+        route = self._routes.get(stream) or self._route(stream)
+        kind, symbol = route
+        self.messages += 1
+        self.last_receive_us = receive_us
+        if self.on_message is not None:
+            self.on_message(symbol, receive_us, raw)
+        receive_time = utc_from_us(receive_us)
+        if kind == "depth":
+            book = self.books.get(symbol)
+            if book is None:
+                return _NOTHING
+            applied = book.on_diff(stream, data, receive_time)
+            if book.state is SyncState.WAITING:
+                self._request_snapshot(symbol, book)
+            if applied and self.book_updates:
+                return (StreamUpdate("book", symbol, data, receive_time, book.book),)
+            return _NOTHING
+        return (StreamUpdate(kind, symbol, data, receive_time),)
+
+    def _route(self, stream: str) -> tuple[str, str]:
+        route = (stream_kind(stream).split("_")[0], stream.split("@")[0].upper())
+        self._routes[stream] = route
+        return route
+
+    def apply_snapshot(self, symbol: str, receive_us: int, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply a REST snapshot of `symbol` received at `receive_us`; returns the diff the book got in
+        sync at, if it did. (What `updates()` does with a snapshot it fetched.)"""
+        book = self.books[symbol]
+        if book.is_synced:
+            return None  # the book got ahead meanwhile: the snapshot would be ignored anyway
+        if self.on_message is not None:
+            self.on_message(symbol, receive_us, orjson.dumps(snapshot))
+        self._snapshots += 1
+        return book.on_snapshot(snapshot, utc_from_us(receive_us))
+
+    def _on_snapshot(self, symbol: str, receive_us: int, snapshot: dict[str, Any] | None,
+                     error: BaseException | None) -> tuple[StreamUpdate, ...]:
+        self._snapshot_tasks.pop(symbol, None)
+        book = self.books[symbol]
+        if error is not None:
+            log.warning("%s depth snapshot failed: %s; asking again later", symbol, error)
+            book.snapshot_failed(time.monotonic())
+            return _NOTHING
+        synced_at = self.apply_snapshot(symbol, receive_us, snapshot)
+        if book.state is SyncState.WAITING:
+            log.warning("%s depth snapshot %s does not bridge the diffs received; asking again later", symbol,
+                        snapshot.get("lastUpdateId"))
+        if synced_at is not None and self.book_updates:
+            return (StreamUpdate("book", symbol, synced_at, utc_from_us(receive_us), book.book),)
+        return _NOTHING
+
+    def _request_snapshots(self) -> None:
+        for symbol, book in self.books.items():
+            if book.state is SyncState.WAITING and book.first_seen_ms is not None:
+                self._request_snapshot(symbol, book)
+
+    def _request_snapshot(self, symbol: str, book: LiveBook) -> None:
+        if symbol in self._snapshot_tasks or not book.wants_snapshot(time.monotonic()):
+            return
+        book.snapshot_requested()
+        self._snapshot_tasks[symbol] = asyncio.create_task(self._fetch_snapshot(symbol))
+
+    async def _fetch_snapshot(self, symbol: str) -> None:
+        async with self._snapshot_slots:
+            try:
+                snapshot, error = await self.rest.depth(symbol, self.snapshot_limit), None
+            except (BinanceAPIError, ValueError) as failure:
+                snapshot, error = None, failure
+        await self._queue.put((_SNAPSHOT, symbol, now_us(), snapshot, error))
+
+    # -- connections --------------------------------------------------------------------------------
+
+    def _on_connection_event(self, item: tuple) -> tuple[StreamUpdate, ...]:
+        kind, index = item[0], item[1]
+        symbols = self.shard_symbols[index]
+        data = {"connection": index, "symbols": symbols}
+        if kind == _CONNECTED:
+            self._connections += 1
+            if index in self._connected_once:
+                self._reconnects += 1
+                return (StreamUpdate("reconnected", None, data, utc_from_us(now_us())),)
+            self._connected_once.add(index)
+            return _NOTHING
+        for symbol in symbols:
+            if symbol in self.books:
+                self.books[symbol].on_disconnect()
+        return (StreamUpdate("disconnected", None, {**data, "reason": item[2]}, utc_from_us(now_us())),)
+
+    async def _run_connection(self, index: int) -> None:
+        url, queue = self.urls[index], self._queue
         pause = self.backoff[0]
         while True:
+            await self.connection_limiter.acquire()
+            connected = False
             try:
-                async with connect(self.url, max_size=2**23, open_timeout=10) as websocket:
-                    self._reset_books()
-                    self.stats.connections += 1
-                    if self.stats.connections > 1:
-                        self.stats.reconnects += 1
-                        yield StreamUpdate("reconnected", None, {}, _now())
+                async with connect(url, max_size=2**23, open_timeout=10, ping_interval=20, ping_timeout=20) as ws:
+                    connected = True
+                    await queue.put((_CONNECTED, index))
                     pause = self.backoff[0]
-                    async for raw in websocket:
+                    async for raw in ws:
+                        item = (_MESSAGE, time.time_ns() // 1000, raw)
                         try:
-                            message = json.loads(raw)
-                        except ValueError:
-                            log.warning("Binance stream: skipping a message that is not JSON: %.120r", raw)
-                            continue
-                        for update in self._handle(message):
-                            yield update
-                        for update in self._apply_finished_snapshots():
-                            yield update
+                            queue.put_nowait(item)
+                        except asyncio.QueueFull:
+                            await queue.put(item)
+                reason = "closed by the server"
             except (OSError, TimeoutError, WebSocketException) as error:
-                log.warning("Binance stream lost (%s: %s); reconnecting in %.1fs", type(error).__name__, error, pause)
+                reason = f"{type(error).__name__}: {error}"
+            if connected:
+                await queue.put((_DISCONNECTED, index, reason))
+                log.warning("Binance stream connection %d lost (%s); reconnecting in %.1fs", index, reason, pause)
+            else:
+                log.warning("Binance stream connection %d could not open (%s); retrying in %.1fs", index, reason,
+                            pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, self.backoff[1])
 
-    def _handle(self, message: dict[str, Any]) -> list[StreamUpdate]:
-        stream, data = message.get("stream"), message.get("data")
-        if not stream or not isinstance(data, dict):
-            return []  # e.g. a reply to a SUBSCRIBE request
-        kind, symbol = stream_kind(stream), stream_symbol(stream)
-        if kind == "depth":
-            return self._on_depth(symbol, data)
-        return [StreamUpdate(kind.split("_")[0], symbol, data, _now())]
-
-    def _on_depth(self, symbol: str, diff: dict[str, Any]) -> list[StreamUpdate]:
-        book = self.books.setdefault(symbol, OrderBook())
-        result = book.apply_diff(diff)
-        if result is DiffResult.GAP:
-            self.stats.gaps[symbol] = self.stats.gaps.get(symbol, 0) + 1
-            log.warning("%s depth gap: pu %s after u %s; re-synchronising from a snapshot",
-                        symbol, diff.get("pu"), book.last_update_id)
-        if not book.is_valid:
-            self._request_snapshot(symbol)
-            return []
-        if result in (DiffResult.APPLIED, DiffResult.SYNCED):
-            return [StreamUpdate("book", symbol, diff, _now(), book)]
-        return []
-
-    def _request_snapshot(self, symbol: str) -> None:
-        if symbol not in self._snapshots:
-            self._snapshots[symbol] = asyncio.create_task(self.rest.depth(symbol, self.snapshot_limit))
-
-    def _apply_finished_snapshots(self) -> list[StreamUpdate]:
-        updates = []
-        for symbol, task in list(self._snapshots.items()):
-            if not task.done():
-                continue
-            del self._snapshots[symbol]
-            if task.exception() is not None:
-                log.warning("%s depth snapshot failed: %s", symbol, task.exception())
-                continue  # the next diff asks again
-            self.stats.snapshots += 1
-            book = self.books[symbol]
-            replayed = [diff for diff, result in book.apply_snapshot(task.result())
-                        if result in (DiffResult.APPLIED, DiffResult.SYNCED)]
-            if book.is_valid and replayed:
-                updates.append(StreamUpdate("book", symbol, replayed[-1], _now(), book))
-        return updates
-
-    def _reset_books(self) -> None:
-        # Diffs missed while disconnected cannot be recovered: every book starts again.
-        for task in self._snapshots.values():
-            task.cancel()
-        self._snapshots.clear()
-        self.books.clear()
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_seconds)
+            await self._queue.put((_TICK,))
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+def snapshot_weight(limit: int) -> int:
+    return request_weight("/fapi/v1/depth", {"limit": limit})
+
+
+def minutes_to_sync(symbols: int, snapshot_limit: int = 1000, weight_per_minute: int = DEFAULT_WEIGHT_PER_MINUTE) -> int:
+    """How many minutes the REST snapshots of `symbols` books take within the weight budget."""
+    return math.ceil(symbols * snapshot_weight(snapshot_limit) / weight_per_minute)

@@ -5,8 +5,9 @@ Every feed yields `KlineEvent`s and `BookEvent`s from `events()`, in exchange-ti
   `book_cadence` and into closed klines aggregated from the trades; as fast as possible by
   default (`speed=None`), or `speed` times real time. The default feed.
 - `StoredFeed`: klines and book snapshots stored in PostgreSQL (what the backtest replays).
-- `BinanceFeed`: the live combined stream (see `marketdata.binance`), with REST warm-up and a REST
-  backfill of the closed klines missed while disconnected.
+- `BinanceFeed`: the live combined streams (`marketdata.binance.BinanceStream`, shared with the
+  market-data capture), with REST warm-up and a REST backfill of the closed klines missed while
+  disconnected (`ClosedKlines`, shared too).
 `FeedWriter` stores closed klines and book snapshots into the hot tables in batches.
 
 A kline is placed at its close time (that is when it is known); ties go klines first, then symbol.
@@ -29,6 +30,7 @@ from winiswin_pipelines.marketdata import repository, samples
 from winiswin_pipelines.marketdata.binance import (
     BINANCE_FUTURES_REST,
     BINANCE_FUTURES_WS,
+    SMALL_KLINES_PAGE,
     BinanceAPIError,
     BinanceRestClient,
     BinanceStream,
@@ -243,11 +245,69 @@ class StoredFeed:
 
 # -- live Binance -----------------------------------------------------------------------------------
 
+class ClosedKlines:
+    """The closed klines already passed on, per symbol and interval: each closed kline is passed on
+    once, and after a reconnect the ones missed meanwhile are fetched over REST (small pages: a
+    reconnect usually misses a bar or two). Shared by `BinanceFeed` and the market-data capture."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], dt.datetime] = {}
+
+    def seed(self, symbol: str, interval: str, last_open: dt.datetime) -> None:
+        """Count the closed klines up to `last_open` as passed on (e.g. stored by an earlier capture)."""
+        self._last[(symbol, interval)] = last_open
+
+    def last_opens(self, interval: str) -> dict[str, dt.datetime]:
+        """The open time of the newest closed kline passed on, per symbol, of `interval`."""
+        return {symbol: last for (symbol, iv), last in self._last.items() if iv == interval}
+
+    def fresh(self, events: Iterable[KlineEvent]) -> list[KlineEvent]:
+        """The closed klines not passed on yet, remembering the newest per symbol and interval."""
+        new = []
+        for event in events:
+            key = (event.symbol, event.interval)
+            if key not in self._last or event.open_time > self._last[key]:
+                self._last[key] = event.open_time
+                new.append(event)
+        return new
+
+    async def missed(self, rest: BinanceRestClient, symbols: Iterable[str] | None = None, *,
+                     page: int = SMALL_KLINES_PAGE) -> list[KlineEvent]:
+        """The closed klines after the newest passed on (of `symbols`, default all), over REST, ordered
+        (`page` bars a request: 99, weight 1, suits the bar or two a reconnect misses)."""
+        wanted = None if symbols is None else set(symbols)
+        events: list[KlineEvent] = []
+        for (symbol, interval), last_open in list(self._last.items()):
+            if wanted is not None and symbol not in wanted:
+                continue
+            start = int((last_open - EPOCH) / dt.timedelta(milliseconds=1)) + interval_ms(interval)
+            try:
+                rows = await rest.closed_klines_since(symbol, interval, start, page=page)
+            except BinanceAPIError as error:
+                log.warning("kline backfill of %s %s over REST failed: %s", symbol, interval, error)
+                continue
+            events += self.fresh(kline_from_rest(symbol, interval, row) for row in rows)
+        return sorted(events, key=event_order)
+
+
+def stream_names(symbols: Sequence[str], intervals: Sequence[str], depth_stream: str | None,
+                 extra: Sequence[str] = ()) -> list[str]:
+    """The combined-stream names of `symbols`: klines of `intervals`, the depth diffs, and `extra` kinds."""
+    names = []
+    for symbol in (s.lower() for s in symbols):
+        names += [f"{symbol}@kline_{interval}" for interval in intervals]
+        names += [f"{symbol}@{kind}" for kind in extra]
+        if depth_stream:
+            names.append(f"{symbol}@{depth_stream}")
+    return names
+
+
 class BinanceFeed:
     """Live Binance USDT-M market data for `symbols`: klines of `intervals`, books of `depth` levels.
 
-    A BookEvent follows every depth diff applied while the symbol's book is in sync (never from a
-    book waiting for its snapshot). The latest bookTicker of each symbol is kept in `tickers`.
+    The streams, connections and books are `binance.BinanceStream`'s, the same as the market-data
+    capture's. A BookEvent follows every depth diff applied while the symbol's book is in sync (never
+    from a book waiting for its snapshot). The latest bookTicker of each symbol is kept in `tickers`.
     After a reconnect, the closed klines missed meanwhile are fetched over REST and yielded before
     the live ones; each closed kline is yielded once.
     """
@@ -264,14 +324,10 @@ class BinanceFeed:
         self.depth_stream = depth_stream
         self.tickers: dict[str, dict[str, Any]] = {}
         self.stream: BinanceStream | None = None
-        self._last_closed: dict[tuple[str, str], dt.datetime] = {}
+        self._klines = ClosedKlines()
 
     def stream_names(self) -> list[str]:
-        names = []
-        for symbol in (s.lower() for s in self.symbols):
-            names += [f"{symbol}@kline_{interval}" for interval in self.intervals]
-            names += [f"{symbol}@bookTicker", f"{symbol}@{self.depth_stream}"]
-        return names
+        return stream_names(self.symbols, self.intervals, self.depth_stream, extra=("bookTicker",))
 
     async def warm_up(self, bars: int = 500) -> list[KlineEvent]:
         """The last `bars` closed klines of every symbol and interval, over REST, ordered."""
@@ -280,47 +336,27 @@ class BinanceFeed:
             for symbol in self.symbols:
                 for interval in self.intervals:
                     rows = (await rest.klines(symbol, interval, limit=min(bars + 1, 1500)))[:-1]
-                    events += self._new_closed(kline_from_rest(symbol, interval, row) for row in rows)
+                    events += self._klines.fresh(kline_from_rest(symbol, interval, row) for row in rows)
         return sorted(events, key=event_order)
 
     async def events(self) -> AsyncIterator[MarketEvent]:
         async with BinanceRestClient(self.rest_url) as rest:
-            self.stream = BinanceStream(self.ws_url, self.stream_names(), rest, snapshot_limit=max(self.depth, 1000))
+            self.stream = BinanceStream(self.ws_url, self.stream_names(), rest, snapshot_limit=max(self.depth, 1000),
+                                        book_depth=self.depth)
             async for update in self.stream.updates():
-                if update.kind == "book":
+                kind = update.kind
+                if kind == "book":
                     yield book_event(update.symbol, update.book, from_epoch_ms(update.data["E"]), update.receive_time,
                                      self.depth)
-                elif update.kind == "kline":
+                elif kind == "kline":
                     event = kline_from_stream(update.data)
-                    if not event.closed or self._new_closed([event]):
+                    if not event.closed or self._klines.fresh([event]):
                         yield event
-                elif update.kind == "bookTicker":
+                elif kind == "bookTicker":
                     self.tickers[update.symbol] = update.data
-                elif update.kind == "reconnected":
-                    for event in await self._backfill(rest):
+                elif kind == "reconnected":
+                    for event in await self._klines.missed(rest, update.data["symbols"]):
                         yield event
-
-    def _new_closed(self, events: Iterable[KlineEvent]) -> list[KlineEvent]:
-        """The closed klines not yielded yet, remembering the newest per symbol and interval."""
-        fresh = []
-        for event in events:
-            key = (event.symbol, event.interval)
-            if key not in self._last_closed or event.open_time > self._last_closed[key]:
-                self._last_closed[key] = event.open_time
-                fresh.append(event)
-        return fresh
-
-    async def _backfill(self, rest: BinanceRestClient) -> list[KlineEvent]:
-        events: list[KlineEvent] = []
-        for (symbol, interval), last_open in list(self._last_closed.items()):
-            start = int((last_open - EPOCH) / dt.timedelta(milliseconds=1)) + interval_ms(interval)
-            try:
-                rows = await rest.closed_klines_since(symbol, interval, start)
-            except BinanceAPIError as error:
-                log.warning("kline backfill of %s %s after a reconnect failed: %s", symbol, interval, error)
-                continue
-            events += self._new_closed(kline_from_rest(symbol, interval, row) for row in rows)
-        return sorted(events, key=event_order)
 
 
 # -- writing to the hot tables ----------------------------------------------------------------------

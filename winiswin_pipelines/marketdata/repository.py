@@ -1,5 +1,5 @@
 """Market data in PostgreSQL: writing klines and book snapshots, reading them back for the stored
-feed, and the checks' queries."""
+feed, the checks' queries, and the live capture's gaps and heartbeats."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Row, text
+from sqlalchemy import Row, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 
 from winiswin_pipelines.db.bulk import UpsertResult, copy_upsert, upsert_frame
 from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.db.models import MarketDataCapture, MarketDataGap
 from winiswin_pipelines.marketdata.klines import KLINE_COLUMNS
+from winiswin_pipelines.marketdata.livebook import Gap, ResumePoint
 from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS
 
 _WRITE_BATCH = 50_000
@@ -103,3 +106,119 @@ def snapshot_days(manager: DatabaseManager) -> list[dt.date]:
         return list(conn.execute(
             text("SELECT DISTINCT (exchange_time AT TIME ZONE 'UTC')::date FROM book_snapshots ORDER BY 1")
         ).scalars())
+
+
+# -- the live capture: gaps and heartbeats -------------------------------------------------------------
+
+def start_capture(manager: DatabaseManager, capture_id: str, *, run_id: str | None, symbols: Sequence[str],
+                  at: dt.datetime, details: dict[str, Any]) -> None:
+    """The capture's heartbeat row, status "running" since `at` (a capture id started again starts afresh)."""
+    values = {"capture_id": capture_id, "run_id": run_id, "status": "running", "symbols": list(symbols),
+              "started_at": at, "last_heartbeat_at": at, "last_message_at": None, "stopped_at": None,
+              "messages": 0, "book_rows": 0, "kline_rows": 0, "gaps": 0, "details": details}
+    statement = insert(MarketDataCapture).values(**values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[MarketDataCapture.capture_id],
+        set_={k: statement.excluded[k] for k in values if k != "capture_id"},
+    )
+    with manager.engine.begin() as conn:
+        conn.execute(statement)
+
+
+def write_capture_batch(
+    manager: DatabaseManager, capture_id: str, *, klines: Sequence[Sequence[Any]], books: Sequence[Sequence[Any]],
+    gaps: Sequence[Gap], heartbeat: dict[str, Any],
+) -> dict[str, UpsertResult]:
+    """One flush of the capture in one transaction: klines and book snapshots (COPY, upserted), the gaps
+    opened or closed since the last flush, and the heartbeat (`heartbeat`: columns of the capture row;
+    a status other than "running" also marks it stopped)."""
+    results = {}
+    with manager.engine.begin() as conn:
+        if klines:
+            results["klines"] = copy_upsert(conn, "klines", KLINE_COLUMNS, klines, conflict_columns=_KLINE_KEY)
+        if books:
+            results["book_snapshots"] = copy_upsert(conn, "book_snapshots", BOOK_SNAPSHOT_COLUMNS, books,
+                                                    conflict_columns=_BOOK_KEY)
+        if gaps:
+            _upsert_gaps(conn, capture_id, gaps)
+        values = dict(heartbeat)
+        if values.get("status", "running") != "running":
+            values.setdefault("stopped_at", values.get("last_heartbeat_at"))
+        conn.execute(update(MarketDataCapture).where(MarketDataCapture.capture_id == capture_id).values(**values))
+    return results
+
+
+def _upsert_gaps(conn, capture_id: str, gaps: Sequence[Gap]) -> None:
+    # A gap is stored when it opens and again when it closes (same key). A gap that continues one
+    # left open by an earlier capture keeps that gap's reason; its details are merged.
+    rows = {(g.symbol, g.start_time): {"symbol": g.symbol, "start_time": g.start_time, "end_time": g.end_time,
+                                       "reason": g.reason, "capture_id": capture_id, "details": g.details}
+            for g in gaps}
+    statement = insert(MarketDataGap).values(list(rows.values()))
+    statement = statement.on_conflict_do_update(
+        index_elements=[MarketDataGap.symbol, MarketDataGap.start_time],
+        set_={"end_time": statement.excluded.end_time, "updated_at": func.now(),
+              "details": func.coalesce(MarketDataGap.details, text("'{}'::jsonb")).op("||")(statement.excluded.details)},
+    )
+    conn.execute(statement)
+
+
+def capture_resume_points(manager: DatabaseManager, symbols: Sequence[str], *,
+                          exclude: str | None = None) -> dict[str, ResumePoint]:
+    """Where earlier captures of `symbols` stopped: the start of a gap they left open, else the last
+    exchange time their book was good (from the newest capture heartbeat that names the symbol)."""
+    with manager.engine.connect() as conn:
+        open_gaps = dict(conn.execute(
+            select(MarketDataGap.symbol, func.max(MarketDataGap.start_time))
+            .where(MarketDataGap.end_time.is_(None), MarketDataGap.symbol.in_(list(symbols)))
+            .group_by(MarketDataGap.symbol)
+        ).all())
+        recent = conn.execute(
+            select(MarketDataCapture.details)
+            .where(MarketDataCapture.capture_id != (exclude or ""), MarketDataCapture.symbols.overlap(list(symbols)))
+            .order_by(MarketDataCapture.last_heartbeat_at.desc().nulls_last()).limit(50)
+        ).scalars().all()
+    points = {symbol: ResumePoint(start, continues_open_gap=True) for symbol, start in open_gaps.items()}
+    for details in recent:
+        for symbol, last in ((details or {}).get("last_data") or {}).items():
+            if symbol in symbols and symbol not in points:
+                points[symbol] = ResumePoint(dt.datetime.fromisoformat(last))
+    return points
+
+
+def capture_kline_resume(manager: DatabaseManager, symbols: Sequence[str], interval: str, *, within: dt.timedelta,
+                         exclude: str | None = None) -> dict[str, dt.datetime]:
+    """The open time of the last closed `interval` kline each symbol's newest capture stored, when that
+    capture's last heartbeat is less than `within` ago (older holes are the daily import's REST backfill's)."""
+    since = dt.datetime.now(dt.UTC) - within
+    with manager.engine.connect() as conn:
+        recent = conn.execute(
+            select(MarketDataCapture.details)
+            .where(MarketDataCapture.capture_id != (exclude or ""), MarketDataCapture.last_heartbeat_at >= since,
+                   MarketDataCapture.symbols.overlap(list(symbols)))
+            .order_by(MarketDataCapture.last_heartbeat_at.desc()).limit(50)
+        ).scalars().all()
+    last: dict[str, dt.datetime] = {}
+    for details in recent:
+        for symbol, open_time in ((details or {}).get("last_klines") or {}).get(interval, {}).items():
+            if symbol in symbols and symbol not in last:
+                last[symbol] = dt.datetime.fromisoformat(open_time)
+    return last
+
+
+def read_gaps(manager: DatabaseManager, *, symbols: Sequence[str] | None = None,
+              since: dt.datetime | None = None) -> list[MarketDataGap]:
+    """Stored gaps (of `symbols`, starting at or after `since`), by start time then symbol."""
+    query = select(MarketDataGap).order_by(MarketDataGap.start_time, MarketDataGap.symbol)
+    if symbols is not None:
+        query = query.where(MarketDataGap.symbol.in_(list(symbols)))
+    if since is not None:
+        query = query.where(MarketDataGap.start_time >= since)
+    with manager.session() as session:
+        return list(session.scalars(query).all())
+
+
+def read_capture_row(manager: DatabaseManager, capture_id: str) -> MarketDataCapture | None:
+    """A capture's heartbeat row."""
+    with manager.session() as session:
+        return session.get(MarketDataCapture, capture_id)
