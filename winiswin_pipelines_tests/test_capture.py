@@ -27,6 +27,7 @@ from winiswin_pipelines.defs.capture import (
     LANE,
     LANE_TAG,
     MarketDataCaptureConfig,
+    capture_heartbeat_fresh,
     market_data_capture_job,
     market_data_capture_supervisor,
 )
@@ -38,7 +39,7 @@ from winiswin_pipelines.marketdata.klines import complete_klines_from_trades, tr
 from winiswin_pipelines.marketdata.live_capture import CaptureConfig, run_capture, run_capture_in_thread
 from winiswin_pipelines.marketdata.live_capture import MarketDataCapture as Capture
 from winiswin_pipelines.marketdata.orderbook import rebuild_book_snapshots
-from winiswin_pipelines.marketdata.repository import read_capture_row, read_gaps
+from winiswin_pipelines.marketdata.repository import read_capture_row, read_gaps, start_capture
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 from winiswin_pipelines.settings import PROJECT_DIR
 from winiswin_pipelines_tests.binance_server import LocalBinanceServer
@@ -328,3 +329,21 @@ def test_standalone_server_replays_a_capture_for_the_capture_job(db, tmp_path):
     assert server.returncode == 0, err
     assert result.status == "idle" and result.gaps == [] and result.book_rows == 480
     _same(_books(db), _rebuilt({"ETHUSDT": CAPTURES["ETHUSDT"]}), COMPARED)
+
+
+def test_heartbeat_check_fails_when_a_running_capture_stops_writing(db, database_url, dagster_instance):
+    resources = {"postgres": PostgresResource(database_url=database_url)}
+
+    def evaluate() -> dg.AssetCheckEvaluation:
+        result = dg.materialize([book_snapshots, capture_heartbeat_fresh], resources=resources,
+                                instance=dagster_instance, selection=dg.AssetSelection.checks(capture_heartbeat_fresh))
+        return result.get_asset_check_evaluations()[0]
+
+    assert evaluate().passed  # no capture running: nothing to be late
+    now = dt.datetime.now(dt.UTC)
+    start_capture(db, "fresh", run_id=None, symbols=["BTCUSDT"], at=now, details={})
+    assert evaluate().passed
+    start_capture(db, "stuck", run_id=None, symbols=["ETHUSDT"], at=now - dt.timedelta(minutes=6), details={})
+    late = evaluate()
+    assert not late.passed and "stuck" in late.metadata["stale_captures"].value
+    assert "fresh" not in late.metadata["stale_captures"].value

@@ -36,6 +36,7 @@ from winiswin_pipelines.marketdata.live_capture import (
     run_capture_in_thread,
 )
 from winiswin_pipelines.marketdata.livebook import Gap
+from winiswin_pipelines.marketdata.repository import stale_captures
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 
 LANE_TAG = "winiswin/lane"
@@ -201,3 +202,30 @@ def market_data_capture_supervisor(context: dg.SensorEvaluationContext) -> dg.Se
                                     tags={CAPTURE_TAG: run_key, ATTEMPT_TAG: str(attempt)})],
         cursor=json.dumps({"day": day, "attempt": attempt}),
     )
+
+
+HEARTBEAT_MAX_AGE = dt.timedelta(minutes=5)
+
+
+@dg.asset_check(asset="book_snapshots", description="A capture marked running has written within the last 5 minutes.")
+def capture_heartbeat_fresh(postgres: PostgresResource) -> dg.AssetCheckResult:
+    """Fails when a running capture has not written for 5 minutes: it is stuck, or died without saying so."""
+    stale = stale_captures(postgres.manager, HEARTBEAT_MAX_AGE)
+    return dg.AssetCheckResult(
+        passed=not stale,
+        metadata={"stale_captures": dg.MetadataValue.md(
+            "\n".join(f"- {capture}: last heartbeat {at or 'never'}" for capture, at in stale) or "none"),
+                  "max_age_minutes": HEARTBEAT_MAX_AGE.total_seconds() / 60},
+    )
+
+
+capture_heartbeat_job = dg.define_asset_job(
+    "capture_heartbeat_job", selection=dg.AssetSelection.checks(capture_heartbeat_fresh),
+    description="Checks the live capture's heartbeat.",
+)
+
+capture_heartbeat_every_5_minutes = dg.ScheduleDefinition(
+    name="capture_heartbeat_every_5_minutes", job=capture_heartbeat_job, cron_schedule="*/5 * * * *", execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Runs capture_heartbeat_fresh every 5 minutes (it passes while no capture is marked running).",
+)

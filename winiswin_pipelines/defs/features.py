@@ -279,3 +279,14 @@ training_data_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(microstructure_features, triple_barrier_labels, training_dataset),
     description="Features, labels and the training dataset for a range of UTC days, in one run.",
 )
+
+
+# A day's training data is expected by 03:00 UTC the next day (its inputs by 01:00); the check fails otherwise.
+training_data_freshness = dg.build_time_partition_freshness_checks(
+    assets=[microstructure_features, triple_barrier_labels, training_dataset], deadline_cron="0 3 * * *",
+    timezone="UTC",
+)
+training_data_freshness_sensor = dg.build_sensor_for_freshness_checks(
+    freshness_checks=training_data_freshness, name="training_data_freshness_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)

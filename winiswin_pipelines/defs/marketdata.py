@@ -20,6 +20,7 @@ import pandas as pd
 from pydantic import Field
 
 from winiswin_pipelines import settings
+from winiswin_pipelines.catalog import table_asset
 from winiswin_pipelines.db.bulk import UpsertResult
 from winiswin_pipelines.defs.partitions import daily_partitions
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, DEFAULT_WEIGHT_PER_MINUTE, BinanceAPIError
@@ -127,6 +128,7 @@ def _capture_klines(
 
 
 @dg.asset(
+    **table_asset("klines"),
     group_name="market_data",
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -191,6 +193,7 @@ def _rest_backfill(
 
 
 @dg.asset(
+    **table_asset("book_snapshots"),
     group_name="market_data",
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -284,3 +287,13 @@ def market_data_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     day = (context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
     return dg.RunRequest(run_key=day.isoformat(), partition_key=day.isoformat(),
                          run_config={"ops": {"klines": {"config": {"rest_backfill": True}}}})
+
+
+# A day's market data is expected by 01:00 UTC the next day (capture or import); the check fails otherwise.
+market_data_freshness = dg.build_time_partition_freshness_checks(
+    assets=[klines, book_snapshots], deadline_cron="0 1 * * *", timezone="UTC",
+)
+market_data_freshness_sensor = dg.build_sensor_for_freshness_checks(
+    freshness_checks=market_data_freshness, name="market_data_freshness_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)

@@ -8,15 +8,17 @@ import warnings
 import dagster as dg
 
 from winiswin_pipelines import factories
-from winiswin_pipelines.definitions import defs
 from winiswin_pipelines.demo.runner import DemoRunner, demo_instance
-from winiswin_pipelines.demo.steps import STEPS
 
 
 def main() -> None:
-    # Beta/preview notices of Dagster APIs the project uses knowingly would bury the summary.
+    # Beta/preview notices of Dagster APIs the project uses knowingly would bury the summary; they are
+    # raised while the definitions load, hence the imports after the filters.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    from winiswin_pipelines.definitions import defs
+    from winiswin_pipelines.demo.steps import STEPS
+
     manager = factories.database_manager()
     print(f"database: {manager.masked_url} (schema {manager.current_revision()}, head {manager.head_revision()})")
     runner = DemoRunner(demo_instance(), defs(), manager)

@@ -207,7 +207,7 @@ def archived_day_again(runner: DemoRunner) -> list[str]:
     around = (day - dt.timedelta(days=1), day + dt.timedelta(days=1))
     again = runner.materialize(*(f"archive/{t}" for t in ("book_snapshots", "training_features")),
                                tags=range_tags(*around), ops={"cold_archive": {"config": {"force": True}}})
-    archived_again = [e.asset_key.path[-1] for e in again.get_asset_materialization_events()]
+    archived_again = sorted({e.asset_key.path[-1] for e in again.get_asset_materialization_events()})
     return [
         f"{day}: {len(before):,} training_features rows in cold storage; re-materialized features and labels: "
         f"{m['dagster/row_count']:,} rows, {m['unchanged']:,} unchanged; {checks_verdict(result)}",

@@ -222,3 +222,15 @@ def read_capture_row(manager: DatabaseManager, capture_id: str) -> MarketDataCap
     """A capture's heartbeat row."""
     with manager.session() as session:
         return session.get(MarketDataCapture, capture_id)
+
+
+def stale_captures(manager: DatabaseManager, older_than: dt.timedelta) -> list[tuple[str, dt.datetime | None]]:
+    """(capture id, last heartbeat) of every capture still marked running whose heartbeat is older
+    than `older_than`: a capture that stopped writing, or died without saying so."""
+    with manager.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT capture_id, last_heartbeat_at FROM market_data_captures WHERE status = 'running' "
+                 "AND coalesce(last_heartbeat_at, started_at) < now() - :age ORDER BY capture_id"),
+            {"age": older_than},
+        ).all()
+    return [(capture_id, heartbeat) for capture_id, heartbeat in rows]
