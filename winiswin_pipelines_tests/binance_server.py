@@ -65,6 +65,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
+from winiswin_pipelines.marketdata.binance import request_weight  # Binance's documented weights
 from winiswin_pipelines.marketdata.capture import REST_DEPTH, CaptureMessage, read_capture, stream_symbol
 from winiswin_pipelines.marketdata.klines import aggregate_trades_to_klines, interval_ms, trades_from_capture
 from winiswin_pipelines.marketdata.orderbook import OrderBook
@@ -75,19 +76,6 @@ START_MS = 1_721_347_200_000  # 2024-07-19 00:00:00 UTC: the simulated exchange 
 HISTORY_DEPTH = 20
 BINANCE_WEIGHT_LIMIT = 2_400  # request weight per minute per IP
 MAX_KLINES_LIMIT = 1_500
-
-
-def binance_weight(path: str, params: dict[str, str]) -> int:
-    """Binance's documented request weight of the endpoints served (USDT-M futures)."""
-    if path == "/fapi/v1/depth":
-        limit = int(params.get("limit", 500))
-        return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
-    if path == "/fapi/v1/klines":
-        limit = int(params.get("limit", 500))
-        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
-    if path == "/fapi/v2/balance":
-        return 5
-    return 1
 
 
 def _price(ticks: int) -> str:
@@ -663,7 +651,7 @@ class LocalBinanceServer:
         if (method, path) not in public and (method, path) not in signed:
             return 404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"}
         try:
-            refused = self._spend_weight(binance_weight(path, params), out_headers)
+            refused = self._spend_weight(request_weight(path, params), out_headers)
             if refused:
                 return refused
             if (method, path) in public:

@@ -23,9 +23,7 @@ from sqlalchemy import text
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import MarketDataCapture
 from winiswin_pipelines.defs.capture import (
-    IN_FLIGHT,
     LANE,
-    LANE_TAG,
     MarketDataCaptureConfig,
     capture_heartbeat_fresh,
     market_data_capture_job,
@@ -42,6 +40,7 @@ from winiswin_pipelines.marketdata.orderbook import rebuild_book_snapshots
 from winiswin_pipelines.marketdata.repository import read_capture_row, read_gaps, start_capture
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 from winiswin_pipelines.settings import PROJECT_DIR
+from winiswin_pipelines.supervision import IN_FLIGHT, LANE_TAG
 from winiswin_pipelines_tests.binance_server import LocalBinanceServer
 
 CAPTURES = {

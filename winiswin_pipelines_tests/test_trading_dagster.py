@@ -13,8 +13,6 @@ from winiswin_pipelines.archive import archive_old_data
 from winiswin_pipelines.db.bulk import copy_upsert, dataframe_rows
 from winiswin_pipelines.db.models import Trade, TradeStatus, TradingDecision, TradingSession
 from winiswin_pipelines.defs.trading import (
-    IN_FLIGHT,
-    LANE_TAG,
     TradingSessionConfig,
     backtest,
     backtest_trades_closed_in_their_day,
@@ -24,6 +22,7 @@ from winiswin_pipelines.defs.trading import (
 from winiswin_pipelines.marketdata.klines import KLINE_COLUMNS, read_kline_csv
 from winiswin_pipelines.marketdata.samples import BTCUSDT_5M_2023_04_CSV
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
+from winiswin_pipelines.supervision import IN_FLIGHT, LANE_TAG
 
 
 def _tick(instance: dg.DagsterInstance, cursor: str | None):

@@ -38,16 +38,13 @@ from winiswin_pipelines.marketdata.live_capture import (
 from winiswin_pipelines.marketdata.livebook import Gap
 from winiswin_pipelines.marketdata.repository import stale_captures
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
+from winiswin_pipelines.supervision import ATTEMPT_TAG, LANE_TAG, run_in_flight
 
-LANE_TAG = "winiswin/lane"
 LANE = "market-data-capture"
 CAPTURE_TAG = "winiswin/capture"
-ATTEMPT_TAG = "winiswin/attempt"
 CAPTURE_MAX_RUNTIME = dt.timedelta(hours=24)
 # The capture ends itself before Dagster would kill it, so it can write what it holds and stop cleanly.
 CAPTURE_MAX_DURATION = CAPTURE_MAX_RUNTIME - dt.timedelta(minutes=10)
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-             dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 _GAPS_LISTED = 50
 
 
@@ -184,11 +181,7 @@ def market_data_capture_job():
            "a new run key.")
 def market_data_capture_supervisor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     state = json.loads(context.cursor) if context.cursor else {"day": None, "attempt": 0}
-    in_flight = context.instance.get_run_records(
-        dg.RunsFilter(job_name=market_data_capture_job.name, statuses=IN_FLIGHT), limit=1
-    )
-    if in_flight:
-        run = in_flight[0].dagster_run
+    if run := run_in_flight(context.instance, market_data_capture_job.name):
         return dg.SkipReason(f"capture run {run.run_id} ({run.tags.get(CAPTURE_TAG)}) is {run.status.value}")
     symbols = settings.capture_symbols()
     if not symbols:

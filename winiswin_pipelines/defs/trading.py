@@ -23,6 +23,7 @@ from winiswin_pipelines.defs.partitions import daily_partitions, partition_days
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BINANCE_FUTURES_WS
 from winiswin_pipelines.marketdata.feed import BinanceFeed, MarketFeed, ReplayFeed
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
+from winiswin_pipelines.supervision import ATTEMPT_TAG, LANE_TAG, run_in_flight
 from winiswin_pipelines.trading import repository
 from winiswin_pipelines.trading.backtest import SOURCE as BACKTEST_SOURCE
 from winiswin_pipelines.trading.backtest import backtest_day
@@ -33,14 +34,10 @@ from winiswin_pipelines.trading.runner import check_mode, run_session_in_thread
 from winiswin_pipelines.trading.session import SessionConfig
 from winiswin_pipelines.trading.strategy import StrategyConfig
 
-LANE_TAG = "winiswin/lane"
 SESSION_TAG = "winiswin/session"
-ATTEMPT_TAG = "winiswin/attempt"
 SESSION_MAX_RUNTIME = dt.timedelta(hours=6)
 # The session ends itself a little before Dagster would kill it, so it can stop cleanly.
 SESSION_MAX_DURATION = SESSION_MAX_RUNTIME - dt.timedelta(minutes=5)
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-             dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 PROFILES = {"default": StrategyConfig, "short_horizon": StrategyConfig.short_horizon}
 
 
@@ -150,11 +147,7 @@ def _session_completed(instance: dg.DagsterInstance, session: str) -> bool:
            description="Keeps exactly one trading-session run alive; restarts a crashed one under a new run key.")
 def trading_session_supervisor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     state = json.loads(context.cursor) if context.cursor else {"session": None, "attempt": 0}
-    in_flight = context.instance.get_run_records(
-        dg.RunsFilter(job_name=trading_session_job.name, statuses=IN_FLIGHT), limit=1
-    )
-    if in_flight:
-        run = in_flight[0].dagster_run
+    if run := run_in_flight(context.instance, trading_session_job.name):
         return dg.SkipReason(f"session run {run.run_id} ({run.tags.get(SESSION_TAG)}) is {run.status.value}")
     mode = supervised_mode()
     try:
