@@ -20,6 +20,7 @@ import pytest
 import yaml
 from sqlalchemy import text
 
+from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import MarketDataCapture
 from winiswin_pipelines.defs.capture import (
@@ -31,6 +32,7 @@ from winiswin_pipelines.defs.capture import (
 )
 from winiswin_pipelines.defs.marketdata import book_snapshots
 from winiswin_pipelines.defs.partitions import range_tags
+from winiswin_pipelines.features.training import write_day_features
 from winiswin_pipelines.marketdata import samples
 from winiswin_pipelines.marketdata.capture import read_capture
 from winiswin_pipelines.marketdata.klines import complete_klines_from_trades, trades_from_capture
@@ -175,6 +177,15 @@ def test_a_dropped_diff_is_a_sequence_break_gap_and_the_rest_is_still_exact(db, 
     assert inside.sum() >= 1
     _same(live, expected[~inside], COMPARED)
     assert read_capture_row(db, "gap-1").gaps == 1
+    # The features of the first rows after the gap have no window to look back on: NaN, and the gap is reported.
+    day = dt.datetime.combine(gap.start_time.date(), dt.time(), dt.UTC)
+    result = write_day_features(db, day, LocalColdStore(tmp_path / "features-cold"))
+    assert any(g.symbol == "BTCUSDT" and g.end >= pd.Timestamp(gap.end_time) for g in result.gaps)
+    with db.engine.connect() as conn:
+        first_after = conn.execute(text(
+            "SELECT ofi, ret_short, realized_vol FROM training_features WHERE symbol = 'BTCUSDT' AND ts >= :end "
+            "ORDER BY ts LIMIT 1"), {"end": gap.end_time}).one()
+    assert all(value is None or value != value for value in first_after)  # NULL (NaN is stored as NULL)
 
 
 def _wait_for(predicate, timeout: float = 15.0) -> None:

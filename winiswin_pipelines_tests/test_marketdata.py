@@ -167,17 +167,18 @@ def test_planted_gap_marks_the_book_invalid_until_the_next_snapshot(capture_2023
     assert gap.first_update_id == depth[dropped + 1].data["U"]
     period = snapshotter.invalid_periods[-1]
     assert period.reason == "gap"
-    assert period.start == gap.exchange_time
+    # Invalid from the last diff known good (the lost one's time is unknown) until the book synced again.
+    assert period.start == dt.datetime.fromtimestamp(depth[dropped - 1].data["E"] / 1000, UTC) < gap.exchange_time
     assert period.end == dt.datetime.fromtimestamp(depth[resnapshot_at].data["E"] / 1000, UTC)
     assert period.start < period.end
     inside = frame[(frame["exchange_time"] >= period.start) & (frame["exchange_time"] < period.end)]
     assert inside.empty
     after = frame[frame["exchange_time"] >= period.end]
     assert len(after) > 100 and frame["exchange_time"].is_monotonic_increasing
-    # Once resynchronised the book is exactly the unbroken one again.
+    # Every row written, before the gap and after it, is exactly the unbroken book's.
     unbroken = rebuild_book_snapshots(depth, symbol="BTCUSDT", cadence=dt.timedelta(milliseconds=100), depth=5)
-    merged = after.merge(unbroken, on="exchange_time", suffixes=("", "_ref"))
-    assert len(merged) == len(after)
+    merged = frame.merge(unbroken, on="exchange_time", suffixes=("", "_ref"))
+    assert len(merged) == len(frame)
     for column in ("last_update_id", "best_bid", "best_ask", "bid_prices", "ask_sizes"):
         assert merged[column].tolist() == merged[f"{column}_ref"].tolist()
 

@@ -139,6 +139,10 @@ class OrderBook:
         self.last_update_id = last
         return result
 
+    def continues(self, diff: dict[str, Any]) -> bool:
+        """Whether `diff` follows the last applied one (`pu` chain); trivially true while not synced."""
+        return not self._synced or diff["pu"] == self.last_update_id
+
     def _invalidate(self) -> None:
         self._synced = False
         self._snapshot_id = None
@@ -204,6 +208,7 @@ class BookSnapshotter:
     _cadence_ms: int = 0
     _next_ms: int | None = None
     _last_receive: dt.datetime | None = None
+    _last_applied_ms: int | None = None
     _rows: list[tuple[Any, ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -224,7 +229,9 @@ class BookSnapshotter:
         return self._apply(message.data, message.receive_time)
 
     def _apply(self, diff: dict[str, Any], receive_time: dt.datetime) -> int:
-        emitted = self._emit_until(diff["E"]) if self.book.is_valid else 0
+        # A diff that breaks the chain shows that diffs were lost since the last one applied, at times
+        # unknown: the grid times after that one are not sampled from a book that missed them.
+        emitted = self._emit_until(diff["E"]) if self.book.is_valid and self.book.continues(diff) else 0
         self._track(diff, receive_time, self.book.apply_diff(diff))
         return emitted
 
@@ -235,10 +242,12 @@ class BookSnapshotter:
             self.gaps.append(
                 BookGap(when, receive_time, self.book.last_update_id, diff.get("pu"), diff["U"], diff["u"])
             )
-            if self.invalid_periods[-1].end is not None:
-                self.invalid_periods.append(InvalidPeriod(when, None, "gap"))
+            if self.invalid_periods[-1].end is not None:  # invalid since the last diff known good
+                since = from_epoch_ms(self._last_applied_ms) if self._last_applied_ms is not None else when
+                self.invalid_periods.append(InvalidPeriod(since, None, "gap"))
         elif result in (DiffResult.APPLIED, DiffResult.SYNCED):
             self._last_receive = receive_time
+            self._last_applied_ms = event_ms
             if result is DiffResult.SYNCED:
                 if self.invalid_periods[-1].end is None:
                     self.invalid_periods[-1].end = from_epoch_ms(event_ms)
