@@ -178,13 +178,14 @@ def test_a_dropped_diff_is_a_sequence_break_gap_and_the_rest_is_still_exact(db, 
     _same(live, expected[~inside], COMPARED)
     assert read_capture_row(db, "gap-1").gaps == 1
     # The features of the first rows after the gap have no window to look back on: NaN, and the gap is reported.
-    day = dt.datetime.combine(gap.start_time.date(), dt.time(), dt.UTC)
+    day = dt.datetime.combine(gap.end_time.date(), dt.time(), dt.UTC)  # a gap belongs to the day it ends
     result = write_day_features(db, day, LocalColdStore(tmp_path / "features-cold"))
-    assert any(g.symbol == "BTCUSDT" and g.end >= pd.Timestamp(gap.end_time) for g in result.gaps)
+    [feature_gap] = [g for g in result.gaps if g.symbol == "BTCUSDT"
+                     and g.start < pd.Timestamp(gap.end_time) and g.end > pd.Timestamp(gap.start_time)]
     with db.engine.connect() as conn:
         first_after = conn.execute(text(
-            "SELECT ofi, ret_short, realized_vol FROM training_features WHERE symbol = 'BTCUSDT' AND ts >= :end "
-            "ORDER BY ts LIMIT 1"), {"end": gap.end_time}).one()
+            "SELECT ofi, ret_short, realized_vol FROM training_features WHERE symbol = 'BTCUSDT' AND ts = :end"),
+            {"end": feature_gap.end.to_pydatetime()}).one()
     assert all(value is None or value != value for value in first_after)  # NULL (NaN is stored as NULL)
 
 

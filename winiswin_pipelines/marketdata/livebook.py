@@ -103,8 +103,6 @@ class LiveBook:
         self._last_unsynced: dict[str, Any] | None = None  # the newest diff received while not in sync
         self._changed: dict[dt.datetime, Gap] = {}  # gaps to store (keyed by start), newest state
         self._continues_open_gap = False
-        self._rows: list[tuple[Any, ...]] = []  # rows taken from the snapshotter early (before a sequence break)
-        self.stale_rows_dropped = 0
         if resume is not None:
             # Not stored until it closes (or the run ends with it open): a capture that replays older
             # data than the last run's does not continue that run, and then no gap is written.
@@ -144,14 +142,8 @@ class LiveBook:
         snapshotter = self.snapshotter
         was_synced = self.state is SyncState.SYNCED
         breaks = len(snapshotter.gaps)
-        if was_synced and diff.get("pu") != snapshotter.book.last_update_id:
-            # BookSnapshotter samples the grid up to a diff's E before it finds the diff does not fit;
-            # those rows come from a book missing the lost diffs, so they are not kept.
-            self._rows += snapshotter.take_rows()
-            snapshotter.process(CaptureMessage(receive_time, stream, diff))
-            self.stale_rows_dropped += len(snapshotter.take_rows())
-        else:
-            snapshotter.process(CaptureMessage(receive_time, stream, diff))
+        # A diff that breaks the chain samples nothing from the book that missed the lost diffs.
+        snapshotter.process(CaptureMessage(receive_time, stream, diff))
         event_ms = diff["E"]
         if self.first_seen_ms is None:
             self.first_seen_ms = event_ms
@@ -208,9 +200,7 @@ class LiveBook:
 
     def take_rows(self) -> list[tuple[Any, ...]]:
         """The `book_snapshots` rows emitted since the last call (BOOK_SNAPSHOT_COLUMNS order, aware times)."""
-        rows = self._rows + self.snapshotter.take_rows() if self._rows else self.snapshotter.take_rows()
-        self._rows = []
-        return [(row[0], from_epoch_ms(row[1]), *row[2:]) for row in rows]
+        return [(row[0], from_epoch_ms(row[1]), *row[2:]) for row in self.snapshotter.take_rows()]
 
     def take_gap_changes(self, *, including_open: bool = False) -> list[Gap]:
         """Gaps opened or closed since the last call (their newest state); `including_open` adds the gap
