@@ -15,6 +15,7 @@ import pandas as pd
 from psycopg import sql
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, text
+from sqlalchemy.dialects.postgresql import insert
 
 from winiswin_pipelines.db.models import DAILY_PARTITIONED_TABLES, Base
 from winiswin_pipelines.db.partitions import ensure_daily_partitions
@@ -213,6 +214,16 @@ def _merge(
     with conn.connection.driver_connection.cursor() as cur:
         existing, affected = cur.execute(statement).fetchone()
     return existing, affected
+
+
+def replace_row(conn: Connection, model: type, values: dict[str, Any]) -> None:
+    """Insert `values` as a row of `model`'s table, or replace the columns given of the row with the
+    same primary key (a session or capture started again starts afresh)."""
+    keys = [column.name for column in model.__table__.primary_key]
+    statement = insert(model).values(**values)
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=keys, set_={name: statement.excluded[name] for name in values if name not in keys},
+    ))
 
 
 def upsert_frame(

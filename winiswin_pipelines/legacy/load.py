@@ -193,11 +193,10 @@ def write_batch(
 
     Rows whose archived copy stays as it is are not written: they count as unchanged (the first of
     a key in the batch) or duplicates, as they would against a hot row."""
-    rows = [o for o in batch if type(o) is Row]
+    rows, settled = [], []
+    for row in (o for o in batch if type(o) is Row):
+        (settled if archived is not None and archived.settled(row) else rows).append(row)
     rejected = [o for o in batch if type(o) is Rejected]
-    settled = [row for row in rows if archived is not None and archived.settled(row)]
-    if settled:
-        rows = [row for row in rows if not archived.settled(row)]
     keys = len({(row.table, row.key) for row in settled})
     kept = UpsertResult(len(settled), 0, 0, keys, len(settled) - keys)
     return _write(manager, source, rows, rejected) + BatchResult(kept)

@@ -11,7 +11,7 @@ import pandas as pd
 from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from winiswin_pipelines.db.bulk import UpsertResult, copy_upsert, upsert_frame
+from winiswin_pipelines.db.bulk import UpsertResult, copy_upsert, replace_row, upsert_frame
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import MarketDataCapture, MarketDataGap
 from winiswin_pipelines.marketdata.klines import KLINE_COLUMNS
@@ -41,13 +41,17 @@ def write_rows(
     manager: DatabaseManager, klines: Sequence[Sequence[Any]], books: Sequence[Sequence[Any]]
 ) -> dict[str, UpsertResult]:
     """Upsert kline and book-snapshot tuples (in KLINE_COLUMNS / BOOK_SNAPSHOT_COLUMNS order) in one transaction."""
-    results = {}
     with manager.engine.begin() as conn:
-        if klines:
-            results["klines"] = copy_upsert(conn, "klines", KLINE_COLUMNS, klines, conflict_columns=_KLINE_KEY)
-        if books:
-            results["book_snapshots"] = copy_upsert(conn, "book_snapshots", BOOK_SNAPSHOT_COLUMNS, books,
-                                                    conflict_columns=_BOOK_KEY)
+        return _write_rows(conn, klines, books)
+
+
+def _write_rows(conn, klines: Sequence[Sequence[Any]], books: Sequence[Sequence[Any]]) -> dict[str, UpsertResult]:
+    results = {}
+    if klines:
+        results["klines"] = copy_upsert(conn, "klines", KLINE_COLUMNS, klines, conflict_columns=_KLINE_KEY)
+    if books:
+        results["book_snapshots"] = copy_upsert(conn, "book_snapshots", BOOK_SNAPSHOT_COLUMNS, books,
+                                                conflict_columns=_BOOK_KEY)
     return results
 
 
@@ -116,13 +120,8 @@ def start_capture(manager: DatabaseManager, capture_id: str, *, run_id: str | No
     values = {"capture_id": capture_id, "run_id": run_id, "status": "running", "symbols": list(symbols),
               "started_at": at, "last_heartbeat_at": at, "last_message_at": None, "stopped_at": None,
               "messages": 0, "book_rows": 0, "kline_rows": 0, "gaps": 0, "details": details}
-    statement = insert(MarketDataCapture).values(**values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[MarketDataCapture.capture_id],
-        set_={k: statement.excluded[k] for k in values if k != "capture_id"},
-    )
     with manager.engine.begin() as conn:
-        conn.execute(statement)
+        replace_row(conn, MarketDataCapture, values)
 
 
 def write_capture_batch(
@@ -132,13 +131,8 @@ def write_capture_batch(
     """One flush of the capture in one transaction: klines and book snapshots (COPY, upserted), the gaps
     opened or closed since the last flush, and the heartbeat (`heartbeat`: columns of the capture row;
     a status other than "running" also marks it stopped)."""
-    results = {}
     with manager.engine.begin() as conn:
-        if klines:
-            results["klines"] = copy_upsert(conn, "klines", KLINE_COLUMNS, klines, conflict_columns=_KLINE_KEY)
-        if books:
-            results["book_snapshots"] = copy_upsert(conn, "book_snapshots", BOOK_SNAPSHOT_COLUMNS, books,
-                                                    conflict_columns=_BOOK_KEY)
+        results = _write_rows(conn, klines, books)
         if gaps:
             _upsert_gaps(conn, capture_id, gaps)
         values = dict(heartbeat)

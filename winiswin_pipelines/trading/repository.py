@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from winiswin_pipelines.db.bulk import copy_upsert
+from winiswin_pipelines.db.bulk import copy_upsert, replace_row
 from winiswin_pipelines.db.entry_times import async_delete_entry_time, async_upsert_entry_time, get_all_entry_times
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import (
@@ -235,13 +234,8 @@ def start_session(manager: DatabaseManager, session_id: str, *, run_id: str | No
     """The session's row, status "running" since `at` (a session started again starts afresh)."""
     values = {"session_id": session_id, "run_id": run_id, "mode": mode, "status": "running", "started_at": at,
               "last_heartbeat_at": at, "stopped_at": None, "ticks": 0, "details": details}
-    statement = insert(TradingSession).values(**values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[TradingSession.session_id],
-        set_={k: statement.excluded[k] for k in values if k != "session_id"},
-    )
     with manager.engine.begin() as conn:
-        conn.execute(statement)
+        replace_row(conn, TradingSession, values)
 
 
 def write_heartbeat(manager: DatabaseManager, session_id: str, *, ticks: int, details: dict[str, Any],
