@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -25,7 +26,13 @@ from winiswin_pipelines.legacy.records import (
     Row,
 )
 from winiswin_pipelines.legacy.sniff import Store, StoreFormat, discover_stores, store_for
-from winiswin_pipelines_tests.legacy_fixtures import a1, sibling_log, write_legacy_folder
+from winiswin_pipelines_tests.legacy_fixtures import (
+    a1,
+    sibling_log,
+    sibling_paired,
+    virtual_position,
+    write_legacy_folder,
+)
 
 SAMPLES = settings.SAMPLE_DATA_DIR / "legacy"
 UTC = dt.UTC
@@ -162,13 +169,61 @@ def test_partial_exits_go_to_their_own_table(legacy):
     assert row["exit_uid"].startswith("legacy:partial:")
 
 
-def test_virtual_positions_are_virtual_with_percent_pnl(legacy):
+def test_virtual_positions_are_virtual_with_fraction_pnl_pct(legacy):
     root, _ = legacy
     rows = {r["symbol"]: r for r in rows_by_key(root, "data/virtual_positions.json").values()}
     closed, active = rows["AVAXUSDT"], rows["SOLUSDT"]
     assert closed["is_virtual"] and closed["status"] == "CLOSED" and closed["exit_price"] == 142.4
     assert closed["pnl_pct"] == pytest.approx(0.0507) and closed["exit_reason"] == "TAKE_PROFIT"
     assert active["is_virtual"] and active["status"] == "OPEN" and active["exit_time"] is None
+
+
+def test_virtual_position_pnl_pct_is_a_fraction_and_current_pnl_is_percent(tmp_path):
+    # legacy-system.md §2.1: pnl_pct is a fraction (a virtual close writes current_pnl / 100) and
+    # current_pnl is percent: a +5.07 % close is 0.0507 from either field, never 0.000507.
+    with_pnl_pct = virtual_position("AVAXUSDT", closed=True)
+    only_current = {**virtual_position("DOTUSDT", closed=True), "pnl_pct": None}
+    (tmp_path / "virtual_positions.json").write_text(json.dumps({"AVAXUSDT": with_pnl_pct, "DOTUSDT": only_current}))
+    rows = {r["symbol"]: r for r in rows_by_key(tmp_path, "virtual_positions.json").values()}
+    assert with_pnl_pct["pnl_pct"] == 0.0507 and with_pnl_pct["current_pnl"] == 5.07
+    assert rows["AVAXUSDT"]["pnl_pct"] == pytest.approx(0.0507)
+    assert rows["DOTUSDT"]["pnl_pct"] == pytest.approx(0.0507)
+
+
+def _sqlite_confidences(path: Path, values: list[tuple[float, float]]) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE trade_history (id INTEGER PRIMARY KEY, symbol TEXT, direction TEXT, entry_price REAL, "
+                     "position_size REAL, entry_time TIMESTAMP, confidence REAL, win_probability REAL, status TEXT)")
+        conn.executemany("INSERT INTO trade_history (symbol, direction, entry_price, position_size, entry_time, confidence, "
+                         "win_probability, status) VALUES ('BTCUSDT', 'LONG', 50000, 0.01, '2025-11-03 14:52:31', ?, ?, 'OPEN')",
+                         values)
+
+
+def test_confidence_scale_is_decided_per_store_not_per_value(tmp_path):
+    # A store on 0..100 (one value above 1): 1.0 there means 1 %, not 100 %.
+    _sqlite_confidences(tmp_path / "trading_data.db", [(65.0, 60.0), (1.0, 0.5)])
+    rows = [trade(o) for o in outcomes(tmp_path, "trading_data.db")]
+    assert [(r["confidence"], r["win_probability"]) for r in rows] == [(0.65, 0.6), (0.01, 0.005)]
+    assert rows[1]["origin"]["confidence_scale"].startswith("0..100")
+    # A store on 0..1 (no value above 1): the same 1.0 is 100 %.
+    other = tmp_path / "other"
+    other.mkdir()
+    _sqlite_confidences(other / "trading_data.db", [(0.65, 0.6), (1.0, 0.5)])
+    rows = [trade(o) for o in outcomes(other, "trading_data.db")]
+    assert [(r["confidence"], r["win_probability"]) for r in rows] == [(0.65, 0.6), (1.0, 0.5)]
+    assert rows[0]["origin"]["confidence_scale"].startswith("0..1 ")
+
+
+def test_confidence_outside_the_store_scale_is_quarantined_not_rescaled(tmp_path):
+    # winiswin2 wrote confidence on 0..1: a 72.0 there is not silently read as 72 %.
+    (tmp_path / "trades.jsonl").write_bytes(json.dumps(a1("BTCUSDT_1.0", confidence_score=72.0)).encode() + b"\n")
+    (rejected,) = outcomes(tmp_path, "trades.jsonl")
+    assert isinstance(rejected, Rejected) and "confidence_score: 72.0 is outside 0..1" in rejected.reason
+    # the sibling repository wrote 0..100: 1.0 is 1 %
+    (tmp_path / "ml_training_data.json").write_text(json.dumps([{**sibling_paired("ETHUSDT_20251024_100000"),
+        "signal_features": {"confidence": 1.0, "strategy": "ICT_SMC"}}]))
+    (row,) = outcomes(tmp_path, "ml_training_data.json")
+    assert trade(row)["confidence"] == 0.01
 
 
 def test_sibling_formats_buy_sell_percent_confidence_and_utc_writer(legacy):

@@ -150,16 +150,18 @@ def migration_metadata(reports: list[SourceReport]) -> dict[str, dg.MetadataValu
 
 
 def _sources_table(reports: list[SourceReport]) -> str:
-    lines = ["| source | format | read | inserted | updated | unchanged | duplicates | quarantined | time range (UTC) |",
-             "|---|---|--:|--:|--:|--:|--:|--:|---|"]
+    lines = ["| source | format | read | inserted | updated | unchanged | duplicates | quarantined | time range (UTC) | "
+             "confidence scale |", "|---|---|--:|--:|--:|--:|--:|--:|---|---|"]
     for r in reports:
         first, last = r.time_range
         lines.append(
             f"| `{r.file}` | {r.format} | {r.read:,} | {r.inserted:,} | {r.updated:,} | {r.unchanged:,} | "
-            f"{r.duplicates:,} | {r.quarantined:,} | {_span(first, last)} |"
+            f"{r.duplicates:,} | {r.quarantined:,} | {_span(first, last)} | {r.confidence_scale or 'per writer'} |"
         )
     lines.append("\nunchanged: already stored identically (a re-run) or the same trade already migrated from another "
-                 "store; duplicates: the same trade twice in one store, or an OPEN row paired with its CLOSE row.")
+                 "store; duplicates: the same trade twice in one store, or an OPEN row paired with its CLOSE row; "
+                 "confidence scale: decided for the whole store from its values (1.0 is 1 % in a 0..100 store), or "
+                 "per writer where legacy-system.md documents it.")
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ class SourceReport:
     batch_duplicates: int = 0
     db_rejected: int = 0
     seconds: float = 0.0
+    confidence_scale: str | None = None  # decided from the store's values; None: each writer's documented scale
     variants: dict[str, VariantStats] = field(default_factory=dict)
 
     def add(self, outcome: Outcome) -> None:

@@ -39,7 +39,7 @@ from winiswin_pipelines.db.models import final_trade_sql, open_trade_sql
 from winiswin_pipelines.errors import describe
 from winiswin_pipelines.factories import cold_store
 from winiswin_pipelines.legacy.accounting import SourceReport
-from winiswin_pipelines.legacy.pipeline import iter_outcomes
+from winiswin_pipelines.legacy.pipeline import confidence_scale, iter_outcomes
 from winiswin_pipelines.legacy.readers import count_records
 from winiswin_pipelines.legacy.records import (
     PARTIAL_EXIT_COLUMNS,
@@ -143,12 +143,14 @@ def migrate_store(
     `cold` is the cold store whose archived trades count as stored (default: the environment's)."""
     started = time.perf_counter()
     report = SourceReport(store.source, store.relpath, store.format.value, naive_timezone, dry_run=dry_run)
+    scale = confidence_scale(store)
+    report.confidence_scale = scale
     ledger = None if dry_run else Ledger.for_store(manager, store)
     archived = None if dry_run else ArchivedKeys.load(manager, cold or cold_store())
     quarantined: list[str] = []
     in_flight: deque[tuple[Future[BatchResult], Sequence[Outcome]]] = deque()
     with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="legacy-writer") as writers:
-        for batch in _batched(iter_outcomes(store, naive_timezone), batch_size):
+        for batch in _batched(iter_outcomes(store, naive_timezone, scale), batch_size):
             for outcome in batch:
                 report.add(outcome)
             if progress:

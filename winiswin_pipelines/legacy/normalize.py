@@ -40,6 +40,9 @@ _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
 _STATUSES = {**{status.value: status for status in TradeStatus}, "ACTIVE": TradeStatus.OPEN}
 WRITER_UTC = "UTC (the legacy writer stored UTC)"
+# Confidence / win-probability scales. One store has one scale (its writer's); in a 0..100 store
+# 1.0 means 1 %, so a value is never rescaled on its own.
+FRACTION, PERCENT = "0..1", "0..100"
 _SYMBOLS_SEEN: dict[str, str] = {}
 
 
@@ -50,9 +53,12 @@ class RecordError(ValueError):
 class Normalizer:
     """Normalises the records of one store (`source`, file `relpath`) under a naive-time assumption."""
 
-    def __init__(self, source: str, relpath: str, naive_timezone: str = "UTC"):
+    def __init__(self, source: str, relpath: str, naive_timezone: str = "UTC", scale: str | None = None):
+        """`scale`: the store's confidence scale (FRACTION / PERCENT) when it was decided from the
+        store's values; None: the scale documented for each record's writer."""
         self.source = source
         self.relpath = relpath
+        self.scale = scale
         try:
             self.naive_tz = UTC if naive_timezone.upper() == "UTC" else ZoneInfo(naive_timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -79,6 +85,8 @@ class Normalizer:
                 raise RecordError(f"unknown record variant (keys: {', '.join(sorted(record.data)[:12])})")
             self._seq += 1  # read order: when a store holds a trade twice, its later record wins
             origin = {"file": self.relpath, "position": record.position, "variant": variant, "seq": self._seq}
+            if self.scale:
+                origin["confidence_scale"] = f"{self.scale} (decided for the whole store from its values)"
             fields = handler(record.data, origin)
             return self._trade_row(record, variant, fields, origin)
         except RecordError as exc:
@@ -148,8 +156,8 @@ class Normalizer:
             "stop_loss": price(r, "stop_loss"), "take_profit": price(r, "take_profit"),
             "leverage": number(r, "leverage"), "pnl": pnl, "pnl_pct": pnl_pct, "is_virtual": is_virtual,
             "exit_reason": _text(r.get("close_reason")),
-            "confidence": unit(r, "confidence_score") if "confidence_score" in r else unit(r, "confidence"),
-            "win_probability": unit(r, "win_probability"),
+            "confidence": self._unit(r, "confidence_score") if "confidence_score" in r else self._unit(r, "confidence"),
+            "win_probability": self._unit(r, "win_probability"),
         }
 
     def _enhanced_record(self, r: dict, origin: dict) -> dict:
@@ -161,7 +169,7 @@ class Normalizer:
             "exit_time": self._time(r, "exit_timestamp"), "entry_price": price(r, "entry_price"),
             "exit_price": price(r, "exit_price"), "quantity": number(r, "quantity"), "leverage": number(r, "leverage"),
             "pnl": number(r, "pnl"), "pnl_pct": number(r, "pnl_pct"), "exit_reason": _text(r.get("reason")),
-            "confidence": unit(r, "confidence"), "win_probability": unit(r, "win_probability"),
+            "confidence": self._unit(r, "confidence"), "win_probability": self._unit(r, "win_probability"),
         }
 
     def _pending_entry(self, r: dict, origin: dict) -> dict:
@@ -170,17 +178,18 @@ class Normalizer:
         return {
             "uid": legacy_uid(_text(r.get("entry_id"))), "symbol": r.get("symbol"), "side": r.get("direction"),
             "status": TradeStatus.OPEN, "entry_time": self._time(r, "entry_timestamp"), "entry_price": price(r, "entry_price"),
-            "leverage": number(r, "leverage"), "confidence": unit(r, "confidence"),
-            "win_probability": unit(r, "win_probability"),
+            "leverage": number(r, "leverage"), "confidence": self._unit(r, "confidence"),
+            "win_probability": self._unit(r, "win_probability"),
         }
 
     def _virtual_position(self, r: dict, origin: dict) -> dict:
-        """VirtualPositionManager: paper positions keyed by symbol; pnl figures there are percent."""
+        """VirtualPositionManager: paper positions keyed by symbol; `pnl_pct` a fraction, `current_pnl` percent."""
         origin["naive_time"] = self.assumed
         closed = boolean(r, "is_closed") or str(r.get("status", "")).lower() == "closed"
         entry_time = self._time(r, "entry_timestamp")
         identity = _text(r.get("signal_id")) or f"virtual:{r.get('symbol')}:{r.get('direction')}:{r.get('entry_timestamp')}"
-        pnl_pct = percent(r, "pnl_pct") if r.get("pnl_pct") is not None else percent(r, "current_pnl")
+        # pnl_pct is written as current_pnl / 100, a fraction (legacy-system.md §2.1); current_pnl is percent.
+        pnl_pct = number(r, "pnl_pct") if r.get("pnl_pct") is not None else percent(r, "current_pnl")
         return {
             "uid": legacy_uid(identity), "symbol": r.get("symbol"), "side": r.get("direction"),
             "status": TradeStatus.CLOSED if closed else TradeStatus.OPEN, "is_virtual": True, "entry_time": entry_time,
@@ -188,7 +197,7 @@ class Normalizer:
             "entry_price": price(r, "entry_price"), "exit_price": price(r, "current_price") if closed else None,
             "stop_loss": price(r, "stop_loss"), "take_profit": price(r, "take_profit"),
             "leverage": number(r, "leverage"), "pnl_pct": pnl_pct if closed else None,
-            "exit_reason": _text(r.get("close_reason")), "confidence": unit(r, "confidence"),
+            "exit_reason": _text(r.get("close_reason")), "confidence": self._unit(r, "confidence"),
         }
 
     def _sibling_log(self, r: dict, origin: dict) -> dict:
@@ -218,7 +227,7 @@ class Normalizer:
             "quantity": number(r, "quantity"), "stop_loss": price(r, "stop_loss"),
             "take_profit": price(r, "take_profit"), "leverage": number(r, "leverage"),
             "is_virtual": boolean(r, "is_virtual") or boolean(exit_, "is_virtual"),
-            "confidence": unit(features, "confidence", percent=True),
+            "confidence": self._unit(features, "confidence", writer=PERCENT),
             "strategy": features.get("strategy"),
             "exit_time": self._time(exit_, "timestamp", tz=UTC) if exit_ else None,
             "exit_price": price(exit_, "exit_price"), "pnl": number(exit_, "pnl"),
@@ -241,7 +250,7 @@ class Normalizer:
             "quantity": number(r, "position_size"), "pnl": number(r, "pnl"),
             "pnl_pct": percent(r, "pnl_percentage"), "fees": number(r, "commission"),
             "exit_reason": _text(r.get("exit_reason")), "strategy": r.get("strategy_version"),
-            "confidence": unit(r, "confidence"), "win_probability": unit(r, "win_probability"),
+            "confidence": self._unit(r, "confidence"), "win_probability": self._unit(r, "win_probability"),
         }
 
     def _sqlite_current(self, r: dict, origin: dict) -> dict:
@@ -252,7 +261,7 @@ class Normalizer:
             "status": TradeStatus.OPEN, "entry_time": self._time(r, "entry_time"), "entry_price": price(r, "entry_price"),
             "quantity": number(r, "position_size"), "leverage": number(r, "leverage"),
             "stop_loss": price(r, "stop_loss_price"), "take_profit": price(r, "take_profit_price"),
-            "confidence": unit(r, "confidence"), "win_probability": unit(r, "win_probability"),
+            "confidence": self._unit(r, "confidence"), "win_probability": self._unit(r, "win_probability"),
         }
 
     def _positions_pair(self, r: dict, origin: dict) -> dict:
@@ -280,9 +289,13 @@ class Normalizer:
             "exit_time": self._time(r, "timestamp"), "entry_price": price(r, "entry_price"),
             "exit_price": price(r, "exit_price"), "stop_loss": price(r, "stop_loss"),
             "take_profit": price(r, "take_profit"), "quantity": number(r, "quantity"),
-            "leverage": number(r, "leverage"), "confidence": unit(r, "confidence"), "pnl": number(r, "pnl"),
+            "leverage": number(r, "leverage"), "confidence": self._unit(r, "confidence"), "pnl": number(r, "pnl"),
             "pnl_pct": percent(r, "pnl_pct"), "exit_reason": _text(r.get("close_reason")),
         }
+
+    def _unit(self, r: dict, key: str, writer: str = FRACTION) -> float | None:
+        """`key` on 0..1: read on the store's decided scale, else on the scale its writer documented."""
+        return unit(r, key, percent=(self.scale or writer) == PERCENT)
 
     # time ---------------------------------------------------------------------------------------
 
@@ -353,14 +366,14 @@ def price(r: dict, key: str) -> float | None:
 
 
 def unit(r: dict, key: str, *, percent: bool = False) -> float | None:
-    """A confidence or probability on 0..1. Stores written on 0..100 say `percent`; elsewhere a value
-    above 1 can only have been written on 0..100 (the legacy scales were mixed) and is scaled too."""
+    """A confidence or probability on 0..1, from a store written on 0..1 or (`percent`) on 0..100.
+    The scale is the store's, never guessed from the value: in a 0..100 store 1.0 is 0.01."""
     value = number(r, key)
     if value is None:
         return None
-    scaled = value / 100 if percent or value > 1 else value
+    scaled = value / 100 if percent else value
     if not 0 <= scaled <= 1:
-        raise RecordError(f"{key}: {r[key]} is outside 0..1 and 0..100")
+        raise RecordError(f"{key}: {r[key]} is outside {PERCENT if percent else FRACTION}, the scale of this store")
     return scaled
 
 

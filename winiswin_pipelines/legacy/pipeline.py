@@ -4,21 +4,49 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from winiswin_pipelines.legacy.normalize import Normalizer
+from winiswin_pipelines.legacy.normalize import FRACTION, PERCENT, Normalizer
 from winiswin_pipelines.legacy.readers import read_records
 from winiswin_pipelines.legacy.records import Merged, Outcome, RawRecord, Rejected
 from winiswin_pipelines.legacy.sniff import Store, StoreFormat
 
+DECIDE = "decide"  # iter_outcomes' default: decide the store's confidence scale from its values
+SCALED_FIELDS = ("confidence", "win_probability")
+# Stores whose writers left no documented scale: the SQLite test rows are on 0..100, the recorder's
+# own rows on 0..1, and the positions CSV holds whatever its caller passed.
+_SCALE_FROM_VALUES = frozenset({StoreFormat.SQLITE, StoreFormat.POSITIONS_CSV})
 
-def iter_outcomes(store: Store, naive_timezone: str = "UTC") -> Iterator[Outcome]:
-    """Every record of `store`, normalised (`Row`), rejected (`Rejected`) or carried by another (`Merged`)."""
-    normalizer = Normalizer(store.source, store.relpath, naive_timezone)
+
+def iter_outcomes(store: Store, naive_timezone: str = "UTC", scale: str | None = DECIDE) -> Iterator[Outcome]:
+    """Every record of `store`, normalised (`Row`), rejected (`Rejected`) or carried by another (`Merged`).
+
+    `scale`: the store's confidence scale (see `confidence_scale`, which decides it by default)."""
+    if scale == DECIDE:
+        scale = confidence_scale(store)
+    normalizer = Normalizer(store.source, store.relpath, naive_timezone, scale)
     records: Iterable[RawRecord | Rejected | Merged] = read_records(store)
     if store.format is StoreFormat.POSITIONS_CSV:
         records = pair_position_events(records)
     normalize = normalizer.normalize
     for item in records:
         yield normalize(item) if type(item) is RawRecord else item
+
+
+def confidence_scale(store: Store) -> str | None:
+    """The confidence scale of the whole store, for stores whose writer documented none: 0..100 when
+    any confidence or win probability in it is above 1, else 0..1. None: each writer's documented scale."""
+    if store.format not in _SCALE_FROM_VALUES:
+        return None
+    for record in read_records(store):
+        if type(record) is RawRecord and any(_above_one(record.data.get(name)) for name in SCALED_FIELDS):
+            return PERCENT
+    return FRACTION
+
+
+def _above_one(value: object) -> bool:
+    try:
+        return float(value) > 1  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 def pair_position_events(records: Iterable[RawRecord | Rejected]) -> Iterator[RawRecord | Rejected | Merged]:

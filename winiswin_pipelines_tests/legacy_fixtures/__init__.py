@@ -134,6 +134,7 @@ def partial_exit(symbol: str = "BTCUSDT", at: str = "2025-11-01T10:00:00.000001"
 
 
 def virtual_position(symbol: str, closed: bool) -> dict:
+    """VirtualPositionManager's record: `current_pnl` in percent, `pnl_pct` = current_pnl / 100 (a fraction)."""
     return {
         "symbol": symbol, "direction": "SHORT", "entry_price": 150.0, "stop_loss": 153.0, "take_profit": 142.5,
         "confidence": 0.52, "rank": 2, "entry_timestamp": "2025-10-27T06:00:00.000001", "expiry": 96,
@@ -141,7 +142,7 @@ def virtual_position(symbol: str, closed: bool) -> dict:
         "current_pnl": 5.07 if closed else 0.67, "max_pnl": 5.1, "min_pnl": -0.4, "market_structure": "bearish",
         "order_blocks": 1, "liquidity_zones": 0, "rsi": 61.0, "macd": 0.2, "atr": 1.1,
         "close_timestamp": "2025-10-27T09:00:00.000001" if closed else None,
-        "close_reason": "TAKE_PROFIT" if closed else None, "leverage": 1, "pnl_pct": 5.07 if closed else None,
+        "close_reason": "TAKE_PROFIT" if closed else None, "leverage": 1, "pnl_pct": 0.0507 if closed else None,
         "is_closed": closed, "signal_id": f"{symbol}_sig_1761544800", "_last_update": 1761555600.0,
     }
 
