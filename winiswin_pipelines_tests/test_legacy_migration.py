@@ -17,7 +17,7 @@ from winiswin_pipelines.legacy.load import migrate_store, verify_store, write_ba
 from winiswin_pipelines.legacy.pipeline import iter_outcomes
 from winiswin_pipelines.legacy.records import Row
 from winiswin_pipelines.legacy.sniff import discover_stores, store_for
-from winiswin_pipelines_tests.legacy_fixtures import write_legacy_folder
+from winiswin_pipelines_tests.legacy_fixtures import mismatched_positions_csv, write_legacy_folder
 
 CLOSED_A1 = "legacy:BTCUSDT_1761467469.637214"  # in trades.json, trades.jsonl and (as pending) ml_pending_entries.json
 
@@ -212,3 +212,15 @@ def test_archived_trades_still_count_and_a_rerun_writes_nothing_in_either_tier(d
     assert {(r.table, r.day): r.fingerprint for r in summary.results} == fingerprints
     for store in stores:
         assert verify_store(db, store, cold=cold).passed
+
+
+def test_a_positions_close_of_another_symbol_is_quarantined_with_its_reason(db, tmp_path):
+    store = store_for(mismatched_positions_csv(tmp_path / "ml_data"), "positions.csv")
+    report = migrate_store(db, store)
+    assert report.balanced and (report.read, report.inserted, report.quarantined) == (4, 2, 1)
+    with db.engine.connect() as conn:
+        reason = conn.execute(text("SELECT reason FROM legacy_quarantine WHERE position = 'line 3'")).scalar_one()
+        trades = dict(conn.execute(text("SELECT symbol, status FROM trades")).all())
+    assert "CLOSE of POS_0009 is BTCUSDT but the open POS_0009 (line 2) is SOLUSDT" in reason
+    assert trades == {"SOLUSDT": "OPEN", "ETHUSDT": "CLOSED"}
+    assert verify_store(db, store).passed

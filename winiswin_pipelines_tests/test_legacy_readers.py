@@ -28,6 +28,7 @@ from winiswin_pipelines.legacy.records import (
 from winiswin_pipelines.legacy.sniff import Store, StoreFormat, discover_stores, store_for
 from winiswin_pipelines_tests.legacy_fixtures import (
     a1,
+    mismatched_positions_csv,
     sibling_log,
     sibling_paired,
     virtual_position,
@@ -368,3 +369,15 @@ def test_positions_csv_without_any_header(tmp_path):
     assert store.format is StoreFormat.POSITIONS_CSV
     rows = [trade(o) for o in iter_outcomes(store) if isinstance(o, Row)]
     assert [(r["symbol"], r["status"], r["pnl"]) for r in rows] == [("SOLUSDT", "CLOSED", 9.31), ("ETHUSDT", "CLOSED", -6.68)]
+
+
+def test_positions_csv_pairs_only_when_position_id_and_symbol_agree(tmp_path):
+    found = outcomes(mismatched_positions_csv(tmp_path), "positions.csv")
+    (rejected,) = [o for o in found if isinstance(o, Rejected)]
+    assert rejected.position == "line 3" and rejected.variant == "positions-close"
+    assert rejected.reason.startswith("CLOSE of POS_0009 is BTCUSDT but the open POS_0009 (line 2) is SOLUSDT")
+    assert json.loads(rejected.raw_text)["symbol"] == "BTCUSDT"
+    rows = {trade(o)["origin"]["position"]: trade(o) for o in found if isinstance(o, Row)}
+    assert set(rows) == {"line 2", "line 4+5"}  # no BTCUSDT trade made of a SOLUSDT entry
+    assert (rows["line 2"]["symbol"], rows["line 2"]["status"]) == ("SOLUSDT", "OPEN")
+    assert (rows["line 4+5"]["symbol"], rows["line 4+5"]["status"]) == ("ETHUSDT", "CLOSED")  # ETH/USDT = ETHUSDT

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from winiswin_pipelines.legacy.normalize import FRACTION, PERCENT, Normalizer
+import orjson
+
+from winiswin_pipelines.legacy.normalize import FRACTION, PERCENT, Normalizer, RecordError, symbol_of
 from winiswin_pipelines.legacy.readers import read_records
-from winiswin_pipelines.legacy.records import Merged, Outcome, RawRecord, Rejected
+from winiswin_pipelines.legacy.records import Merged, Outcome, RawRecord, Rejected, safe_text
 from winiswin_pipelines.legacy.sniff import Store, StoreFormat
 
 DECIDE = "decide"  # iter_outcomes' default: decide the store's confidence scale from its values
@@ -50,10 +52,12 @@ def _above_one(value: object) -> bool:
 
 
 def pair_position_events(records: Iterable[RawRecord | Rejected]) -> Iterator[RawRecord | Rejected | Merged]:
-    """OPEN and CLOSE rows of one position_id become one record; memory holds only open positions.
+    """OPEN and CLOSE rows of one position become one record; memory holds only open positions.
 
-    An OPEN still waiting when a second OPEN of the same id arrives (the ids restart with every bot
-    run) is emitted alone as an open trade; a CLOSE with no OPEN is emitted alone too.
+    A pair needs the same position_id and the same symbol: a CLOSE whose id is waiting with another
+    symbol is quarantined with both rows named, and the OPEN keeps waiting. An OPEN still waiting
+    when a second OPEN of the same id arrives (the ids restart with every bot run) is emitted alone
+    as an open trade; a CLOSE with no OPEN is emitted alone too.
     """
     waiting: dict[str, RawRecord] = {}
     for item in records:
@@ -66,13 +70,30 @@ def pair_position_events(records: Iterable[RawRecord | Rejected]) -> Iterator[Ra
                 yield waiting.pop(position_id)
             waiting[position_id] = item
             continue
-        opened = waiting.pop(position_id, None)
+        opened = waiting.get(position_id)
         if opened is None:
             yield item
-            continue
-        yield Merged(opened.position, "positions-open", opened.size)
-        yield RawRecord(
-            f"{opened.position}+{item.position.removeprefix('line ')}",
-            {"open": opened.data, "close": item.data}, None, item.size, variant="positions-pair",
-        )
+        elif _symbol_key(opened) != _symbol_key(item):
+            yield Rejected(
+                item.position,
+                f"CLOSE of {position_id} is {_symbol_key(item)} but the open {position_id} ({opened.position}) is "
+                f"{_symbol_key(opened)}: OPEN and CLOSE pair only when position id and symbol agree",
+                safe_text(orjson.dumps(item.data)), item.variant, item.size,
+            )
+        else:
+            del waiting[position_id]
+            yield Merged(opened.position, "positions-open", opened.size)
+            yield RawRecord(
+                f"{opened.position}+{item.position.removeprefix('line ')}",
+                {"open": opened.data, "close": item.data}, None, item.size, variant="positions-pair",
+            )
     yield from waiting.values()
+
+
+def _symbol_key(record: RawRecord) -> str:
+    """The row's symbol as Binance spells it (`ETH/USDT` = `ETHUSDT`); an invalid one as written."""
+    value = record.data.get("symbol")
+    try:
+        return symbol_of(value)
+    except RecordError:
+        return str(value).strip()

@@ -190,6 +190,25 @@ POSITIONS_HEADER = (
 )
 
 
+_POSITION_SCORES = "0.5,0.6,0.7,0.4,0.9,55.0,1.2,300.0,40.0,2,1"
+
+
+def mismatched_positions_csv(folder: Path) -> Path:
+    """POS_0009 opens on SOLUSDT and closes on BTCUSDT; POS_0010 opens and closes on ETHUSDT."""
+    rows = [
+        POSITIONS_HEADER,
+        f"OPEN,2025-10-26 10:00:00,POS_0009,False,SOLUSDT,LONG,190.0,,185.0,200.0,1.0,3,0.8,,,,,{_POSITION_SCORES},",
+        f"CLOSE,2025-10-26 12:00:00,POS_0009,False,BTCUSDT,LONG,67000.0,68000.0,66000.0,69000.0,0.01,10,0.7,10.0,1.49,"
+        f"TAKE_PROFIT,True,{_POSITION_SCORES},120.0",
+        f"OPEN,2025-10-26 13:00:00,POS_0010,False,ETHUSDT,SHORT,3900.0,,3950.0,3800.0,0.1,5,0.6,,,,,{_POSITION_SCORES},",
+        f"CLOSE,2025-10-26 15:00:00,POS_0010,False,ETH/USDT,SHORT,3900.0,3850.0,3950.0,3800.0,0.1,5,0.6,5.0,1.28,"
+        f"TAKE_PROFIT,True,{_POSITION_SCORES},120.0",
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "positions.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
 def _jsonl(records: list) -> bytes:
     return b"".join(json.dumps(r).encode() + b"\n" for r in records)
 
