@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from winiswin_pipelines.legacy.load import migrate_store, verify_store, write_ba
 from winiswin_pipelines.legacy.pipeline import iter_outcomes
 from winiswin_pipelines.legacy.records import Row
 from winiswin_pipelines.legacy.sniff import discover_stores, store_for
-from winiswin_pipelines_tests.legacy_fixtures import mismatched_positions_csv, write_legacy_folder
+from winiswin_pipelines_tests.legacy_fixtures import mismatched_positions_csv, sibling_log, write_legacy_folder
 
 CLOSED_A1 = "legacy:BTCUSDT_1761467469.637214"  # in trades.json, trades.jsonl and (as pending) ml_pending_entries.json
 
@@ -224,3 +225,21 @@ def test_a_positions_close_of_another_symbol_is_quarantined_with_its_reason(db, 
     assert "CLOSE of POS_0009 is BTCUSDT but the open POS_0009 (line 2) is SOLUSDT" in reason
     assert trades == {"SOLUSDT": "OPEN", "ETHUSDT": "CLOSED"}
     assert verify_store(db, store).passed
+
+
+def test_a_sibling_exit_closes_the_open_trade_its_entry_left(db, tmp_path):
+    # Two ENTRY rows migrate as OPEN trades; the rewritten log then holds the EXIT of the second one.
+    # It becomes one closed trade under the same uid: no exit-only trade, no OPEN trade left hot.
+    entries = [sibling_log("BUY", None, "2025-10-23T09:00:00"), {**sibling_log("BUY", None, "2025-10-23T10:00:00"),
+                                                                   "entry_price": 109000.0}]
+    exit_ = {**sibling_log("BUY", 110000.0, "2025-10-23T12:00:00"), "entry_price": 109000.0}
+    path = tmp_path / "trades.json"
+    path.write_text(json.dumps(entries))
+    assert migrate_store(db, store_for(tmp_path, "trades.json")).inserted == 2
+    path.write_text(json.dumps([*entries, exit_]))
+    report = migrate_store(db, store_for(tmp_path, "trades.json"))
+    assert report.balanced and (report.inserted, report.updated, report.unchanged, report.duplicates) == (0, 1, 1, 1)
+    with db.engine.connect() as conn:
+        rows = conn.execute(text("SELECT status, entry_price, exit_price FROM trades ORDER BY entry_price")).all()
+    assert rows == [("OPEN", 108000.0, None), ("CLOSED", 109000.0, 110000.0)]
+    assert verify_store(db, store_for(tmp_path, "trades.json")).passed

@@ -229,11 +229,10 @@ def test_confidence_outside_the_store_scale_is_quarantined_not_rescaled(tmp_path
 
 def test_sibling_formats_buy_sell_percent_confidence_and_utc_writer(legacy):
     root, _ = legacy
-    log_rows = list(rows_by_key(root, "sibling/data/trades.json").values())
-    opened, closed = sorted(log_rows, key=lambda r: r["status"], reverse=True)
-    assert opened["status"] == "OPEN" and opened["symbol"] == "BTCUSDT" and opened["side"] == "LONG"
-    assert closed["status"] == "CLOSED" and closed["pnl_pct"] == pytest.approx(0.0185)
-    assert all(r["trade_uid"].startswith("legacy:trade:") for r in log_rows)  # no id: uid from content
+    (closed,) = rows_by_key(root, "sibling/data/trades.json").values()  # its ENTRY and EXIT rows
+    assert closed["status"] == "CLOSED" and closed["symbol"] == "BTCUSDT" and closed["side"] == "LONG"
+    assert closed["pnl_pct"] == pytest.approx(0.0185)
+    assert closed["trade_uid"].startswith("legacy:trade:")  # no id: uid from content
     paired = rows_by_key(root, "sibling/ml_training_data.json")["legacy:ETHUSDT_20251024_100000"]
     assert paired["side"] == "LONG" and paired["confidence"] == 0.725 and paired["is_virtual"] is True
     assert paired["pnl_pct"] == pytest.approx(-0.0308) and paired["exit_reason"] == "STOP_LOSS"
@@ -369,6 +368,27 @@ def test_positions_csv_without_any_header(tmp_path):
     assert store.format is StoreFormat.POSITIONS_CSV
     rows = [trade(o) for o in iter_outcomes(store) if isinstance(o, Row)]
     assert [(r["symbol"], r["status"], r["pnl"]) for r in rows] == [("SOLUSDT", "CLOSED", 9.31), ("ETHUSDT", "CLOSED", -6.68)]
+
+
+def test_sibling_trade_log_entry_and_exit_rows_become_one_trade(tmp_path):
+    entry = sibling_log("BUY", None, "2025-10-23T09:00:00.000001")
+    other = {**sibling_log("SELL", None, "2025-10-23T09:30:00"), "symbol": "ETH/USDT", "entry_price": 3900.0}
+    exit_ = sibling_log("BUY", 110000.0, "2025-10-23T12:00:00.5")
+    (tmp_path / "trades.json").write_text(json.dumps([entry, other]))
+    before = {trade(o)["symbol"]: trade(o) for o in outcomes(tmp_path, "trades.json")}
+    assert before["BTCUSDT"]["status"] == "OPEN"
+    (tmp_path / "trades.json").write_text(json.dumps([entry, other, exit_]))  # TradeLogger rewrites the array
+    found = outcomes(tmp_path, "trades.json")
+    assert [type(o).__name__ for o in found] == ["Merged", "Row", "Row"]
+    rows = {trade(o)["symbol"]: trade(o) for o in found if isinstance(o, Row)}
+    btc = rows["BTCUSDT"]
+    assert btc["trade_uid"] == before["BTCUSDT"]["trade_uid"]  # the uid the OPEN trade had: the re-run closes it
+    assert (btc["status"], btc["side"], btc["entry_price"], btc["exit_price"]) == ("CLOSED", "LONG", 108000.0, 110000.0)
+    assert btc["entry_time"] == dt.datetime(2025, 10, 23, 9, 0, 0, 1, tzinfo=UTC)
+    assert btc["exit_time"] == dt.datetime(2025, 10, 23, 12, 0, 0, 500000, tzinfo=UTC)
+    assert (btc["pnl"], btc["exit_reason"], btc["origin"]["position"]) == (4.0, "TAKE_PROFIT", "item 0+2")
+    assert btc["raw"] == {"entry": entry, "exit": exit_}
+    assert rows["ETHUSDT"]["status"] == "OPEN"  # an exit of another symbol closes nothing else
 
 
 def test_positions_csv_pairs_only_when_position_id_and_symbol_agree(tmp_path):

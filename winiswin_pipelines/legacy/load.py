@@ -35,7 +35,7 @@ from winiswin_pipelines.archive import read_archived
 from winiswin_pipelines.coldstore import ColdStore
 from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.db.models import final_trade_sql, open_trade_sql
+from winiswin_pipelines.db.models import TradeStatus, final_trade_sql, open_trade_sql
 from winiswin_pipelines.errors import describe
 from winiswin_pipelines.factories import cold_store
 from winiswin_pipelines.legacy.accounting import SourceReport
@@ -60,18 +60,22 @@ BATCH_SIZE = 20_000
 WRITERS = 2
 # A stored trade takes a conflicting record of its own store when that record comes later in the
 # store (so a trade held twice settles on the last record, whatever the batch boundaries, and a
-# re-run changes nothing), and a record of another store only when it closes a trade still OPEN (a
-# pending entry never reopens a closed trade; the same trade in two files stays with the first).
+# re-run changes nothing) and does not reopen it; and a record of any store when it closes a trade
+# still OPEN (an entry left OPEN by an earlier run is closed when its exit arrives, wherever the
+# pair lands in the store; a pending entry never reopens a closed trade; the same closed trade in
+# two files stays with the first).
 UPDATE_RULES = {
     TRADES: "(t.source = EXCLUDED.source"
-    " AND COALESCE((t.origin->>'seq')::bigint, 0) <= (EXCLUDED.origin->>'seq')::bigint)"
-    f" OR (t.source <> EXCLUDED.source AND {open_trade_sql('t')} AND {final_trade_sql('EXCLUDED')})",
+    " AND COALESCE((t.origin->>'seq')::bigint, 0) <= (EXCLUDED.origin->>'seq')::bigint"
+    f" AND NOT ({final_trade_sql('t')} AND {open_trade_sql('EXCLUDED')}))"
+    f" OR ({open_trade_sql('t')} AND {final_trade_sql('EXCLUDED')})",
     PARTIAL_EXITS: "t.source = EXCLUDED.source",  # the uid is the content: only the source can differ
 }
 _COLUMNS = {TRADES: TRADE_COLUMNS, PARTIAL_EXITS: PARTIAL_EXIT_COLUMNS}
 _KEYS = {TRADES: "trade_uid", PARTIAL_EXITS: "exit_uid"}
 _LEDGER_KINDS = {TRADES: "T", PARTIAL_EXITS: "P"}
 _SOURCE, _ORIGIN = TRADE_COLUMNS.index("source"), TRADE_COLUMNS.index("origin")
+_STATUS = TRADE_COLUMNS.index("status")
 _COPY_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _REFUSALS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 
@@ -108,14 +112,15 @@ class ArchivedKeys:
     def settled(self, row: Row) -> bool:
         """Whether the archived copy of `row`'s key stays as it is (the conflict rule of a hot row):
         a record of another store never replaces an archived trade (archived trades are final), and
-        a record of the same store replaces it only when it comes later in the store."""
+        a record of the same store replaces it only when it comes later in the store and is final."""
         if row.table == PARTIAL_EXITS:
             return row.key in self.partial_exits
         archived = self.trades.get(row.key)
         if archived is None:
             return False
         source, seq = archived
-        return source != row.values[_SOURCE] or _seq(row.values[_ORIGIN]) <= seq
+        reopens = row.values[_STATUS] == TradeStatus.OPEN
+        return source != row.values[_SOURCE] or _seq(row.values[_ORIGIN]) <= seq or reopens
 
     def as_copy_text(self) -> Iterator[str]:
         """`kind<TAB>key<TAB>source` lines, for verification's join."""

@@ -69,7 +69,7 @@ class Normalizer:
             v.A0: self._ml_record, v.A1: self._ml_record, v.B: self._ml_record, v.B_PRIME: self._ml_record,
             v.C: self._ml_record, v.D: self._enhanced_record, v.PENDING: self._pending_entry,
             v.PENDING_D: self._enhanced_record, v.VIRTUAL_POSITION: self._virtual_position,
-            v.SIBLING_LOG: self._sibling_log, v.SIBLING_PAIRED: self._sibling_paired,
+            v.SIBLING_LOG: self._sibling_log, v.SIBLING_LOG_PAIR: self._sibling_log_pair, v.SIBLING_PAIRED: self._sibling_paired,
             v.SIBLING_ENTRY: self._sibling_paired, "sqlite-v1": self._sqlite_trade, "sqlite-v2": self._sqlite_trade,
             "sqlite-v2-current": self._sqlite_current, "positions-pair": self._positions_pair,
             "positions-open": self._positions_single, "positions-close": self._positions_single,
@@ -83,7 +83,8 @@ class Normalizer:
             handler = self._handlers.get(variant) if variant else None
             if handler is None:
                 raise RecordError(f"unknown record variant (keys: {', '.join(sorted(record.data)[:12])})")
-            self._seq += 1  # read order: when a store holds a trade twice, its later record wins
+            # read order: when a store holds a trade twice, its later record wins
+            self._seq = record.seq or self._seq + 1
             origin = {"file": self.relpath, "position": record.position, "variant": variant, "seq": self._seq}
             if self.scale:
                 origin["confidence_scale"] = f"{self.scale} (decided for the whole store from its values)"
@@ -205,7 +206,7 @@ class Normalizer:
         origin["naive_time"] = WRITER_UTC
         at = self._time(r, "timestamp", tz=UTC)
         exit_price = price(r, "exit_price")
-        closing = exit_price is not None or str(r.get("type", "")).upper() in ("EXIT", "CLOSE")
+        closing = v.is_sibling_exit(r)
         return {
             "symbol": r.get("symbol"), "side": r.get("side") or r.get("type"), "status": TradeStatus.CLOSED if closing else TradeStatus.OPEN,
             "entry_time": None if closing else at, "exit_time": at if closing else None,
@@ -213,6 +214,17 @@ class Normalizer:
             "stop_loss": price(r, "stop_loss"), "take_profit": price(r, "take_profit"), "pnl": number(r, "pnl"),
             "pnl_pct": percent(r, "pnl_percent"), "exit_reason": _text(r.get("reason")), "strategy": r.get("strategy"),
         }
+
+    def _sibling_log_pair(self, r: dict, origin: dict) -> dict:
+        """A sibling ENTRY row and the EXIT row that closed it: one closed trade, under the uid the
+        ENTRY had alone (so a re-migration closes the OPEN trade it left instead of adding another)."""
+        entry, exit_ = r["entry"], r["exit"]
+        fields = self._sibling_log(exit_, origin)
+        for name, value in self._sibling_log(entry, origin).items():
+            if fields.get(name) is None:  # what the EXIT row left out, the ENTRY row says
+                fields[name] = value
+        fields["uid"] = content_uid("trade", entry)
+        return fields
 
     def _sibling_paired(self, r: dict, origin: dict) -> dict:
         """Sibling ml_training_data.json (entry + `exit`) or a pending entry alone; confidence 0..100."""

@@ -1,4 +1,5 @@
-"""One store from file to normalised outcomes: reader, OPEN/CLOSE pairing for the positions CSV, normaliser."""
+"""One store from file to normalised outcomes: reader, pairing of entry and exit rows (positions CSV,
+sibling trade log), normaliser."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterable, Iterator
 
 import orjson
 
+from winiswin_pipelines.legacy import variants as v
 from winiswin_pipelines.legacy.normalize import FRACTION, PERCENT, Normalizer, RecordError, symbol_of
 from winiswin_pipelines.legacy.readers import read_records
 from winiswin_pipelines.legacy.records import Merged, Outcome, RawRecord, Rejected, safe_text
@@ -28,6 +30,8 @@ def iter_outcomes(store: Store, naive_timezone: str = "UTC", scale: str | None =
     records: Iterable[RawRecord | Rejected | Merged] = read_records(store)
     if store.format is StoreFormat.POSITIONS_CSV:
         records = pair_position_events(records)
+    elif store.format is StoreFormat.JSON_ARRAY:
+        records = pair_sibling_log(records)
     normalize = normalizer.normalize
     for item in records:
         yield normalize(item) if type(item) is RawRecord else item
@@ -60,7 +64,7 @@ def pair_position_events(records: Iterable[RawRecord | Rejected]) -> Iterator[Ra
     as an open trade; a CLOSE with no OPEN is emitted alone too.
     """
     waiting: dict[str, RawRecord] = {}
-    for item in records:
+    for item in _numbered(records):
         if type(item) is not RawRecord:
             yield item
             continue
@@ -85,9 +89,52 @@ def pair_position_events(records: Iterable[RawRecord | Rejected]) -> Iterator[Ra
             yield Merged(opened.position, "positions-open", opened.size)
             yield RawRecord(
                 f"{opened.position}+{item.position.removeprefix('line ')}",
-                {"open": opened.data, "close": item.data}, None, item.size, variant="positions-pair",
+                {"open": opened.data, "close": item.data}, None, item.size, variant="positions-pair", seq=item.seq,
             )
     yield from waiting.values()
+
+
+def pair_sibling_log(records: Iterable[RawRecord | Rejected]) -> Iterator[RawRecord | Rejected | Merged]:
+    """The sibling repository's log_trade ENTRY row and the EXIT row of the same trade become one record.
+
+    The rows carry no trade id: an EXIT closes the first waiting ENTRY of its symbol whose entry price
+    and quantity it repeats (FIFO, as the legacy bots paired). ENTRY rows never closed are emitted
+    alone (open trades), in file order, after the rest; an EXIT without its ENTRY is emitted alone.
+    Records of other variants pass through.
+    """
+    waiting: list[RawRecord] = []
+    for item in _numbered(records):
+        if type(item) is not RawRecord or v.classify(item.data) != v.SIBLING_LOG:
+            yield item
+        elif not v.is_sibling_exit(item.data):
+            waiting.append(item)
+        elif (opened := next((entry for entry in waiting if _closes(item, entry)), None)) is None:
+            yield item
+        else:
+            waiting.remove(opened)
+            yield Merged(opened.position, v.SIBLING_LOG, opened.size)
+            yield RawRecord(
+                f"{opened.position}+{item.position.removeprefix('item ')}", {"entry": opened.data, "exit": item.data},
+                None, item.size, variant=v.SIBLING_LOG_PAIR, seq=item.seq,
+            )
+    yield from waiting
+
+
+def _numbered(records: Iterable[RawRecord | Rejected]) -> Iterator[RawRecord | Rejected]:
+    """Records with their read order in `seq`: pairing emits open entries last, and a pair where its
+    exit was read, yet each keeps the place it has in the store (so a re-run changes nothing)."""
+    number = 0
+    for item in records:
+        if type(item) is RawRecord:
+            number += 1
+            item.seq = number
+        yield item
+
+
+def _closes(exit_row: RawRecord, entry_row: RawRecord) -> bool:
+    if _symbol_key(exit_row) != _symbol_key(entry_row):
+        return False
+    return all(exit_row.data.get(name) in (None, entry_row.data.get(name)) for name in ("entry_price", "quantity"))
 
 
 def _symbol_key(record: RawRecord) -> str:

@@ -36,6 +36,7 @@ class RawRecord:
     size: int = 0
     flags: tuple[str, ...] = ()
     variant: str | None = None  # set by readers that know it from the structure (SQLite table, CSV event)
+    seq: int = 0  # its place in the store's read order, set where pairing emits records out of order
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ PENDING_D = "pending-D"  # EnhancedTradeRecorder's data/pending_entries.json
 PARTIAL_EXIT = "partial-exit"  # data/partial_exits.json
 VIRTUAL_POSITION = "virtual-position"  # data/virtual_positions.json
 SIBLING_LOG = "sibling-log"  # sibling data/trades.json (JSON array of log_trade rows)
+SIBLING_LOG_PAIR = "sibling-log-pair"  # its ENTRY row + the EXIT row that closed it (one trade)
 SIBLING_PAIRED = "sibling-paired"  # sibling ml_training_data.json (entry + exit)
 SIBLING_ENTRY = "sibling-entry"  # sibling ml_pending_entries.json (object keyed by trade_id)
 COMPETITION_LOG = "signal-competition"  # data/signal_competitions.jsonl: not trades
@@ -49,6 +50,11 @@ def classify(record: Any) -> str | None:
     if "all_signals" in record or "best_signal" in record:
         return COMPETITION_LOG
     return None
+
+
+def is_sibling_exit(record: dict[str, Any]) -> bool:
+    """A sibling log_trade row that closes a position: it has an exit price or says EXIT/CLOSE."""
+    return record.get("exit_price") is not None or str(record.get("type", "")).upper() in ("EXIT", "CLOSE")
 
 
 def is_trade_variant(variant: str | None) -> bool:

@@ -298,8 +298,9 @@ def write_legacy_folder(root: Path) -> Expected:
     rows = [sibling_log("BUY", None, "2025-10-23T09:00:00.000001"), sibling_log("BUY", 110000.0, "2025-10-23T12:00:00.5")]
     text = json.dumps(rows, indent=2)
     (sibling / "data" / "trades.json").write_text(text[:-2] + ',\n  {"timestamp": "2025-10-23T13:00:00", "symb')
-    expected.stores["sibling/data/trades.json"] = {"format": "json-array", "read": 3, "migrated": 2,
-                                                   "quarantined": 1, "variants": {"sibling-log": 2}}
+    # its ENTRY and EXIT rows are one trade
+    expected.stores["sibling/data/trades.json"] = {"format": "json-array", "read": 3, "migrated": 1,
+                                                   "quarantined": 1, "variants": {"sibling-log-pair": 1}}
     expected.quarantine_reasons[("legacy:sibling/data/trades.json", "item 2 to end")] = "truncated or invalid JSON"
     (sibling / "ml_training_data.json").write_text(json.dumps([sibling_paired("ETHUSDT_20251024_100000")], indent=2))
     expected.stores["sibling/ml_training_data.json"] = {"format": "json-array", "read": 1, "migrated": 1,
