@@ -18,9 +18,12 @@ first time after the replay reached it, and afterwards with the book the replay 
 
 It serves
 - REST: /fapi/v1/ping, /time, /exchangeInfo, /depth, /klines (startTime / endTime / limit paging as
-  Binance does, up to 1,500 a page, the bar in progress last), and the signed /fapi/v1/order (POST)
-  and /fapi/v2/balance (GET), checking the API key, the HMAC-SHA256 signature over the query
-  (+ body) and the timestamp against `recvWindow` as Binance does. Every request costs Binance's
+  Binance does, up to 1,500 a page, the bar in progress last), and the signed endpoints of an
+  account (`_Account`): /fapi/v1/order (POST, GET, DELETE; conditional types refused with -4120
+  since the Algo Order API took them over), /fapi/v1/algoOrder (POST, GET, DELETE),
+  /fapi/v1/openAlgoOrders, /fapi/v3/positionRisk and /fapi/v2/balance, checking the API key, the
+  HMAC-SHA256 signature over the query (+ body) and the timestamp against `recvWindow` as Binance
+  does. Every request costs Binance's
   request weight: the IP's weight in the last `weight_window` seconds is returned in
   `X-MBX-USED-WEIGHT-1M`, and beyond `weight_limit` requests are refused with 429 and Retry-After;
 - websocket: /stream?streams=<sym>@kline_<iv>/<sym>@bookTicker/<sym>@depth@100ms with messages
@@ -49,6 +52,7 @@ import hmac
 import json
 import math
 import random
+import re
 import signal
 import sys
 import threading
@@ -209,6 +213,251 @@ class _Market:
                 "asks": [[_price(p), _qty(self.asks[p])] for p in asks]}
 
 
+# -- the account: orders, conditional (algo) orders, positions ------------------------------------------
+
+CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
+ALGO_TYPES_SERVED = ("STOP_MARKET", "TAKE_PROFIT_MARKET")
+CLIENT_ID_PATTERN = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+OPEN_ORDER_STATUSES = ("NEW", "PARTIALLY_FILLED")
+
+
+@dataclass
+class _Position:
+    amount: float = 0.0  # signed: > 0 long, < 0 short (one-way mode)
+    entry_price: float = 0.0
+
+    def apply(self, signed_qty: float, price: float) -> None:
+        """A fill of `signed_qty` (BUY > 0) at `price`: average in when it adds, keep the entry when it reduces."""
+        new = self.amount + signed_qty
+        if self.amount == 0 or (self.amount > 0) == (signed_qty > 0):
+            self.entry_price = (self.entry_price * abs(self.amount) + price * abs(signed_qty)) / abs(new)
+        elif abs(new) < 1e-12:
+            self.entry_price = 0.0
+        elif (new > 0) != (self.amount > 0):
+            self.entry_price = price  # flipped
+        self.amount = 0.0 if abs(new) < 1e-12 else round(new, 9)
+
+
+class _Account:
+    """A one-way-mode USDT-M account as Binance keeps it: orders by id and client id, algo orders
+    with their lifecycle (NEW -> TRIGGERED -> FINISHED, CANCELED, EXPIRED), positions, mark prices.
+
+    MARKET orders fill at once at the mark price when a test set one, else at the best ask (buy) or
+    bid (sell) of the market (`price_of`). Tests drive it: `reject_next` refuses a symbol's next order
+    with a Binance error, `fill_after_queries` answers orders NEW and fills them only after that many
+    queries, `drop_next_reply` executes an order but drops the connection before replying, and
+    `set_mark_price` moves the mark price, triggering the conditional orders it crosses."""
+
+    def __init__(self, price_of):
+        self.price_of = price_of  # (symbol, side) -> the market's price for a MARKET order of that side
+        self.orders: dict[int, dict[str, Any]] = {}
+        self.algo_orders: dict[int, dict[str, Any]] = {}
+        self.positions: dict[str, _Position] = {}
+        self.marks: dict[str, float] = {}
+        self.reject_next: dict[str, tuple[int, str]] = {}
+        self.fill_after_queries = 0
+        self.drop_next_reply = False
+        self._pending_fills: dict[int, int] = {}  # order id -> queries left before it fills
+        self._next_id = 1_000
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def position(self, symbol: str) -> _Position:
+        return self.positions.setdefault(symbol, _Position())
+
+    def mark(self, symbol: str) -> float:
+        return self.marks.get(symbol) or (self.price_of(symbol, "BUY") + self.price_of(symbol, "SELL")) / 2
+
+    # -- orders ------------------------------------------------------------------------------------
+
+    def new_order(self, params: dict[str, str], now_ms: int) -> dict[str, Any]:
+        symbol, side, order_type = params["symbol"], params["side"], params["type"]
+        if order_type in CONDITIONAL_TYPES:
+            raise _Refused(400, -4120, "Order type not supported for this endpoint. Please use the Algo Order API "
+                                       "endpoints instead.")
+        if side not in ("BUY", "SELL"):
+            raise _Refused(400, -1117, "Invalid side.")
+        if order_type not in ("MARKET", "LIMIT"):
+            raise _Refused(400, -1116, "Invalid orderType.")
+        client_id = params.get("newClientOrderId") or f"local-{self._next_id + 1}"
+        if not CLIENT_ID_PATTERN.match(client_id):
+            raise _Refused(400, -1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is "
+                                       "'^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
+        if any(o["clientOrderId"] == client_id and o["status"] in OPEN_ORDER_STATUSES for o in self.orders.values()):
+            raise _Refused(400, -4116, "ClientOrderId is duplicated.")
+        if symbol in self.reject_next:
+            code, message = self.reject_next.pop(symbol)
+            raise _Refused(400, code, message)
+        quantity = float(params["quantity"])
+        reduce_only = params.get("reduceOnly") == "true"
+        position = self.position(symbol)
+        if reduce_only:
+            closing = position.amount > 0 and side == "SELL" or position.amount < 0 and side == "BUY"
+            if not closing:
+                raise _Refused(400, -2022, "ReduceOnly Order is rejected.")
+            quantity = min(quantity, abs(position.amount))
+        order = {"orderId": self._new_id(), "symbol": symbol, "status": "NEW", "clientOrderId": client_id,
+                 "price": params.get("price", "0"), "avgPrice": "0.00000", "origQty": params["quantity"],
+                 "executedQty": "0", "cumQuote": "0", "timeInForce": params.get("timeInForce", "GTC"),
+                 "type": order_type, "reduceOnly": reduce_only, "closePosition": False, "side": side,
+                 "positionSide": "BOTH", "workingType": "CONTRACT_PRICE", "origType": order_type,
+                 "time": now_ms, "updateTime": now_ms, "_quantity": quantity}
+        self.orders[order["orderId"]] = order
+        if order_type == "MARKET":
+            if self.fill_after_queries:
+                self._pending_fills[order["orderId"]] = self.fill_after_queries
+            else:
+                self._fill(order, now_ms)
+        return order
+
+    def _fill(self, order: dict[str, Any], now_ms: int, price: float | None = None) -> None:
+        symbol, side, quantity = order["symbol"], order["side"], order["_quantity"]
+        price = price if price is not None else self.marks.get(symbol) or self.price_of(symbol, side)
+        self.position(symbol).apply(quantity if side == "BUY" else -quantity, price)
+        order.update(status="FILLED", avgPrice=f"{price:.5f}", executedQty=f"{quantity:.3f}",
+                     cumQuote=f"{price * quantity:.5f}", updateTime=now_ms)
+        self._pending_fills.pop(order["orderId"], None)
+
+    def find_order(self, params: dict[str, str], now_ms: int) -> dict[str, Any]:
+        order = None
+        if "orderId" in params:
+            order = self.orders.get(int(params["orderId"]))
+        elif "origClientOrderId" in params:
+            matches = [o for o in self.orders.values() if o["clientOrderId"] == params["origClientOrderId"]]
+            order = matches[-1] if matches else None
+        else:
+            raise _Refused(400, -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
+        if order is None or order["symbol"] != params["symbol"]:
+            raise _Refused(400, -2013, "Order does not exist.")
+        return order
+
+    def query_order(self, params: dict[str, str], now_ms: int) -> dict[str, Any]:
+        order = self.find_order(params, now_ms)
+        if order["orderId"] in self._pending_fills:
+            self._pending_fills[order["orderId"]] -= 1
+            if self._pending_fills[order["orderId"]] <= 0:
+                self._fill(order, now_ms)
+        return order
+
+    def cancel_order(self, params: dict[str, str], now_ms: int) -> dict[str, Any]:
+        order = self.find_order(params, now_ms)
+        if order["status"] not in OPEN_ORDER_STATUSES:
+            raise _Refused(400, -2011, "Unknown order sent.")
+        self._pending_fills.pop(order["orderId"], None)
+        order.update(status="CANCELED", updateTime=now_ms)
+        return order
+
+    # -- algo orders -------------------------------------------------------------------------------
+
+    def new_algo_order(self, params: dict[str, str], now_ms: int) -> dict[str, Any]:
+        symbol, side, order_type = params["symbol"], params["side"], params["type"]
+        if params["algoType"] != "CONDITIONAL":
+            raise _Refused(400, -1116, "Invalid algoType.")
+        if order_type not in CONDITIONAL_TYPES:
+            raise _Refused(400, -1116, "Invalid orderType.")
+        if order_type not in ALGO_TYPES_SERVED:
+            raise _Refused(400, -1116, f"Order type {order_type} is not simulated by the local server.")
+        client_id = params.get("clientAlgoId") or f"local-algo-{self._next_id + 1}"
+        if not CLIENT_ID_PATTERN.match(client_id):
+            raise _Refused(400, -1100, "Illegal characters found in parameter 'clientAlgoId'; legal range is "
+                                       "'^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
+        if any(o["clientAlgoId"] == client_id and o["algoStatus"] == "NEW" for o in self.algo_orders.values()):
+            raise _Refused(400, -4116, "ClientOrderId is duplicated.")
+        close_position = params.get("closePosition") == "true"
+        if close_position and ("quantity" in params or params.get("reduceOnly") == "true"):
+            raise _Refused(400, -1106, "Parameter 'quantity' or 'reduceOnly' sent when not required.")
+        if not close_position and "quantity" not in params:
+            raise _Refused(400, -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed.")
+        trigger = float(params["triggerPrice"])
+        working_type = params.get("workingType", "CONTRACT_PRICE")
+        if self._crossed(side, order_type, trigger, self.mark(symbol)):
+            raise _Refused(400, -2021, "Order would immediately trigger.")
+        order = {"algoId": self._new_id(), "clientAlgoId": client_id, "algoType": "CONDITIONAL",
+                 "orderType": order_type, "symbol": symbol, "side": side, "positionSide": "BOTH",
+                 "timeInForce": params.get("timeInForce", "GTC"), "quantity": params.get("quantity", "0"),
+                 "algoStatus": "NEW", "actualOrderId": "", "actualPrice": "0.00000",
+                 "triggerPrice": params["triggerPrice"], "price": "0.00000", "workingType": working_type,
+                 "priceMatch": "NONE", "closePosition": close_position, "priceProtect": False,
+                 "reduceOnly": params.get("reduceOnly") == "true", "createTime": now_ms, "updateTime": now_ms,
+                 "triggerTime": 0, "goodTillDate": 0}
+        self.algo_orders[order["algoId"]] = order
+        return order
+
+    def find_algo_order(self, params: dict[str, str], now_ms: int = 0) -> dict[str, Any]:
+        if "algoId" in params:
+            order = self.algo_orders.get(int(params["algoId"]))
+        elif "clientAlgoId" in params:
+            matches = [o for o in self.algo_orders.values() if o["clientAlgoId"] == params["clientAlgoId"]]
+            order = matches[-1] if matches else None
+        else:
+            raise _Refused(400, -1102, "Param 'algoId' or 'clientAlgoId' must be sent, but both were empty/null!")
+        if order is None:
+            raise _Refused(400, -2013, "Order does not exist.")
+        return order
+
+    def cancel_algo_order(self, params: dict[str, str], now_ms: int) -> dict[str, Any]:
+        order = self.find_algo_order(params)
+        if order["algoStatus"] != "NEW":
+            raise _Refused(400, -2011, "Unknown order sent.")
+        order.update(algoStatus="CANCELED", updateTime=now_ms)
+        return {"algoId": order["algoId"], "clientAlgoId": order["clientAlgoId"], "code": "200", "msg": "success"}
+
+    def open_algo_orders(self, params: dict[str, str], now_ms: int = 0) -> list[dict[str, Any]]:
+        return [o for o in self.algo_orders.values()
+                if o["algoStatus"] == "NEW" and params.get("symbol") in (None, o["symbol"])]
+
+    @staticmethod
+    def _crossed(side: str, order_type: str, trigger: float, mark: float) -> bool:
+        """Whether a mark price at `mark` sets the conditional order off (a stop against the position,
+        a take profit with it)."""
+        rising = (side == "BUY") == (order_type.startswith("STOP"))  # buy stops and sell take-profits fire on a rise
+        return mark >= trigger if rising else mark <= trigger
+
+    def set_mark_price(self, symbol: str, price: float, now_ms: int) -> list[dict[str, Any]]:
+        """Move the mark price; the NEW conditional orders it crosses trigger (oldest first) and send
+        their MARKET order; returns them."""
+        self.marks[symbol] = price
+        fired = []
+        for order in [o for o in self.algo_orders.values() if o["symbol"] == symbol and o["algoStatus"] == "NEW"]:
+            if self._crossed(order["side"], order["orderType"], float(order["triggerPrice"]), price):
+                fired.append(self._trigger(order, price, now_ms))
+        return fired
+
+    def _trigger(self, order: dict[str, Any], price: float, now_ms: int) -> dict[str, Any]:
+        position = self.position(order["symbol"])
+        closing = position.amount > 0 and order["side"] == "SELL" or position.amount < 0 and order["side"] == "BUY"
+        order.update(triggerTime=now_ms, updateTime=now_ms)
+        if not closing:  # nothing left to reduce: the system cancels it
+            order["algoStatus"] = "EXPIRED"
+            return order
+        quantity = abs(position.amount) if order["closePosition"] else min(float(order["quantity"]),
+                                                                           abs(position.amount))
+        actual = self.new_order({"symbol": order["symbol"], "side": order["side"], "type": "MARKET",
+                                 "quantity": f"{quantity:.3f}", "reduceOnly": "true",
+                                 "newClientOrderId": f"algo-{order['algoId']}"}, now_ms)
+        if actual["status"] != "FILLED":
+            self._fill(actual, now_ms, price)
+        order.update(algoStatus="FINISHED", actualOrderId=str(actual["orderId"]), actualPrice=actual["avgPrice"])
+        return order
+
+    def position_risk(self, params: dict[str, str], symbols: Sequence[str]) -> list[dict[str, Any]]:
+        rows = []
+        for symbol in symbols:
+            position = self.positions.get(symbol)
+            if params.get("symbol") not in (None, symbol) or position is None or position.amount == 0:
+                continue
+            mark = self.mark(symbol)
+            rows.append({"symbol": symbol, "positionSide": "BOTH", "positionAmt": f"{position.amount:.3f}",
+                         "entryPrice": f"{position.entry_price:.5f}", "breakEvenPrice": "0.0",
+                         "markPrice": f"{mark:.5f}",
+                         "unRealizedProfit": f"{(mark - position.entry_price) * position.amount:.8f}",
+                         "liquidationPrice": "0", "isolatedMargin": "0", "notional": f"{mark * position.amount:.5f}",
+                         "marginAsset": "USDT", "isolatedWallet": "0", "initialMargin": "0", "maintMargin": "0",
+                         "positionInitialMargin": "0", "openOrderInitialMargin": "0", "adl": 0, "bidNotional": "0",
+                         "askNotional": "0", "updateTime": 0})
+        return rows
 
 
 def _history_bar(symbol: str, interval: str, open_ms: int) -> _Bar:
@@ -395,7 +644,9 @@ class LocalBinanceServer:
         self.weight_limit, self.weight_window = weight_limit, weight_window
         self.max_used_weight = 0
         self.refused_requests = 0  # answered 429
-        self.orders: list[dict[str, str]] = []
+        self.orders: list[dict[str, str]] = []  # the parameters of every POST /fapi/v1/order
+        self.algo_requests: list[dict[str, str]] = []  # the parameters of every POST /fapi/v1/algoOrder
+        self.account = _Account(self._market_price)
         self.requests: list[tuple[str, str]] = []  # (method, path) of every REST request
         self.klines_requests: list[dict[str, str]] = []  # the parameters of every /fapi/v1/klines request
         self.replayed = 0  # replay: messages replayed so far
@@ -607,6 +858,9 @@ class LocalBinanceServer:
                     server.requests.append((method, parts.path))
                 headers: dict[str, str] = {}
                 status, payload = server._route(method, parts.path, parts.query, body, self.headers, headers)
+                if status == _DROP:  # executed, but the client never hears about it
+                    self.close_connection = True
+                    return
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -646,18 +900,30 @@ class LocalBinanceServer:
             ("GET", "/fapi/v1/klines"): lambda: self._klines(params),
         }
         signed = {("POST", "/fapi/v1/order"): lambda: self._new_order(params),
+                  ("GET", "/fapi/v1/order"): lambda: self._on_account("query_order", params),
+                  ("DELETE", "/fapi/v1/order"): lambda: self._on_account("cancel_order", params),
+                  ("POST", "/fapi/v1/algoOrder"): lambda: self._new_algo_order(params),
+                  ("GET", "/fapi/v1/algoOrder"): lambda: self._on_account("find_algo_order", params),
+                  ("DELETE", "/fapi/v1/algoOrder"): lambda: self._on_account("cancel_algo_order", params),
+                  ("GET", "/fapi/v1/openAlgoOrders"): lambda: self._on_account("open_algo_orders", params),
+                  ("GET", "/fapi/v3/positionRisk"): lambda: self._position_risk(params),
                   ("GET", "/fapi/v2/balance"): lambda: [{"asset": "USDT", "balance": "1000.0",
                                                          "availableBalance": "1000.0"}]}
         if (method, path) not in public and (method, path) not in signed:
             return 404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"}
         try:
-            refused = self._spend_weight(request_weight(path, params), out_headers)
+            refused = self._spend_weight(request_weight(path, params, method), out_headers)
             if refused:
                 return refused
             if (method, path) in public:
                 return 200, public[(method, path)]()
             refused = self._check_signature(query, body, headers, params)
-            return refused or (200, signed[(method, path)]())
+            if refused:
+                return refused
+            reply = signed[(method, path)]()
+            if method == "POST" and self._take_drop():
+                return _DROP, None
+            return 200, reply
         except KeyError as missing:
             return 400, {"code": -1102, "msg": f"Mandatory parameter {missing} was not sent."}
         except _Refused as refused:
@@ -742,13 +1008,87 @@ class LocalBinanceServer:
         return rows[:limit] if start is not None else rows[-limit:]
 
     def _new_order(self, params: dict) -> dict[str, Any]:
+        self._check_symbol(params)
         with self._lock:
             self.orders.append(params)
-            order_id = len(self.orders)
-        return {"orderId": order_id, "symbol": params["symbol"], "status": "NEW",
-                "clientOrderId": params.get("newClientOrderId", f"local-{order_id}"), "side": params["side"],
-                "type": params["type"], "origQty": params.get("quantity", "0"), "price": params.get("price", "0"),
-                "executedQty": "0", "updateTime": self._server_time()}
+            return _public(self.account.new_order(params, self._server_time()))
+
+    def _new_algo_order(self, params: dict) -> dict[str, Any]:
+        self._check_symbol(params)
+        with self._lock:
+            self.algo_requests.append(params)
+            return _public(self.account.new_algo_order(params, self._server_time()))
+
+    def _on_account(self, method: str, params: dict) -> Any:
+        with self._lock:
+            return _public(getattr(self.account, method)(params, self._server_time()))
+
+    def _position_risk(self, params: dict) -> list[dict[str, Any]]:
+        with self._lock:
+            return self.account.position_risk(params, self.symbols)
+
+    def _check_symbol(self, params: dict) -> None:
+        if params["symbol"] not in self.symbols:
+            raise _Refused(400, -1121, "Invalid symbol.")
+
+    def _take_drop(self) -> bool:
+        with self._lock:
+            drop, self.account.drop_next_reply = self.account.drop_next_reply, False
+        return drop
+
+    def _market_price(self, symbol: str, side: str) -> float:
+        """What a MARKET order of `side` pays now: the best ask to buy, the best bid to sell (lock held)."""
+        if self.replay:
+            book = self.replay.state[symbol].book
+            level = book.best_ask() if side == "BUY" else book.best_bid()
+            if level is None:
+                raise _Refused(400, -2020, "Unable to fill.")
+            return level[0]
+        market = self.markets[symbol]
+        return float(_price(min(market.asks) if side == "BUY" else max(market.bids)))
+
+    # -- the account, driven by tests ----------------------------------------------------------------
+
+    def set_mark_price(self, symbol: str, price: float) -> list[dict[str, Any]]:
+        """Move `symbol`'s mark price (MARKET orders then fill there too); conditional orders it crosses
+        trigger. Returns the algo orders that fired."""
+        with self._lock:
+            return [_public(o) for o in self.account.set_mark_price(symbol, price, self._server_time())]
+
+    def position_amount(self, symbol: str) -> float:
+        with self._lock:
+            position = self.account.positions.get(symbol)
+            return position.amount if position else 0.0
+
+    def open_algo_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(o) for o in self.account.open_algo_orders({"symbol": symbol} if symbol else {})]
+
+    def reject_next_order(self, symbol: str, code: int = -2019, message: str = "Margin is insufficient.") -> None:
+        with self._lock:
+            self.account.reject_next[symbol] = (code, message)
+
+    def drop_next_reply(self) -> None:
+        """The next POST is executed, then the connection is dropped without a reply."""
+        with self._lock:
+            self.account.drop_next_reply = True
+
+    def fill_after_queries(self, queries: int) -> None:
+        """MARKET orders are answered NEW and fill only after `queries` lookups (0: at once)."""
+        with self._lock:
+            self.account.fill_after_queries = queries
+
+
+_DROP = -1  # a _route status: close the connection without replying
+
+
+def _public(reply: Any) -> Any:
+    """A reply without the server's private fields (names starting with '_')."""
+    if isinstance(reply, list):
+        return [_public(item) for item in reply]
+    if isinstance(reply, dict):
+        return {k: v for k, v in reply.items() if not k.startswith("_")}
+    return reply
 
 
 class _Refused(Exception):

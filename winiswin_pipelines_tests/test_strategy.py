@@ -141,7 +141,7 @@ def test_can_open_limits():
 async def test_paper_fills_are_deterministic():
     executor = PaperExecutor(fee_rate=0.001, slippage_bps=10)
     buy = await executor.open("BTCUSDT", "LONG", 2.0, 100.0, T0)
-    sell = await executor.close("BTCUSDT", "LONG", 2.0, 100.0, T0)
+    sell = await executor.close(replace(_position(), quantity=2.0), 100.0, T0)
     assert (buy.price, buy.fees) == (pytest.approx(100.1), pytest.approx(0.2002))
     assert (sell.price, sell.quantity, sell.time) == (pytest.approx(99.9), 2.0, T0)
     assert await executor.open("BTCUSDT", "SHORT", 1.0, 100.0, T0) == await executor.open(
@@ -158,11 +158,15 @@ EXCHANGE_INFO = {"symbols": [{"symbol": "BTCUSDT", "filters": [
 
 def test_exchange_filters():
     filters = symbol_filters(EXCHANGE_INFO, "BTCUSDT")
-    assert filters == SymbolFilters("BTCUSDT", Decimal("0.001"), Decimal("0.001"), Decimal("100"))
+    assert filters == SymbolFilters("BTCUSDT", Decimal("0.001"), Decimal("0.001"), Decimal("100"), Decimal("0.10"))
+    assert filters.round_price(60_000.06) == Decimal("60000.1")  # triggers sit on the tick grid
     assert filters.round_quantity(0.52188689) == Decimal("0.521")  # always down: never more than asked
     assert filters.order_problem(Decimal("0.0009"), 60_000) == "BTCUSDT: quantity 0.0009 below the minimum 0.001"
     assert filters.order_problem(Decimal("0.001"), 60_000) == "BTCUSDT: notional 60.00 USDT below the minimum 100"
     assert filters.order_problem(Decimal("0.002"), 60_000) is None
+    # Binance exempts reduce-only orders from the minimum notional: a small position can be closed.
+    assert filters.order_problem(Decimal("0.001"), 60_000, reduce_only=True) is None
+    assert filters.order_problem(Decimal("0.0009"), 60_000, reduce_only=True) is not None
     with pytest.raises(ValueError, match="exchangeInfo has no symbol 'ETHUSDT'"):
         symbol_filters(EXCHANGE_INFO, "ETHUSDT")
 

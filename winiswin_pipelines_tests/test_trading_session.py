@@ -176,14 +176,37 @@ def test_live_refuses_without_keys_and_opt_in(db, capture_events, monkeypatch):
             assert session.get(TradingSession, "live-refused") is None
 
 
-def test_live_orders_respect_exchange_filters(db, capture_events, monkeypatch):
+class MarkFeed(ListFeed):
+    """Recorded events, and before each book event the server's mark price moves to its mid: the
+    exchange fills and triggers where the recorded market was."""
+
+    def __init__(self, events, server, **kwargs):
+        super().__init__(events, **kwargs)
+        self._server = server
+
+    async def events(self):
+        async for event in super().events():
+            if isinstance(event, BookEvent) and event.best_bid and event.best_ask:
+                self._server.set_mark_price(event.symbol, round((event.best_bid + event.best_ask) / 2, 1))
+            yield event
+
+
+def live_env(monkeypatch, server) -> None:
+    monkeypatch.setenv("BINANCE_API_KEY", server.api_key)
+    monkeypatch.setenv("BINANCE_API_SECRET", server.api_secret)
+    monkeypatch.setenv("WINISWIN_LIVE_TRADING", "1")
+
+
+def test_live_orders_respect_exchange_filters(db, capture_events, monkeypatch, tmp_path):
     with LocalBinanceServer(tuple(SYMBOLS)) as server:
-        monkeypatch.setenv("BINANCE_API_KEY", server.api_key)
-        monkeypatch.setenv("BINANCE_API_SECRET", server.api_secret)
-        monkeypatch.setenv("WINISWIN_LIVE_TRADING", "1")
-        result = run_session(db, session_id="live", mode="live", feed=ListFeed(capture_events), config=REPLAY,
-                             symbols=SYMBOLS, rest_url=server.rest_url)
+        live_env(monkeypatch, server)
+        result = run_session(db, session_id="live", mode="live", feed=MarkFeed(capture_events, server),
+                             config=REPLAY, symbols=SYMBOLS, rest_url=server.rest_url,
+                             pending_path=tmp_path / "pending.json")
         orders = list(server.orders)
+        algo = list(server.algo_requests)
+        still_open = server.open_algo_orders()
+        positions = [server.position_amount(s) for s in SYMBOLS]
     assert result.status == "completed" and len(result.closed) == 2
     # Two SHORT entries (SELL) and their closes (BUY, reduce-only), quantities on the 0.001 step.
     assert [(o["symbol"], o["side"], o["type"], o.get("reduceOnly")) for o in orders] == [
@@ -191,9 +214,19 @@ def test_live_orders_respect_exchange_filters(db, capture_events, monkeypatch):
         ("BTCUSDT", "BUY", "MARKET", "true"), ("ETHUSDT", "BUY", "MARKET", "true")]
     for order in orders:
         assert len(order["quantity"].partition(".")[2]) <= 3 and float(order["quantity"]) > 0
+    # Every order carries the client id derived from its trade.
+    ids = [o["newClientOrderId"] for o in orders]
+    assert len(set(ids)) == 4 and all(len(i) <= 36 and i.startswith(("wnen-", "wnex-")) for i in ids)
+    # Each entry was protected on the exchange right after its fill, and the protection cancelled at the close.
+    assert [(a["symbol"], a["side"], a["type"], a["closePosition"], a["workingType"]) for a in algo] == [
+        ("BTCUSDT", "BUY", "STOP_MARKET", "true", "MARK_PRICE"), ("BTCUSDT", "BUY", "TAKE_PROFIT_MARKET", "true", "MARK_PRICE"),
+        ("ETHUSDT", "BUY", "STOP_MARKET", "true", "MARK_PRICE"), ("ETHUSDT", "BUY", "TAKE_PROFIT_MARKET", "true", "MARK_PRICE")]
+    assert still_open == [] and positions == [0.0, 0.0]
     trades = _trades(db, "live-")
     assert [(t.source, t.is_virtual, t.status) for t in trades] == [("live", False, TradeStatus.CLOSED)] * 2
     assert [t.quantity for t in trades] == [float(o["quantity"]) for o in orders[:2]]
+    # The stops sit where the exchange was asked to put them (on the 0.1 tick).
+    assert [float(a["triggerPrice"]) for a in algo[::2]] == [round(t.stop_loss, 1) for t in trades]
 
 
 def test_paper_session_on_the_live_feed(db):

@@ -2,11 +2,16 @@
 
 `BinanceRestClient` speaks REST through httpx: klines (warm-up and backfill), depth snapshots,
 exchangeInfo, and signed requests (HMAC-SHA256 over the query string, `timestamp` from the
-server-synchronised clock, `recvWindow`), e.g. `new_order`. Every request first takes its request
-weight from a `RateWindow` (by default 1,200 a minute: half of Binance's 2,400 per IP), backs off
-when Binance reports the IP's used weight (`X-MBX-USED-WEIGHT-1M`) above that budget, and waits
-out a 429 (`Retry-After`) before trying a public request again. Errors raise `BinanceAPIError` with
-Binance's code and message, never the key, secret or signature.
+server-synchronised clock, `recvWindow`): orders (`/fapi/v1/order`: new, query, cancel, each by
+client order id), conditional orders through the Algo Order API (`/fapi/v1/algoOrder`: new, query,
+cancel by `clientAlgoId`; `/fapi/v1/openAlgoOrders`) and positions (`/fapi/v3/positionRisk`).
+Every request first takes its request weight from a `RateWindow` (by default 1,200 a minute: half
+of Binance's 2,400 per IP), backs off when Binance reports the IP's used weight
+(`X-MBX-USED-WEIGHT-1M`) above that budget, and after a 429 or a 418 (IP ban) holds every request
+until `Retry-After` has passed; a GET is then tried again, an order is not (the caller decides,
+looking it up by its client id). Errors raise `BinanceAPIError` with Binance's code and message,
+never the key, secret or signature; `unknown_outcome` tells a request that may have been executed
+(no reply, a dropped connection, a 5xx or -1007) from one Binance refused.
 
 `BinanceStream` is the one implementation of the live streams, used by the market-data capture and
 by `BinanceFeed` (trading sessions) alike. It reads `/stream?streams=...` with `websockets`,
@@ -63,12 +68,25 @@ CONNECTIONS_PER_5_MINUTES = 60  # Binance allows 300 per IP
 _RETRIES_ON_429 = 3
 
 
+_BACKEND_TIMEOUT = -1007  # "execution status unknown"
+ORDER_DOES_NOT_EXIST = -2013
+
+
 class BinanceAPIError(RuntimeError):
-    """Binance refused a request: HTTP status, Binance error code and message, method and path."""
+    """Binance refused a request: HTTP status (0: no reply), Binance error code and message, method and path."""
 
     def __init__(self, status: int, code: int | None, message: str, method: str, path: str):
         super().__init__(f"Binance {method} {path} failed: HTTP {status}, code {code}: {message}")
         self.status, self.code, self.message = status, code, message
+
+    @property
+    def unknown_outcome(self) -> bool:
+        """The request may have been executed: no reply, a server error, or Binance's own 'status unknown'."""
+        return self.status == 0 or self.status >= 500 or self.code == _BACKEND_TIMEOUT
+
+    @property
+    def not_found(self) -> bool:
+        return self.code == ORDER_DOES_NOT_EXIST
 
 
 class RateWindow:
@@ -113,9 +131,15 @@ class RateWindow:
             self._total -= self._spent.popleft()[1]
 
 
-def request_weight(path: str, params: Mapping[str, Any] | None = None) -> int:
+def request_weight(path: str, params: Mapping[str, Any] | None = None, method: str = "GET") -> int:
     """Binance's request weight of a USDT-M futures REST request (the endpoints this client calls)."""
     params = params or {}
+    if path == "/fapi/v1/algoOrder" and method == "POST":
+        return 0  # "0 on IP rate limit": new algo orders count against the order limits only
+    if path == "/fapi/v1/openAlgoOrders":
+        return 1 if params.get("symbol") else 40
+    if path == "/fapi/v3/positionRisk":
+        return 5
     if path == "/fapi/v1/depth":
         limit = int(params.get("limit", 500))
         return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
@@ -236,6 +260,47 @@ class BinanceRestClient:
         }
         return await self.signed_request("POST", "/fapi/v1/order", {k: v for k, v in params.items() if v is not None})
 
+    async def query_order(self, symbol: str, client_order_id: str | None = None, *,
+                          order_id: int | str | None = None) -> dict[str, Any]:
+        """GET /fapi/v1/order by `origClientOrderId` or `orderId` (raises with `not_found` when Binance has no
+        such order)."""
+        return await self.signed_request("GET", "/fapi/v1/order", _order_key(symbol, client_order_id, order_id))
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
+        """DELETE /fapi/v1/order by `origClientOrderId`."""
+        return await self.signed_request("DELETE", "/fapi/v1/order", _order_key(symbol, client_order_id, None))
+
+    async def new_algo_order(self, symbol: str, side: str, order_type: str, *, trigger_price: str,
+                             client_algo_id: str, close_position: bool = True, quantity: str | None = None,
+                             working_type: str = "MARK_PRICE") -> dict[str, Any]:
+        """POST /fapi/v1/algoOrder: a CONDITIONAL order (STOP_MARKET, TAKE_PROFIT_MARKET, ...) closing the
+        whole position (`closePosition`) or, with `quantity`, reduce-only."""
+        params = {"algoType": "CONDITIONAL", "symbol": symbol, "side": side, "type": order_type,
+                  "triggerPrice": trigger_price, "workingType": working_type, "clientAlgoId": client_algo_id}
+        if close_position:
+            params["closePosition"] = "true"
+        else:
+            params |= {"quantity": quantity, "reduceOnly": "true"}
+        return await self.signed_request("POST", "/fapi/v1/algoOrder", params)
+
+    async def query_algo_order(self, client_algo_id: str) -> dict[str, Any]:
+        """GET /fapi/v1/algoOrder by `clientAlgoId`."""
+        return await self.signed_request("GET", "/fapi/v1/algoOrder", {"clientAlgoId": client_algo_id})
+
+    async def cancel_algo_order(self, client_algo_id: str | None = None, *,
+                                algo_id: int | None = None) -> dict[str, Any]:
+        """DELETE /fapi/v1/algoOrder by `clientAlgoId` or `algoId`."""
+        key = {"algoId": algo_id} if algo_id is not None else {"clientAlgoId": client_algo_id}
+        return await self.signed_request("DELETE", "/fapi/v1/algoOrder", key)
+
+    async def open_algo_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """GET /fapi/v1/openAlgoOrders (weight 1 for a symbol, 40 for all)."""
+        return await self.signed_request("GET", "/fapi/v1/openAlgoOrders", {"symbol": symbol} if symbol else {})
+
+    async def position_risk(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """GET /fapi/v3/positionRisk: the account's positions (`positionAmt` signed, `entryPrice`, `markPrice`)."""
+        return await self.signed_request("GET", "/fapi/v3/positionRisk", {"symbol": symbol} if symbol else {})
+
     async def sync_clock(self) -> None:
         """Measure the offset between Binance's clock and ours (half the round trip corrected)."""
         before = time.time() * 1000
@@ -248,16 +313,19 @@ class BinanceRestClient:
     async def _request(self, method: str, path: str, params: dict[str, Any] | None = None, *,
                        signed: bool = False) -> Any:
         for attempt in range(_RETRIES_ON_429 + 1):
-            await self.weights.acquire(request_weight(path, params))
+            await self.weights.acquire(request_weight(path, params, method))
             self.requests_sent += 1
             response = await self._send(method, path, params, signed)
             self._note_used_weight(response)
-            if response.status_code == 429 and not signed and method == "GET" and attempt < _RETRIES_ON_429:
+            if response.status_code in (418, 429):
+                # 429: over the limit; 418: the IP is banned for having gone on after 429s. Nobody
+                # sends anything until Binance's Retry-After has passed.
                 retry_after = _retry_after(response)
-                log.warning("Binance %s %s: too many requests (HTTP 429); waiting %.0f s as asked", method, path,
-                            retry_after)
+                log.warning("Binance %s %s: HTTP %d; holding every request %.0f s as asked", method, path,
+                            response.status_code, retry_after)
                 self.weights.pause_until(time.monotonic() + retry_after)
-                continue
+                if response.status_code == 429 and method == "GET" and attempt < _RETRIES_ON_429:
+                    continue
             break
         if response.status_code >= 400:
             try:
@@ -296,6 +364,13 @@ class BinanceRestClient:
             log.warning("Binance reports %d request weight used this minute (budget %d); pausing requests",
                         self.used_weight, self.weights.limit)
             self.weights.pause_until(time.monotonic() + self.weights.seconds)
+
+
+def _order_key(symbol: str, client_order_id: str | None, order_id: int | str | None) -> dict[str, Any]:
+    if (client_order_id is None) == (order_id is None):
+        raise ValueError("an order is named by exactly one of its client order id and its order id")
+    return {"symbol": symbol, **({"orderId": order_id} if order_id is not None else
+                                 {"origClientOrderId": client_order_id})}
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -6,30 +6,73 @@ taker fee: deterministic, so a replay gives the same trades every time.
 
 `LiveExecutor` sends signed MARKET orders through `BinanceRestClient`, with quantities rounded down
 to the symbol's step size and checked against its minimum quantity and minimum notional
-(`exchangeInfo` filters). It exists only through `live_executor(...)`, which refuses to build it
-unless both API keys are set and live trading was explicitly enabled (`WINISWIN_LIVE_TRADING=1`).
-Keys are never put in messages.
+(`exchangeInfo` filters; Binance exempts reduce-only orders from the minimum notional, and so do
+we). Every order carries a client id derived from its trade (`orders.client_order_id`): when the
+outcome of a request is unknown (no reply, a dropped connection, a 5xx), the order is looked up by
+that id before it is sent again. An order counts as filled only when Binance says so: a NEW reply
+is followed by queries until the order is final (cancelled after `fill_timeout`), and the fill is
+its `executedQty` at its `avgPrice`.
+
+Right after an entry fills, `protect` places the position's stop loss and take profit on the
+exchange as conditional orders of the Algo Order API (`POST /fapi/v1/algoOrder`, STOP_MARKET /
+TAKE_PROFIT_MARKET, `closePosition=true`, `workingType=MARK_PRICE`), so the position stays
+protected while no session runs. `close` cancels them first (`DELETE /fapi/v1/algoOrder`); when
+Binance has nothing left to reduce, the exit is the fill of whichever order closed the position
+(the session's own earlier close, or a stop or take profit that fired). `tidy_protection`
+(session start) keeps the protective orders that are right and cancels ours that protect nothing
+(`GET /fapi/v1/openAlgoOrders`), then the session places what is missing; orders without our
+prefix are left alone.
+
+`LiveExecutor` exists only through `live_executor(...)`, which refuses to build it unless both API
+keys are set and live trading was explicitly enabled (`WINISWIN_LIVE_TRADING=1`). Keys are never
+put in messages. A refused order raises `OrderRejected` with Binance's code and message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
+import time as clock
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
 
-from winiswin_pipelines.marketdata.binance import BinanceRestClient
+from winiswin_pipelines.marketdata.binance import BinanceAPIError, BinanceRestClient
 from winiswin_pipelines.times import from_epoch_ms
-from winiswin_pipelines.trading.risk import direction
+from winiswin_pipelines.trading.orders import client_order_id, is_ours
+from winiswin_pipelines.trading.risk import Position, direction
+
+log = logging.getLogger(__name__)
 
 LIVE_OPT_IN_VAR = "WINISWIN_LIVE_TRADING"
 API_KEY_VAR = "BINANCE_API_KEY"
 API_SECRET_VAR = "BINANCE_API_SECRET"
 TAKER_FEE_RATE = 0.0004  # Binance USDT-M default taker fee
+REDUCE_ONLY_REJECTED = -2022  # nothing left to reduce
+WOULD_TRIGGER_NOW = -2021  # a conditional order already on the wrong side of the mark price
+DUPLICATED_CLIENT_ID = -4116
+PROTECTION = (("stop_loss", "STOP_MARKET"), ("take_profit", "TAKE_PROFIT_MARKET"))
+_OPEN = ("NEW", "PARTIALLY_FILLED")
 
 
 class LiveTradingRefused(RuntimeError):
     """Live execution was asked for without both API keys and the explicit opt-in."""
+
+
+class OrderRejected(RuntimeError):
+    """An order that was not executed: refused before sending, or by Binance (its code and message), or
+    whose outcome could not be learnt."""
+
+    def __init__(self, symbol: str, message: str, code: int | None = None, *, uncertain: bool = False):
+        super().__init__(f"{symbol}: {message}" + (f" (Binance code {code})" if code is not None else ""))
+        self.symbol, self.message, self.code = symbol, message, code
+        self.uncertain = uncertain  # the order may have been executed after all
+
+    @classmethod
+    def from_error(cls, symbol: str, error: BinanceAPIError) -> OrderRejected:
+        return cls(symbol, error.message, error.code)
 
 
 @dataclass(frozen=True)
@@ -39,16 +82,23 @@ class Fill:
     fees: float
     time: dt.datetime
     order_id: str | None = None
+    reason: str | None = None  # set when the exchange closed the position itself (stop_loss, take_profit)
 
 
 class Executor(Protocol):
     mode: str
+    protects_on_exchange: bool
 
     async def open(self, symbol: str, side: str, quantity: float, reference_price: float,
-                   time: dt.datetime) -> Fill: ...
+                   time: dt.datetime, client_id: str) -> Fill: ...
 
-    async def close(self, symbol: str, side: str, quantity: float, reference_price: float,
-                    time: dt.datetime) -> Fill: ...
+    async def close(self, position: Position, reference_price: float, time: dt.datetime) -> Fill: ...
+
+    async def protect(self, position: Position) -> None: ...
+
+    async def tidy_protection(self, positions: Sequence[Position]) -> tuple[list[str], list[Position]]: ...
+
+    async def find_entry(self, symbol: str, client_id: str) -> Fill | None: ...
 
     async def shutdown(self) -> None: ...
 
@@ -60,16 +110,27 @@ class PaperExecutor:
     fee_rate: float = TAKER_FEE_RATE
     slippage_bps: float = 1.0
     mode: str = "paper"
+    protects_on_exchange: bool = False  # the session's own price checks are the stops
 
     def _fill(self, order_sign: int, quantity: float, reference_price: float, time: dt.datetime) -> Fill:
         price = reference_price * (1 + order_sign * self.slippage_bps / 10_000)
         return Fill(price, quantity, abs(price * quantity) * self.fee_rate, time)
 
-    async def open(self, symbol: str, side: str, quantity: float, reference_price: float, time: dt.datetime) -> Fill:
+    async def open(self, symbol: str, side: str, quantity: float, reference_price: float, time: dt.datetime,
+                   client_id: str = "") -> Fill:
         return self._fill(direction(side), quantity, reference_price, time)
 
-    async def close(self, symbol: str, side: str, quantity: float, reference_price: float, time: dt.datetime) -> Fill:
-        return self._fill(-direction(side), quantity, reference_price, time)
+    async def close(self, position: Position, reference_price: float, time: dt.datetime) -> Fill:
+        return self._fill(-direction(position.side), position.quantity, reference_price, time)
+
+    async def protect(self, position: Position) -> None:
+        """Paper positions are protected by the session's own price checks."""
+
+    async def tidy_protection(self, positions: Sequence[Position]) -> tuple[list[str], list[Position]]:
+        return [], []
+
+    async def find_entry(self, symbol: str, client_id: str) -> Fill | None:
+        return None  # nothing of paper's is ever on the exchange
 
     async def shutdown(self) -> None:
         """Nothing to release."""
@@ -83,17 +144,25 @@ class SymbolFilters:
     step_size: Decimal
     min_qty: Decimal
     min_notional: Decimal
+    tick_size: Decimal = Decimal("0")  # PRICE_FILTER; 0: prices are not rounded
 
     def round_quantity(self, quantity: float) -> Decimal:
         """Down to the step size (never more than asked)."""
         return (Decimal(repr(quantity)) / self.step_size).to_integral_value(ROUND_DOWN) * self.step_size
 
-    def order_problem(self, quantity: Decimal, price: float) -> str | None:
-        """Why an order of `quantity` at about `price` would be rejected, or None."""
+    def round_price(self, price: float) -> Decimal:
+        """To the nearest tick (a trigger price must sit on the tick grid)."""
+        if self.tick_size <= 0:
+            return Decimal(repr(price))
+        return (Decimal(repr(price)) / self.tick_size).to_integral_value(ROUND_HALF_UP) * self.tick_size
+
+    def order_problem(self, quantity: Decimal, price: float, *, reduce_only: bool = False) -> str | None:
+        """Why an order of `quantity` at about `price` would be rejected, or None. Binance exempts
+        reduce-only orders from the minimum notional (a small position can always be closed)."""
         if quantity < self.min_qty:
             return f"{self.symbol}: quantity {quantity} below the minimum {self.min_qty}"
         notional = quantity * Decimal(repr(price))
-        if notional < self.min_notional:
+        if notional < self.min_notional and not reduce_only:
             return f"{self.symbol}: notional {notional:.2f} USDT below the minimum {self.min_notional}"
         return None
 
@@ -115,6 +184,7 @@ def symbol_filters(exchange_info: dict[str, Any], symbol: str) -> SymbolFilters:
         step_size=step,
         min_qty=Decimal(lot["minQty"]),
         min_notional=Decimal(filters["MIN_NOTIONAL"].get("notional") or filters["MIN_NOTIONAL"]["minNotional"]),
+        tick_size=Decimal(filters.get("PRICE_FILTER", {}).get("tickSize", "0")),
     )
 
 
@@ -130,42 +200,230 @@ def check_live_permission(opt_in: bool, api_key: str | None, api_secret: str | N
 
 
 class LiveExecutor:
-    """Signed MARKET orders on Binance USDT-M (one-way mode). Build it with `live_executor`."""
+    """Signed orders on Binance USDT-M (one-way mode), see the module docstring. Build it with `live_executor`."""
 
     mode = "live"
+    protects_on_exchange = True
 
-    def __init__(self, client: BinanceRestClient, filters: dict[str, SymbolFilters]):
+    def __init__(self, client: BinanceRestClient, exchange_info: dict[str, Any], symbols: Sequence[str] = (), *,
+                 fill_timeout: float = 5.0, lookups: int = 3):
         self._client = client
-        self._filters = filters
+        self._info = exchange_info
+        self._filters: dict[str, SymbolFilters] = {}
+        self.symbols = list(symbols)
+        self.fill_timeout, self.lookups = fill_timeout, lookups
+        for symbol in symbols:
+            self.filters(symbol)  # unknown symbols fail here, before any order
 
-    async def _order(self, symbol: str, order_side: str, quantity: float, reference_price: float,
-                     time: dt.datetime, *, reduce_only: bool) -> Fill:
-        filters = self._filters.get(symbol)
-        if filters is None:
-            raise ValueError(f"no exchange filters for {symbol}; the session did not load exchangeInfo for it")
-        rounded = filters.round_quantity(quantity)
-        if problem := filters.order_problem(rounded, reference_price):
-            raise ValueError(f"order refused before sending: {problem}")
-        reply = await self._client.new_order(symbol, order_side, "MARKET", quantity=format(rounded, "f"),
-                                             reduce_only=reduce_only or None, newOrderRespType="RESULT")
-        # A reply that does not report the fill (status NEW) is taken at the requested quantity and
-        # the reference price; reconciling with the user-data stream is not implemented yet.
-        price = float(reply.get("avgPrice") or 0) or reference_price
-        filled = float(reply.get("executedQty") or 0) or float(rounded)
-        fill_time = from_epoch_ms(reply["updateTime"]) if reply.get("updateTime") else time
-        # Commission is only in the user-data stream; estimate it at the taker rate until reconciled.
-        return Fill(price, filled, price * filled * TAKER_FEE_RATE, fill_time, str(reply.get("orderId")))
+    def filters(self, symbol: str) -> SymbolFilters:
+        if symbol not in self._filters:
+            self._filters[symbol] = symbol_filters(self._info, symbol)
+        return self._filters[symbol]
 
-    async def open(self, symbol: str, side: str, quantity: float, reference_price: float, time: dt.datetime) -> Fill:
+    # -- MARKET orders -----------------------------------------------------------------------------
+
+    async def open(self, symbol: str, side: str, quantity: float, reference_price: float, time: dt.datetime,
+                   client_id: str = "") -> Fill:
         order_side = "BUY" if direction(side) > 0 else "SELL"
-        return await self._order(symbol, order_side, quantity, reference_price, time, reduce_only=False)
+        return await self._market(symbol, order_side, quantity, reference_price, client_id, reduce_only=False)
 
-    async def close(self, symbol: str, side: str, quantity: float, reference_price: float, time: dt.datetime) -> Fill:
-        order_side = "SELL" if direction(side) > 0 else "BUY"
-        return await self._order(symbol, order_side, quantity, reference_price, time, reduce_only=True)
+    async def close(self, position: Position, reference_price: float, time: dt.datetime) -> Fill:
+        """Cancel the position's protection, then close it reduce-only; when Binance holds nothing to
+        reduce any more, the exit is the fill of the order that closed it."""
+        await self.cancel_protection(position)
+        order_side = "SELL" if direction(position.side) > 0 else "BUY"
+        client_id = client_order_id(position.trade_uid, "exit")
+        try:
+            return await self._market(position.symbol, order_side, position.quantity, reference_price, client_id,
+                                      reduce_only=True)
+        except OrderRejected as rejected:
+            if rejected.code != REDUCE_ONLY_REJECTED or (fill := await self._exit_on_exchange(position)) is None:
+                raise
+            return fill
+
+    async def find_entry(self, symbol: str, client_id: str) -> Fill | None:
+        """The fill of an entry sent earlier (None: Binance never got it, or nothing of it filled)."""
+        order = await self._lookup(symbol, client_id)
+        if order is None:
+            return None
+        order = await self._until_final(symbol, client_id, order)
+        return _fill_of(order) if float(order.get("executedQty") or 0) > 0 else None
+
+    async def _market(self, symbol: str, order_side: str, quantity: float, reference_price: float, client_id: str,
+                      *, reduce_only: bool) -> Fill:
+        filters = self.filters(symbol)
+        rounded = filters.round_quantity(quantity)
+        if problem := filters.order_problem(rounded, reference_price, reduce_only=reduce_only):
+            raise OrderRejected(symbol, f"order refused before sending: {problem}")
+
+        def send() -> Awaitable[dict[str, Any]]:
+            return self._client.new_order(symbol, order_side, "MARKET", quantity=format(rounded, "f"),
+                                          reduce_only=reduce_only or None, client_order_id=client_id,
+                                          newOrderRespType="RESULT")
+
+        order = await self._send_once(symbol, client_id, send, lambda: self._lookup(symbol, client_id))
+        order = await self._until_final(symbol, client_id, order)
+        if float(order.get("executedQty") or 0) <= 0:
+            raise OrderRejected(symbol, f"order {client_id} ended {order.get('status')} without a fill")
+        return _fill_of(order)
+
+    async def _send_once(self, symbol: str, client_id: str, send: Callable[[], Awaitable[dict[str, Any]]],
+                         lookup: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[str, Any]:
+        """Send; when the outcome is unknown, look the order up by its client id and send again only
+        when Binance does not have it."""
+        for _ in range(2):
+            try:
+                return await send()
+            except BinanceAPIError as error:
+                if not error.unknown_outcome:
+                    raise OrderRejected.from_error(symbol, error) from None
+                log.warning("%s: order %s, outcome unknown (%s); looking it up", symbol, client_id, error.message)
+            found = await lookup()
+            if found is not None:
+                return found
+        raise OrderRejected(symbol, f"order {client_id}: no answer from Binance, twice", uncertain=True)
+
+    async def _lookup(self, symbol: str, client_id: str) -> dict[str, Any] | None:
+        return await self._ask(symbol, client_id, lambda: self._client.query_order(symbol, client_id))
+
+    async def _lookup_algo(self, symbol: str, client_id: str) -> dict[str, Any] | None:
+        return await self._ask(symbol, client_id, lambda: self._client.query_algo_order(client_id))
+
+    async def _ask(self, symbol: str, client_id: str,
+                   query: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
+        """The order Binance holds under `client_id`, None when it has none; retried while unanswered."""
+        pause = 0.1
+        for attempt in range(self.lookups):
+            try:
+                return await query()
+            except BinanceAPIError as error:
+                if error.not_found:
+                    return None
+                if not error.unknown_outcome or attempt == self.lookups - 1:
+                    raise OrderRejected(symbol, f"order {client_id}: status unknown ({error.message})",
+                                        error.code, uncertain=True) from None
+            await asyncio.sleep(pause)
+            pause *= 2
+        raise AssertionError("unreachable")
+
+    async def _until_final(self, symbol: str, client_id: str, order: dict[str, Any]) -> dict[str, Any]:
+        """Query a NEW order until it is final; cancel it after `fill_timeout` and keep what filled."""
+        deadline, pause = clock.monotonic() + self.fill_timeout, 0.02
+        while order.get("status") in _OPEN:
+            if clock.monotonic() >= deadline:
+                try:
+                    await self._client.cancel_order(symbol, client_id)
+                except BinanceAPIError as error:
+                    log.warning("%s: cancelling unfilled order %s failed: %s", symbol, client_id, error.message)
+                return await self._lookup(symbol, client_id) or order
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+            order = await self._lookup(symbol, client_id) or order
+        return order
+
+    async def _exit_on_exchange(self, position: Position) -> Fill | None:
+        """The fill of the order that closed `position` on the exchange: our own close, else its stop
+        loss or take profit."""
+        own = await self._lookup(position.symbol, client_order_id(position.trade_uid, "exit"))
+        if own is not None and float(own.get("executedQty") or 0) > 0:
+            return _fill_of(own)
+        for role, _ in PROTECTION:
+            algo = await self._lookup_algo(position.symbol, client_order_id(position.trade_uid, role))
+            if algo is None or not algo.get("actualOrderId"):
+                continue
+            order = await self._ask(position.symbol, role, lambda algo=algo: self._client.query_order(
+                position.symbol, order_id=algo["actualOrderId"]))
+            if order is not None and float(order.get("executedQty") or 0) > 0:
+                return _fill_of(order, reason=role)
+        return None
+
+    # -- protection on the exchange ----------------------------------------------------------------
+
+    async def protect(self, position: Position) -> None:
+        """Place the stop loss and take profit of `position` (each once: an existing one is kept)."""
+        for role, order_type in PROTECTION:
+            await self._place_protection(position, role, order_type)
+
+    async def _place_protection(self, position: Position, role: str, order_type: str) -> None:
+        symbol, client_id = position.symbol, client_order_id(position.trade_uid, role)
+        level = position.stop_loss if role == "stop_loss" else position.take_profit
+        trigger = format(self.filters(symbol).round_price(level), "f")
+        order_side = "SELL" if direction(position.side) > 0 else "BUY"
+
+        async def send() -> dict[str, Any]:
+            try:
+                return await self._client.new_algo_order(symbol, order_side, order_type, trigger_price=trigger,
+                                                         client_algo_id=client_id)
+            except BinanceAPIError as error:
+                if error.code != DUPLICATED_CLIENT_ID or (found := await self._lookup_algo(symbol, client_id)) is None:
+                    raise
+                return found  # already there (an earlier attempt whose reply was lost)
+
+        try:
+            order = await self._send_once(symbol, client_id, send, lambda: self._lookup_algo(symbol, client_id))
+        except OrderRejected as rejected:  # say which of the two it was
+            raise OrderRejected(symbol, f"{role}: {rejected.message}", rejected.code,
+                                uncertain=rejected.uncertain) from None
+        if order.get("algoStatus") != "NEW":
+            raise OrderRejected(symbol, f"{role} order {client_id} is {order.get('algoStatus')}, not working")
+
+    async def cancel_protection(self, position: Position) -> None:
+        """Cancel the position's stop loss and take profit; ones already gone (fired, cancelled) are fine."""
+        for role, _ in PROTECTION:
+            await self._cancel_algo(position.symbol, client_id=client_order_id(position.trade_uid, role))
+
+    async def _cancel_algo(self, symbol: str, *, client_id: str | None = None, algo_id: int | None = None) -> None:
+        try:
+            await self._client.cancel_algo_order(client_id, algo_id=algo_id)
+        except BinanceAPIError as error:
+            if error.code not in (-2011, -2013):  # unknown order: not open any more
+                raise OrderRejected(symbol, f"cancelling {client_id or algo_id} failed: {error.message}",
+                                    error.code) from None
+
+    async def tidy_protection(self, positions: Sequence[Position]) -> tuple[list[str], list[Position]]:
+        """Session start: keep our protective orders that are right, cancel ours that protect nothing or
+        sit at other levels (orders without our prefix are left alone). Returns what was cancelled, one
+        line each, and the positions that lack a stop loss or a take profit (for `protect`)."""
+        wanted = {client_order_id(p.trade_uid, role): (p, role, order_type)
+                  for p in positions for role, order_type in PROTECTION}
+        symbols = sorted({*self.symbols, *(p.symbol for p in positions)})
+        kept, cancelled = set(), []
+        for symbol in symbols:
+            for order in await self._open_algo_orders(symbol):
+                client_id = order.get("clientAlgoId")
+                if not is_ours(client_id):
+                    continue  # placed by someone else: not ours to touch
+                target = wanted.get(client_id)
+                if target is not None and client_id not in kept and self._matches(order, *target):
+                    kept.add(client_id)
+                    continue
+                await self._cancel_algo(symbol, algo_id=order["algoId"])
+                cancelled.append(f"{symbol}: cancelled {order['orderType']} {client_id} at {order['triggerPrice']}")
+        lacking = {p.trade_uid: p for client_id, (p, _, _) in wanted.items() if client_id not in kept}
+        return cancelled, list(lacking.values())
+
+    async def _open_algo_orders(self, symbol: str) -> list[dict[str, Any]]:
+        try:
+            return await self._client.open_algo_orders(symbol)
+        except BinanceAPIError as error:
+            raise OrderRejected(symbol, f"open algo orders unknown: {error.message}", error.code,
+                                uncertain=True) from None
+
+    def _matches(self, order: dict[str, Any], position: Position, role: str, order_type: str) -> bool:
+        level = position.stop_loss if role == "stop_loss" else position.take_profit
+        return (order.get("orderType") == order_type and str(order.get("closePosition")).lower() == "true"
+                and Decimal(order["triggerPrice"]) == self.filters(position.symbol).round_price(level))
 
     async def shutdown(self) -> None:
         await self._client.close()
+
+
+def _fill_of(order: dict[str, Any], reason: str | None = None) -> Fill:
+    """What Binance says filled: `executedQty` at `avgPrice`; the fee estimated at the taker rate
+    (the real commission is in the user-data stream and /fapi/v1/userTrades)."""
+    price, quantity = float(order["avgPrice"]), float(order["executedQty"])
+    return Fill(price, quantity, price * quantity * TAKER_FEE_RATE, from_epoch_ms(int(order["updateTime"])),
+                str(order["orderId"]), reason)
 
 
 async def live_executor(base_url: str, symbols: list[str], *, opt_in: bool, api_key: str | None,
@@ -174,8 +432,7 @@ async def live_executor(base_url: str, symbols: list[str], *, opt_in: bool, api_
     check_live_permission(opt_in, api_key, api_secret)
     client = BinanceRestClient(base_url, api_key, api_secret)
     try:
-        info = await client.exchange_info()
-        return LiveExecutor(client, {symbol: symbol_filters(info, symbol) for symbol in symbols})
+        return LiveExecutor(client, await client.exchange_info(), symbols)
     except BaseException:
         await client.close()
         raise

@@ -24,7 +24,7 @@ class Decision:
 
     ts: dt.datetime
     symbol: str
-    action: str  # enter, exit, skip, resume
+    action: str  # enter, exit, skip, resume, reject (an order refused: its code and message), protect
     reason: str
     price: float | None = None
     trade_uid: str | None = None
@@ -61,6 +61,10 @@ class SessionJournal:
                                    at=dt.datetime.now(dt.UTC), decisions=self._pending)
         self._written += len(self._pending)
         self._pending = []
+
+    def trade_statuses(self, trade_uids: list[str]) -> dict[str, str]:
+        """The status of those of `trade_uids` PostgreSQL holds (OPEN, CLOSED, ...)."""
+        return repository.trade_statuses(self.manager, trade_uids)
 
     def open_positions(self, source: str) -> list[Position]:
         """OPEN trades of `source`, timed from position_entry_times (the fill time kept across restarts)."""

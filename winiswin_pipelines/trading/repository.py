@@ -266,6 +266,15 @@ def open_positions(manager: DatabaseManager, source: str) -> list[Position]:
     ]
 
 
+def trade_statuses(manager: DatabaseManager, trade_uids: Sequence[str]) -> dict[str, str]:
+    """trade_uid -> status of those of `trade_uids` PostgreSQL holds."""
+    if not trade_uids:
+        return {}
+    with manager.session() as session:
+        rows = session.execute(select(Trade.trade_uid, Trade.status).where(Trade.trade_uid.in_(list(trade_uids))))
+        return {uid: TradeStatus(status).value for uid, status in rows}
+
+
 def session_trades(manager: DatabaseManager, session_id: str) -> tuple[list[TradingDecision], list[Trade]]:
     """A session's decisions (in order) and the trades it entered (by trade_uid)."""
     entered = select(TradingDecision.trade_uid).where(TradingDecision.session_id == session_id,

@@ -14,6 +14,15 @@ For every event, in exchange-time order:
   closed, whatever its PnL. Fill times come from `position_entry_times` after a restart, so
   the stop survives restarts.
 Time is the events' exchange time, so replays and backtests behave as live sessions would.
+
+With an executor that protects positions on the exchange (live), an entry is noted in
+`PendingEntries` before its order is sent; once it fills, its stop loss and take profit are moved
+to the real fill price (same distances) and placed on the exchange at once; a close cancels them
+first. A session that starts records the pending entries that filled while no session knew of
+them, and makes the exchange hold exactly the protection of every open position. An order Binance
+refuses (e.g. -2019 margin insufficient) is recorded as a `reject` decision with its code and
+message and affects only its symbol: no new entry there for `reject_cooldown`, a failed close is
+tried again after a back-off, and every other position stays watched and protected.
 A feed with a history (BinanceFeed's REST warm-up) first fills the indicators' warm-up, so a live
 session can trade from its first closed bar instead of waiting `min_bars` bars.
 
@@ -42,8 +51,9 @@ from sqlalchemy.exc import DBAPIError
 
 from winiswin_pipelines.marketdata.feed import BookEvent, KlineEvent, MarketFeed
 from winiswin_pipelines.trading.events import TradeClosed, TradeOpened
-from winiswin_pipelines.trading.execution import Executor, Fill
+from winiswin_pipelines.trading.execution import WOULD_TRIGGER_NOW, Executor, Fill, OrderRejected
 from winiswin_pipelines.trading.journal import Decision, SessionJournal
+from winiswin_pipelines.trading.orders import PendingEntries, client_order_id
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.risk import (
     Position,
@@ -80,6 +90,8 @@ class SessionConfig:
     resume_open_positions: bool = True  # take over the OPEN trades of this source left by earlier sessions
     heartbeat_seconds: float = 5.0
     book_stale_after: dt.timedelta = dt.timedelta(seconds=5)
+    reject_cooldown: dt.timedelta = dt.timedelta(minutes=15)  # no new entry on a symbol after a refused order
+    close_retry_seconds: tuple[float, float] = (1.0, 60.0)  # back-off between attempts to close a position
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,7 @@ def kline_end(event: KlineEvent) -> dt.datetime:
 class TradingSession:
     def __init__(self, *, session_id: str, feed: MarketFeed, executor: Executor, recorder: UnifiedTradeRecorder,
                  journal: SessionJournal, config: SessionConfig = SessionConfig(),
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, pending: PendingEntries | None = None):
         self.session_id = session_id
         self.feed = feed
         self.executor = executor
@@ -139,6 +151,9 @@ class TradingSession:
         self.journal = journal
         self.config = config
         self.stop = stop or threading.Event()
+        self.pending = pending if executor.protects_on_exchange else None
+        self._entry_blocked_until: dict[str, dt.datetime] = {}
+        self._close_retry: dict[str, tuple[float, float]] = {}  # symbol -> (monotonic time of next try, pause)
         self.positions: dict[str, Position] = {}
         self.equity = config.risk.starting_equity
         self.decisions: list[Decision] = []
@@ -164,6 +179,9 @@ class TradingSession:
             await asyncio.to_thread(self.journal.start, details)
             if self.config.resume_open_positions:
                 await self._resume()
+            if self.executor.protects_on_exchange:
+                await self._recover_pending_entries()
+                await self._restore_protection()
             if isinstance(self.feed, WarmUpFeed):
                 await self._warm_up(self.feed)
             status = await self._consume(started)
@@ -290,7 +308,7 @@ class TradingSession:
                 self._decide(now, symbol, "skip", verdict.reason, bars["close"].iloc[-1], details=verdict.features)
             return
         signal = verdict.signal
-        if refusal := can_open(symbol, self.positions, self.config.risk):
+        if refusal := can_open(symbol, self.positions, self.config.risk) or self._entry_blocked(symbol, now):
             self._decide(now, symbol, "skip", refusal, signal.price, details=verdict.features)
             return
         reference = self._reference_price(symbol, signal.side, now, opening=True)
@@ -300,13 +318,41 @@ class TradingSession:
             self._decide(now, symbol, "skip", "position below the minimum notional", reference,
                          details=verdict.features)
             return
-        fill = await self.executor.open(symbol, signal.side, quantity, reference, now)
-        await self._opened(symbol, signal.side, fill, stop_loss, take_profit, signal.confidence, verdict.features,
-                           verdict.reason)
+        self._entries += 1
+        trade_uid = f"{self.session_id}-{symbol}-{self._entries:04d}"
+        client_id = client_order_id(trade_uid, "entry")
+        entry = {"symbol": symbol, "side": signal.side, "stop_loss": stop_loss, "take_profit": take_profit,
+                 "reference": reference, "confidence": signal.confidence, "reason": verdict.reason,
+                 "features": verdict.features, "client_id": client_id}
+        if self.pending is not None:
+            await asyncio.to_thread(self.pending.add, trade_uid, entry)
+        try:
+            fill = await self.executor.open(symbol, signal.side, quantity, reference, now, client_id)
+        except OrderRejected as rejected:
+            self._rejected(now, symbol, "entry", rejected, reference, trade_uid)
+            if self.pending is not None and not rejected.uncertain:  # else the next start looks it up
+                await asyncio.to_thread(self.pending.remove, trade_uid)
+            return
+        await self._opened(trade_uid, entry, fill)
+
+    def _entry_blocked(self, symbol: str, now: dt.datetime) -> str | None:
+        until = self._entry_blocked_until.get(symbol)
+        if until is not None and now < until:
+            return f"an order on {symbol} was refused; no new entry before {until.isoformat()}"
+        return None
+
+    def _rejected(self, now: dt.datetime, symbol: str, what: str, rejected: OrderRejected, price: float | None,
+                  trade_uid: str | None) -> None:
+        """A refused order is a decision with Binance's code and message; only its symbol waits."""
+        log.warning("session %s: %s order refused: %s", self.session_id, what, rejected)
+        if what == "entry":
+            self._entry_blocked_until[symbol] = now + self.config.reject_cooldown
+        self._decide(now, symbol, "reject", f"{what} order refused: {rejected.message}", price, trade_uid,
+                     {"order": what, "code": rejected.code})
 
     async def _check_time_stops(self, now: dt.datetime) -> None:
         for position in list(self.positions.values()):
-            if time_stop_due(position.entry_time, now, self.config.risk):
+            if time_stop_due(position.entry_time, now, self.config.risk) and position.symbol in self.positions:
                 price = self._reference_price(position.symbol, position.side, now, opening=False)
                 await self._close(position, "time_stop", price, now)
 
@@ -324,10 +370,12 @@ class TradingSession:
             return (book.bid + book.ask) / 2
         raise RuntimeError(f"session {self.session_id}: no price known for {symbol}")
 
-    async def _opened(self, symbol: str, side: str, fill: Fill, stop_loss: float, take_profit: float,
-                      confidence: float, features: dict[str, Any], reason: str) -> None:
-        self._entries += 1
-        trade_uid = f"{self.session_id}-{symbol}-{self._entries:04d}"
+    async def _opened(self, trade_uid: str, entry: dict[str, Any], fill: Fill) -> None:
+        symbol, side = entry["symbol"], entry["side"]
+        stop_loss, take_profit = entry["stop_loss"], entry["take_profit"]
+        if self.executor.protects_on_exchange:  # the exchange's stops must sit around the real fill
+            stop_loss += fill.price - entry["reference"]
+            take_profit += fill.price - entry["reference"]
         position = Position(trade_uid, symbol, side, fill.quantity, fill.price, fill.time, stop_loss, take_profit,
                             fill.fees)
         self.positions[symbol] = position
@@ -335,14 +383,46 @@ class TradingSession:
         await self.recorder.record_entry(TradeOpened(
             trade_uid=trade_uid, symbol=symbol, side=side, entry_time=fill.time, entry_price=fill.price,
             quantity=fill.quantity, leverage=round(leverage, 6), stop_loss=stop_loss, take_profit=take_profit,
-            strategy=STRATEGY_NAME, confidence=confidence, features=features,
+            strategy=STRATEGY_NAME, confidence=entry["confidence"], features=entry["features"],
             is_virtual=self.executor.mode != "live",
         ))
-        self._decide(fill.time, symbol, "enter", reason, fill.price, trade_uid,
+        self._decide(fill.time, symbol, "enter", entry["reason"], fill.price, trade_uid,
                      {"side": side, "quantity": fill.quantity, "stop_loss": stop_loss, "take_profit": take_profit})
+        await self._protect(position, fill.time)
+
+    async def _protect(self, position: Position, now: dt.datetime) -> None:
+        """Stop loss and take profit on the exchange; a position that cannot be protected is closed."""
+        try:
+            await self.executor.protect(position)
+        except OrderRejected as rejected:
+            self._rejected(now, position.symbol, "protection", rejected, position.entry_price, position.trade_uid)
+            # Already beyond a level (-2021): that exit is due now. Otherwise it would stay unprotected.
+            reason = "unprotected"
+            if rejected.code == WOULD_TRIGGER_NOW:
+                reason = "take_profit" if rejected.message.startswith("take_profit") else "stop_loss"
+            await self._close(position, reason, self._exit_estimate(position, now), now)
+
+    def _exit_estimate(self, position: Position, now: dt.datetime) -> float:
+        """The reference price of a close; the entry price before any price is known (at start: a
+        reduce-only close needs no price, only an estimate for the logs and the filters)."""
+        try:
+            return self._reference_price(position.symbol, position.side, now, opening=False)
+        except RuntimeError:
+            return position.entry_price
 
     async def _close(self, position: Position, reason: str, reference: float, now: dt.datetime) -> None:
-        fill = await self.executor.close(position.symbol, position.side, position.quantity, reference, now)
+        retry = self._close_retry.get(position.symbol)
+        if retry is not None and time.monotonic() < retry[0]:
+            return  # the last attempt failed: wait for the back-off
+        try:
+            fill = await self.executor.close(position, reference, now)
+        except OrderRejected as rejected:
+            pause = min(retry[1] * 2, self.config.close_retry_seconds[1]) if retry else self.config.close_retry_seconds[0]
+            self._close_retry[position.symbol] = (time.monotonic() + pause, pause)
+            self._rejected(now, position.symbol, "close", rejected, reference, position.trade_uid)
+            return
+        self._close_retry.pop(position.symbol, None)
+        reason = fill.reason or reason  # the exchange may have closed it first (its stop or take profit)
         fees = position.entry_fees + fill.fees
         pnl = gross_pnl(position, fill.price) - fees
         pnl_pct = pnl / (position.entry_price * position.quantity)
@@ -352,6 +432,8 @@ class TradingSession:
             trade_uid=position.trade_uid, symbol=position.symbol, exit_time=fill.time, exit_price=fill.price,
             pnl=pnl, pnl_pct=pnl_pct, fees=fees, exit_reason=reason,
         ))
+        if self.pending is not None:
+            await asyncio.to_thread(self.pending.remove, position.trade_uid)
         self.closed.append(ClosedTrade(position.trade_uid, position.symbol, position.side, position.entry_time,
                                        fill.time, position.entry_price, fill.price, position.quantity, pnl, pnl_pct,
                                        fees, reason))
@@ -369,6 +451,45 @@ class TradingSession:
             self.positions[position.symbol] = position
             self._decide(position.entry_time, position.symbol, "resume", "open position left by an earlier session",
                          position.entry_price, position.trade_uid, {"side": position.side})
+
+    async def _recover_pending_entries(self) -> None:
+        """Entries sent by an earlier session whose recording may have been lost (a crash between the
+        order and the recorder): those that filled are recorded now, the others forgotten."""
+        pending = await asyncio.to_thread(self.pending.load) if self.pending is not None else {}
+        statuses = await asyncio.to_thread(self.journal.trade_statuses, list(pending))
+        resumed = {p.trade_uid for p in self.positions.values()}
+        for trade_uid, entry in pending.items():
+            if trade_uid in resumed:
+                continue
+            if trade_uid in statuses:  # recorded, and no longer open: nothing to recover
+                await asyncio.to_thread(self.pending.remove, trade_uid)
+                continue
+            now = dt.datetime.now(dt.UTC)
+            try:
+                fill = await self.executor.find_entry(entry["symbol"], entry["client_id"])
+            except OrderRejected as rejected:
+                self._rejected(now, entry["symbol"], "recovery lookup", rejected, None, trade_uid)
+                continue
+            if fill is None or entry["symbol"] in self.positions:
+                await asyncio.to_thread(self.pending.remove, trade_uid)
+                continue
+            self._decide(now, entry["symbol"], "recover", "entry filled while no session recorded it",
+                         fill.price, trade_uid, {"client_id": entry["client_id"]})
+            await self._opened(trade_uid, entry, fill)
+
+    async def _restore_protection(self) -> None:
+        """The exchange holds exactly the stop loss and take profit of every open position."""
+        now = dt.datetime.now(dt.UTC)
+        try:
+            cancelled, lacking = await self.executor.tidy_protection(list(self.positions.values()))
+        except OrderRejected as rejected:  # not known what is there: place everything (kept if there)
+            self._rejected(now, rejected.symbol, "protection", rejected, None, None)
+            cancelled, lacking = [], list(self.positions.values())
+        for change in cancelled:
+            self._decide(now, change.split(":")[0], "protect", change)
+        for position in lacking:
+            self._decide(now, position.symbol, "protect", "placing the missing protection", None, position.trade_uid)
+            await self._protect(position, now)
 
     def _decide(self, ts: dt.datetime, symbol: str, action: str, reason: str, price: float | None = None,
                 trade_uid: str | None = None, details: dict[str, Any] | None = None) -> None:
