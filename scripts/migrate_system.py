@@ -4,7 +4,9 @@
 
 Every trade store found in the folder (sniffed from its content) is read, normalised and upserted
 into `trades` / `trade_partial_exits`; what cannot be migrated goes to `legacy_quarantine` with the
-reason. Each store is then verified against PostgreSQL. `--dry-run` reads and normalises only.
+reason. Each store is then verified against PostgreSQL, and the legacy partial exits are linked to
+their trades where the data allows (the unlinked ones are listed with the reason). `--dry-run`
+reads and normalises only.
 The stores found become `legacy_trades` partitions of the Dagster instance (DAGSTER_HOME, default
 .state/dagster_home) when it exists, so they can be materialised from the UI or the CLI too.
 The database is DATABASE_URL's, else the embedded server. The legacy files are never modified.
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from winiswin_pipelines import factories, settings
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.defs.partitions import register_legacy_stores
-from winiswin_pipelines.legacy.load import BATCH_SIZE, migrate_store, verify_store
+from winiswin_pipelines.legacy.load import BATCH_SIZE, link_partial_exits, migrate_store, verify_store
 from winiswin_pipelines.legacy.records import LegacySourceError
 from winiswin_pipelines.legacy.sniff import Store, discover_stores, store_for
 
@@ -58,7 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     for store in stores:
         ok &= migrate_one(manager, store, args)
+    if manager is not None:
+        print_links(manager)
     return 0 if ok else 1
+
+
+def print_links(manager: DatabaseManager) -> None:
+    links = link_partial_exits(manager)
+    print(links.summary_line())
+    for line in links.unlinked_lines():
+        print(f"  unlinked {line}")
 
 
 def register_partitions(stores: list[Store]) -> None:

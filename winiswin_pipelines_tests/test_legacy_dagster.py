@@ -90,6 +90,9 @@ def test_assets_migrate_every_partition_and_the_check_proves_it(db, database_url
     assert metadata["dagster/row_count"].value == read - settled
     assert "| `data/trades.jsonl` | jsonl | 16 |" in metadata["per_source"].value
     assert "| `data/trades.jsonl` | B' | 1 | 1 | 0 |" in metadata["per_variant"].value
+    # no real trade of the fixture's two partial exits was held at their time: unlinked, with the reason
+    assert (metadata["partial_exits_linked"].value, metadata["partial_exits_unlinked"].value) == (0, 2)
+    assert "no real ETHUSDT LONG trade was held at 2025-11-02 10:00:00 UTC" in metadata["partial_exits_unlinked_why"].value
     assert count(db, "legacy_quarantine") == len(expected.quarantine_reasons)
 
 
@@ -153,6 +156,8 @@ def test_migrate_system_script(db, database_url, legacy, tmp_path):
     assert real.returncode == 0, real.stdout + real.stderr
     assert real.stdout.count("verified against PostgreSQL: passed") == len(expected.stores)
     assert "skipped data/signal_competitions.jsonl" in real.stdout
+    assert "partial exits: 0 linked to their trade (0 by this run), 2 unlinked" in real.stdout
+    assert "no real BTCUSDT LONG trade was held at 2025-11-01 10:00:00 UTC" in real.stdout
     assert count(db, "legacy_quarantine") == len(expected.quarantine_reasons)
     missing = run_script("--legacy-dir", str(tmp_path / "no-such-folder"), env=env)
     assert missing.returncode == 2 and f"legacy folder not found: {tmp_path / 'no-such-folder'}" in missing.stderr

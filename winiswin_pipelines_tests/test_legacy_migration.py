@@ -14,11 +14,18 @@ from winiswin_pipelines.archive import archive_old_data
 from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.legacy.accounting import SourceReport
-from winiswin_pipelines.legacy.load import migrate_store, verify_store, write_batch
+from winiswin_pipelines.legacy.load import link_partial_exits, migrate_store, verify_store, write_batch
 from winiswin_pipelines.legacy.pipeline import iter_outcomes
 from winiswin_pipelines.legacy.records import Row
 from winiswin_pipelines.legacy.sniff import discover_stores, store_for
-from winiswin_pipelines_tests.legacy_fixtures import mismatched_positions_csv, sibling_log, write_legacy_folder
+from winiswin_pipelines_tests.legacy_fixtures import (
+    a1,
+    d,
+    mismatched_positions_csv,
+    partial_exit,
+    sibling_log,
+    write_legacy_folder,
+)
 
 CLOSED_A1 = "legacy:BTCUSDT_1761467469.637214"  # in trades.json, trades.jsonl and (as pending) ml_pending_entries.json
 
@@ -243,3 +250,45 @@ def test_a_sibling_exit_closes_the_open_trade_its_entry_left(db, tmp_path):
         rows = conn.execute(text("SELECT status, entry_price, exit_price FROM trades ORDER BY entry_price")).all()
     assert rows == [("OPEN", 108000.0, None), ("CLOSED", 109000.0, 110000.0)]
     assert verify_store(db, store_for(tmp_path, "trades.json")).passed
+
+
+def test_partial_exits_are_linked_to_their_trade_where_the_data_allows(db, tmp_path):
+    trades = [
+        a1("BTCUSDT_1", entry_timestamp="2025-11-01T08:00:00", exit_timestamp="2025-11-01T12:00:00"),
+        a1("SOLUSDT_1", symbol="SOLUSDT", entry_timestamp="2025-11-03T08:00:00", exit_timestamp="2025-11-03T12:00:00"),
+        a1("SOLUSDT_2", symbol="SOLUSDT", entry_timestamp="2025-11-03T09:00:00", exit_timestamp="2025-11-03T11:00:00"),
+        a1("BTCUSDT_V", pnl=0.01, pnl_pct=0.01, entry_timestamp="2025-11-04T08:00:00",  # a virtual close
+           exit_timestamp="2025-11-04T12:00:00"),
+        d(),
+    ]
+    exits = {
+        "window": partial_exit("BTCUSDT", "2025-11-01T10:00:00"),
+        "none": partial_exit("ETHUSDT", "2025-11-02T10:00:00"),
+        "ambiguous": partial_exit("SOLUSDT", "2025-11-03T10:00:00"),
+        "virtual only": partial_exit("BTCUSDT", "2025-11-04T10:00:00"),
+        "by id": {**partial_exit("BNBUSDT", "2025-11-09T10:00:00"), "trade_id": "BNBUSDT_1762350000.5"},
+        "missing id": {**partial_exit("BNBUSDT", "2025-11-09T11:00:00"), "trade_id": "BNBUSDT_0"},
+    }
+    (tmp_path / "partial_exits.json").write_text(json.dumps(list(exits.values())))
+    (tmp_path / "trades.jsonl").write_text("".join(json.dumps(t) + "\n" for t in trades))
+    migrate_store(db, store_for(tmp_path, "partial_exits.json"))  # before its trades: linked afterwards
+    migrate_store(db, store_for(tmp_path, "trades.jsonl"))
+    links = link_partial_exits(db)
+    assert (links.linked_now, links.linked, len(links.unlinked)) == (2, 2, 4)
+    with db.engine.connect() as conn:
+        linked = dict(conn.execute(text("SELECT symbol || ' ' || exit_time::text, trade_uid FROM trade_partial_exits "
+                                        "WHERE trade_uid IS NOT NULL")).all())
+    assert linked == {"BTCUSDT 2025-11-01 10:00:00+00": "legacy:BTCUSDT_1",
+                      "BNBUSDT 2025-11-09 10:00:00+00": "legacy:BNBUSDT_1762350000.5"}
+    why = {link.exit.symbol + " " + f"{link.exit.exit_time:%d}": link.reason for link in links.unlinked}
+    assert why == {
+        "ETHUSDT 02": "no real ETHUSDT LONG trade was held at 2025-11-02 10:00:00 UTC",
+        "SOLUSDT 03": "2 real SOLUSDT LONG trades were held at 2025-11-03 10:00:00 UTC: ambiguous",
+        "BTCUSDT 04": "no real BTCUSDT LONG trade was held at 2025-11-04 10:00:00 UTC",
+        "BNBUSDT 09": "names trade legacy:BNBUSDT_0, which is not in the hot trades table",
+    }
+    assert "partial exits: 2 linked to their trade (2 by this run), 4 unlinked" == links.summary_line()
+    again = link_partial_exits(db)  # a re-run keeps the links and finds nothing new
+    assert (again.linked_now, again.linked, len(again.unlinked)) == (0, 2, 4)
+    migrate_store(db, store_for(tmp_path, "partial_exits.json"))  # re-migrating the exits keeps their links
+    assert link_partial_exits(db).linked == 2

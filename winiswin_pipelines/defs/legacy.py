@@ -21,7 +21,8 @@ from pydantic import Field
 from winiswin_pipelines.catalog import table_asset
 from winiswin_pipelines.defs.partitions import legacy_store_partitions, new_legacy_stores
 from winiswin_pipelines.legacy.accounting import SourceReport
-from winiswin_pipelines.legacy.load import BATCH_SIZE, Verification, migrate_store, verify_store
+from winiswin_pipelines.legacy.links import LinkSummary
+from winiswin_pipelines.legacy.load import BATCH_SIZE, Verification, link_partial_exits, migrate_store, verify_store
 from winiswin_pipelines.legacy.records import LegacySourceError
 from winiswin_pipelines.legacy.sniff import SkippedFile, Store, legacy_files, sniff_file, store_for
 from winiswin_pipelines.resources import ColdStorageResource, LegacyFolderResource, PostgresResource
@@ -60,7 +61,9 @@ def legacy_trades(
         )
         context.log.info(report.summary_line())
         reports.append(report)
-    return dg.MaterializeResult(metadata=migration_metadata(reports))
+    links = link_partial_exits(postgres.manager)
+    context.log.info(links.summary_line())
+    return dg.MaterializeResult(metadata=migration_metadata(reports, links))
 
 
 @dg.asset_check(
@@ -133,7 +136,7 @@ def _progress_logger(context: dg.AssetExecutionContext, store: Store) -> Callabl
     return progress
 
 
-def migration_metadata(reports: list[SourceReport]) -> dict[str, dg.MetadataValue]:
+def migration_metadata(reports: list[SourceReport], links: LinkSummary | None = None) -> dict[str, dg.MetadataValue]:
     totals = {name: sum(getattr(r, name) for r in reports) for name in
               ("read", "inserted", "updated", "unchanged", "duplicates", "quarantined")}
     seconds = sum(r.seconds for r in reports)
@@ -146,7 +149,19 @@ def migration_metadata(reports: list[SourceReport]) -> dict[str, dg.MetadataValu
     metadata["per_source"] = dg.MetadataValue.md(_sources_table(reports))
     metadata["per_variant"] = dg.MetadataValue.md(_variants_table(reports))
     metadata["summary"] = dg.MetadataValue.text("\n".join(r.summary_line() for r in reports))
+    if links is not None:
+        metadata.update(_links_metadata(links))
+        metadata["summary"] = dg.MetadataValue.text(f"{metadata['summary'].value}\n{links.summary_line()}")
     return metadata
+
+
+def _links_metadata(links: LinkSummary) -> dict[str, dg.MetadataValue]:
+    unlinked = links.unlinked_lines()
+    return {
+        "partial_exits_linked": dg.MetadataValue.int(links.linked),
+        "partial_exits_unlinked": dg.MetadataValue.int(len(unlinked)),
+        "partial_exits_unlinked_why": dg.MetadataValue.md("\n".join(f"- `{line}`" for line in unlinked) or "none"),
+    }
 
 
 def _sources_table(reports: list[SourceReport]) -> str:

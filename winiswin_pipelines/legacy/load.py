@@ -39,6 +39,7 @@ from winiswin_pipelines.db.models import TradeStatus, final_trade_sql, open_trad
 from winiswin_pipelines.errors import describe
 from winiswin_pipelines.factories import cold_store
 from winiswin_pipelines.legacy.accounting import SourceReport
+from winiswin_pipelines.legacy.links import LinkSummary, PartialExit, choose_trade
 from winiswin_pipelines.legacy.pipeline import confidence_scale, iter_outcomes
 from winiswin_pipelines.legacy.readers import count_records
 from winiswin_pipelines.legacy.records import (
@@ -257,6 +258,39 @@ def _drop_stale_quarantine(manager: DatabaseManager, source: str, positions: lis
             text("DELETE FROM legacy_quarantine WHERE source = :source AND NOT (position = ANY(:positions))"),
             {"source": source, "positions": positions},
         )
+
+
+# partial exits and their trades -----------------------------------------------------------------
+
+_UNLINKED_EXITS = text("SELECT exit_uid, symbol, exit_time, raw FROM trade_partial_exits "
+                       "WHERE trade_uid IS NULL AND source LIKE 'legacy:%' ORDER BY exit_time, exit_uid")
+# Real trades only: the legacy bots closed part of a real position (the +60 % rule), never of a virtual one.
+_HELD_TRADES = text("SELECT trade_uid, side FROM trades WHERE symbol = :symbol AND NOT is_virtual "
+                    "AND entry_time <= :at AND (exit_time IS NULL OR exit_time >= :at) ORDER BY trade_uid LIMIT 20")
+_TRADE_EXISTS = text("SELECT EXISTS (SELECT 1 FROM trades WHERE trade_uid = :uid)")
+_LINK = text("UPDATE trade_partial_exits SET trade_uid = :trade WHERE exit_uid = :exit AND trade_uid IS NULL")
+_LINKED = text("SELECT count(*) FROM trade_partial_exits WHERE trade_uid IS NOT NULL AND source LIKE 'legacy:%'")
+
+
+def link_partial_exits(manager: DatabaseManager) -> LinkSummary:
+    """Link every unlinked legacy partial exit whose trade the data identifies (see `links`).
+
+    Run after migrating stores: the exits' file and their trades' files migrate in any order, so an
+    exit left unlinked is tried again by the next run. Only hot trades can be linked (the foreign key)."""
+    summary = LinkSummary(unlinked=[])
+    with manager.engine.begin() as conn:
+        for exit_uid, symbol, exit_time, raw in conn.execute(_UNLINKED_EXITS).all():
+            exit_ = PartialExit.from_record(exit_uid, symbol, exit_time, raw if isinstance(raw, dict) else None)
+            named = bool(exit_.trade_uid) and conn.execute(_TRADE_EXISTS, {"uid": exit_.trade_uid}).scalar_one()
+            held = [] if exit_.trade_uid else conn.execute(_HELD_TRADES, {"symbol": symbol, "at": exit_time}).all()
+            link = choose_trade(exit_, named, [tuple(row) for row in held])
+            if link.linked:
+                conn.execute(_LINK, {"trade": link.trade_uid, "exit": exit_uid})
+                summary.linked_now += 1
+            else:
+                summary.unlinked.append(link)
+        summary.linked = conn.execute(_LINKED).scalar_one()
+    return summary
 
 
 # ledger and verification ------------------------------------------------------------------------
