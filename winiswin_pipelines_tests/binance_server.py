@@ -647,6 +647,8 @@ class LocalBinanceServer:
         self.orders: list[dict[str, str]] = []  # the parameters of every POST /fapi/v1/order
         self.algo_requests: list[dict[str, str]] = []  # the parameters of every POST /fapi/v1/algoOrder
         self.account = _Account(self._market_price)
+        self.banned_until = 0.0  # time.monotonic() until which every request gets 418 (an IP ban)
+        self.failing: dict[str, tuple[int, int, str]] = {}  # path -> (HTTP status, code, message) it answers
         self.requests: list[tuple[str, str]] = []  # (method, path) of every REST request
         self.klines_requests: list[dict[str, str]] = []  # the parameters of every /fapi/v1/klines request
         self.replayed = 0  # replay: messages replayed so far
@@ -911,6 +913,13 @@ class LocalBinanceServer:
                                                          "availableBalance": "1000.0"}]}
         if (method, path) not in public and (method, path) not in signed:
             return 404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"}
+        if banned := self._banned(out_headers):
+            return banned
+        if path in self.failing:
+            status, code, message = self.failing[path]
+            if status in (418, 429):
+                out_headers["Retry-After"] = "1"
+            return status, {"code": code, "msg": message}
         try:
             refused = self._spend_weight(request_weight(path, params, method), out_headers)
             if refused:
@@ -928,6 +937,19 @@ class LocalBinanceServer:
             return 400, {"code": -1102, "msg": f"Mandatory parameter {missing} was not sent."}
         except _Refused as refused:
             return refused.status, {"code": refused.code, "msg": refused.message}
+
+    def ban_for(self, seconds: float) -> None:
+        """Answer every request with 418 (IP banned) and Retry-After for `seconds`."""
+        self.banned_until = time.monotonic() + seconds
+
+    def _banned(self, headers: dict[str, str]) -> tuple[int, dict] | None:
+        left = self.banned_until - time.monotonic()
+        if left <= 0:
+            return None
+        with self._lock:
+            self.refused_requests += 1
+        headers["Retry-After"] = str(max(1, math.ceil(left)))
+        return 418, {"code": -1003, "msg": "Way too many requests; IP banned until further notice."}
 
     def _server_time(self) -> int:
         return int(time.time() * 1000) + self.time_offset_ms
