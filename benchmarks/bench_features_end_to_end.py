@@ -25,9 +25,9 @@ from sqlalchemy import text
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.partitions import ensure_daily_partitions
 from winiswin_pipelines.db.scratch import scratch_database
+from winiswin_pipelines.factories import cold_store
 from winiswin_pipelines.features.days import FEATURES, day_features
-from winiswin_pipelines.features.repository import book_symbols
-from winiswin_pipelines.features.training import read_day_book, write_day_features, write_day_labels
+from winiswin_pipelines.features.training import book_symbols, read_day_book, write_day_features, write_day_labels
 
 DAY = dt.datetime(2024, 1, 10, tzinfo=dt.UTC)
 TARGET_ROWS_PER_S = 100_000
@@ -84,9 +84,10 @@ def report(name: str, seconds: float, rows: int, detail: str) -> None:
 
 
 def measure(manager: DatabaseManager, repeat: int) -> None:
+    cold = cold_store()
+    symbols = book_symbols(manager, cold, DAY, DAY + dt.timedelta(days=1))
     with manager.engine.connect() as conn:
-        symbols = book_symbols(conn, DAY, DAY + dt.timedelta(days=1))
-        read_s, books = best_of(repeat, lambda: [read_day_book(conn, s, DAY) for s in symbols])
+        read_s, books = best_of(repeat, lambda: [read_day_book(manager, conn, cold, s, DAY) for s in symbols])
     compute_s, frames = best_of(repeat, lambda: [day_features(book, DAY) for book in books])
     rows = sum(len(f) for f in frames)
     first_s, first = best_of(repeat, lambda: write_day_features(manager, DAY),

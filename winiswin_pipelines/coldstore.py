@@ -2,7 +2,8 @@
 
 Objects are addressed by keys like `table=klines/date=2023-04-05/part-00000.parquet`; every
 upload carries a SHA-256 checksum that `head` reports back, so a copy can be verified before the
-hot rows are deleted.
+hot rows are deleted. `arrow_paths` hands objects to pyarrow in place: a filtered read of a Parquet
+object fetches its footer and the row groups the filter keeps (ranged GETs on S3), not the whole object.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import pyarrow.fs as pafs
 from boto3.s3.transfer import TransferConfig
 
 _CHUNK = 8 * 1024 * 1024
@@ -45,6 +47,7 @@ class ColdStore(Protocol):
     def download(self, key: str, path: Path) -> None: ...
     def list_keys(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
+    def arrow_paths(self, keys: list[str]) -> tuple[pafs.FileSystem, list[str]]: ...
 
 
 class LocalColdStore:
@@ -100,14 +103,18 @@ class LocalColdStore:
         for path in (self._path(key), self._sidecar(key)):
             path.unlink(missing_ok=True)
 
+    def arrow_paths(self, keys: list[str]) -> tuple[pafs.FileSystem, list[str]]:
+        return pafs.LocalFileSystem(), [str(self._path(key).resolve()) for key in keys]
+
 
 class S3ColdStore:
     """Objects in an S3 or R2 bucket under `prefix`, SHA-256 sent explicitly with every upload."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = ""):
+    def __init__(self, client: Any, bucket: str, prefix: str = "", filesystem: pafs.S3FileSystem | None = None):
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.filesystem = filesystem  # the same bucket seen by pyarrow, for reads in place
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -155,3 +162,8 @@ class S3ColdStore:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def arrow_paths(self, keys: list[str]) -> tuple[pafs.FileSystem, list[str]]:
+        if self.filesystem is None:
+            raise RuntimeError(f"s3://{self.bucket}: no pyarrow filesystem was given to read objects in place")
+        return self.filesystem, [f"{self.bucket}/{self._key(key)}" for key in keys]

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import boto3
+import pyarrow.fs as pafs
 from botocore.config import Config
 
 from winiswin_pipelines import settings
@@ -53,11 +54,29 @@ def s3_client(
     )
 
 
+def s3_filesystem(
+    endpoint_url: str | None = None, access_key: str | None = None, secret_key: str | None = None,
+    region: str | None = None, *, max_attempts: int = S3_MAX_ATTEMPTS,
+) -> pafs.S3FileSystem:
+    """pyarrow's view of the same bucket as `s3_client`, for Parquet reads in place; keys left out
+    come from the environment (pyarrow's default credential chain when none is set)."""
+    endpoint_url = endpoint_url or settings.s3_endpoint_url()
+    return pafs.S3FileSystem(
+        access_key=access_key or settings.aws_access_key(),
+        secret_key=secret_key or settings.aws_secret_access_key(),
+        region=region or settings.aws_region(endpoint_url),
+        endpoint_override=endpoint_url,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+    )
+
+
 def cold_store(
-    bucket: str | None = None, prefix: str | None = None, local_dir: str | Path | None = None, *, client=None
+    bucket: str | None = None, prefix: str | None = None, local_dir: str | Path | None = None, *, client=None,
+    filesystem: pafs.S3FileSystem | None = None,
 ) -> ColdStore:
     """The cold store: the S3 / R2 bucket (BUCKET_NAME) when one is named, else the local folder."""
     bucket = bucket or settings.bucket_name()
     if not bucket:
         return LocalColdStore(Path(local_dir) if local_dir else settings.cold_storage_dir())
-    return S3ColdStore(client or s3_client(), bucket, settings.s3_prefix() if prefix is None else prefix)
+    return S3ColdStore(client or s3_client(), bucket, settings.s3_prefix() if prefix is None else prefix,
+                       filesystem or s3_filesystem())

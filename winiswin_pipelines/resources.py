@@ -39,12 +39,14 @@ class ColdStorageResource(dg.ConfigurableResource):
     max_attempts: int = Field(default=factories.S3_MAX_ATTEMPTS, description="attempts per S3 request (retries)")
 
     def store(self) -> ColdStore:
-        client = None
-        if self.bucket_name:
-            client = factories.s3_client(self.endpoint_url or None, self.aws_access_key_id or None,
-                                         self.aws_secret_access_key or None, self.region_name or None,
-                                         max_attempts=self.max_attempts)
-        return factories.cold_store(self.bucket_name, self.prefix, self.local_dir or None, client=client)
+        if not self.bucket_name:
+            return factories.cold_store(local_dir=self.local_dir or None)
+        access = (self.endpoint_url or None, self.aws_access_key_id or None, self.aws_secret_access_key or None,
+                  self.region_name or None)
+        return factories.cold_store(
+            self.bucket_name, self.prefix, client=factories.s3_client(*access, max_attempts=self.max_attempts),
+            filesystem=factories.s3_filesystem(*access, max_attempts=self.max_attempts),
+        )
 
 
 class LegacyFolderResource(dg.ConfigurableResource):

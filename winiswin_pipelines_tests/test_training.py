@@ -280,7 +280,7 @@ def test_a_day_without_book_snapshots_writes_nothing(db, resources, dagster_inst
     assert not (tmp_path / "training_dataset" / "date=2023-04-03").exists()
 
 
-def test_look_ahead_check_skips_days_whose_book_was_archived(db, resources, dagster_instance):
+def test_look_ahead_check_skips_days_whose_book_is_gone(db, resources, dagster_instance):
     run([training.microstructure_features], resources, dagster_instance, SECOND)
     with db.engine.begin() as conn:
         conn.execute(text("DELETE FROM book_snapshots WHERE exchange_time >= :day"), {"day": MIDNIGHT})
@@ -288,7 +288,7 @@ def test_look_ahead_check_skips_days_whose_book_was_archived(db, resources, dags
                  SECOND)
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.passed and evaluation.metadata["rows_checked"].value == 0
-    assert evaluation.metadata["not_checked_book_archived"].value == f"BTCUSDT {SECOND}"
+    assert evaluation.metadata["not_checked_book_missing"].value == f"BTCUSDT {SECOND}"
     assert len(stored(db, "mid")) > 400  # the features stay
 
 

@@ -3,6 +3,6 @@ hot rows are deleted, restorable, and readable together with the hot rows."""
 
 from winiswin_pipelines.archive.archiver import ArchiveSummary, DayResult, archive_day, archive_old_data
 from winiswin_pipelines.archive.history import read_archived, read_history
-from winiswin_pipelines.archive.restore import bring_back, restore_days
+from winiswin_pipelines.archive.restore import restore_days
 
-__all__ = ["ArchiveSummary", "DayResult", "archive_day", "archive_old_data", "read_archived", "read_history", "restore_days", "bring_back"]
+__all__ = ["ArchiveSummary", "DayResult", "archive_day", "archive_old_data", "read_archived", "read_history", "restore_days"]

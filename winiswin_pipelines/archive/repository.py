@@ -258,12 +258,16 @@ def work_transaction(manager: DatabaseManager, table: ArchivedTable, day: dt.dat
 
 
 def _export_query(table: ArchivedTable, day: dt.date) -> str:
-    """The day's rows; arrays travel as `array_send` bytes (see `export.decode_float8_arrays`)."""
+    """The day's rows, ordered by symbol then time so that each Parquet row group holds few symbols
+    and a reader's symbol filter skips the others by their statistics; arrays travel as
+    `array_send` bytes (see `export.decode_float8_arrays`)."""
     selected = [
         f'array_send("{column.name}") AS "{column.name}"' if isinstance(column.type, ARRAY) else _quoted(column.name)
         for column in table.table.columns
     ]
-    return f'SELECT {", ".join(selected)} FROM "{table.name}" WHERE {_day_predicate(table, day)}'
+    order = (["symbol"] if "symbol" in table.columns else []) + [table.day_column]
+    return (f'SELECT {", ".join(selected)} FROM "{table.name}" WHERE {_day_predicate(table, day)} '
+            f'ORDER BY {", ".join(_quoted(name) for name in order)}')
 
 
 @contextmanager
@@ -276,17 +280,19 @@ def exported_rows(manager: DatabaseManager, table: ArchivedTable, day: dt.date, 
 
 def hot_rows(
     manager: DatabaseManager, table: ArchivedTable, start: dt.datetime, end: dt.datetime,
-    symbols: Sequence[str] | None,
+    symbols: Sequence[str] | None, columns: Sequence[str] | None = None,
 ) -> pa.Table:
     """Every hot row (open trades included) whose day column lies in [start, end), for `symbols`
-    (all when None), cast to the table's Arrow schema."""
-    column_list = ", ".join(_quoted(name) for name in table.columns)
+    (all when None), only `columns` (all when None), cast to the table's Arrow schema."""
+    names = list(columns) if columns is not None else table.columns
+    schema = pa.schema([table.schema.field(name) for name in names])
+    column_list = ", ".join(_quoted(name) for name in names)
     column = _quoted(table.day_column)
     where = [f"{column} >= '{start.isoformat()}'", f"{column} < '{end.isoformat()}'"]
     if symbols is not None:
         quoted = ", ".join("'" + symbol.replace("'", "''") + "'" for symbol in symbols)
         where.append(f"symbol IN ({quoted})" if quoted else "false")
-    return read_arrow(manager, f'SELECT {column_list} FROM "{table.name}" WHERE {" AND ".join(where)}', table.schema)
+    return read_arrow(manager, f'SELECT {column_list} FROM "{table.name}" WHERE {" AND ".join(where)}', schema)
 
 
 def drop_partition(conn: Connection, table: ArchivedTable, day: dt.date, *, lock_timeout: str | None = None) -> None:

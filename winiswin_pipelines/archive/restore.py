@@ -102,10 +102,3 @@ def restore_days(
             on_day(day)
     return restored
 
-
-def bring_back(manager: DatabaseManager, store: ColdStore, spans: dict[str, tuple[dt.date, dt.date]]) -> list[RestoredDay]:
-    """Make the archived days of each table's span (first, last) hot again before a run reads or
-    rewrites them: what derives from an archived day is computed from the rows it had, and written
-    where the archive's merge rule finds it. The next archive run moves the days back unchanged."""
-    return [day for table, (first, last) in spans.items()
-            for day in restore_days(manager, store, archived_table(table), first, last, again=False)]

@@ -240,20 +240,23 @@ _LOOK_AHEAD_SAMPLES = 16
 
 
 @dg.asset_check(asset=microstructure_features, partitions_def=daily_partitions, blocking=True)
-def features_no_look_ahead(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
+def features_no_look_ahead(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource, cold_storage: ColdStorageResource
+) -> dg.AssetCheckResult:
     """Stored features equal features recomputed from the snapshots at or before their timestamp only.
 
     At sampled rows of each day the book is cut right after the row's timestamp and the features are
     computed again; a feature that read later data cannot come out the same.
     """
+    cold = cold_storage.store()
     result = _each_day(
-        _check_window(context), lambda day: check_day_look_ahead(postgres.manager, day, _LOOK_AHEAD_SAMPLES)
+        _check_window(context), lambda day: check_day_look_ahead(postgres.manager, day, _LOOK_AHEAD_SAMPLES, cold)
     )
     return dg.AssetCheckResult(
         passed=not result.mismatches,
         metadata={"rows_checked": result.checked, "mismatches": len(result.mismatches),
                   "first_mismatches": dg.MetadataValue.md("\n".join(f"- {m}" for m in result.mismatches[:10]) or "none"),
-                  "not_checked_book_archived": ", ".join(result.archived) or "none"},
+                  "not_checked_book_missing": ", ".join(result.missing_book) or "none"},
     )
 
 

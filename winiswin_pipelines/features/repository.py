@@ -8,7 +8,6 @@ the caller's.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,6 @@ from sqlalchemy import Connection, text
 
 from winiswin_pipelines.db.bulk import UpsertResult, upsert_frame
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.features.dataset import DATASET_COLUMNS
 from winiswin_pipelines.features.microstructure import FEATURE_COLUMNS, BookArrays, usable_mid
 from winiswin_pipelines.labels.days import GAP, LABEL_COLUMNS
 
@@ -119,59 +117,9 @@ def last_usable_snapshot(conn: Connection, symbol: str, before: dt.datetime) -> 
     ).scalar_one()
 
 
-# --- training_features: reads -------------------------------------------------------------------------
-
-
-def feature_symbols(conn: Connection, start: dt.datetime, end: dt.datetime) -> list[str]:
-    """Symbols with training_features rows in [start, end)."""
-    return _symbols(conn, "training_features", "ts", start, end)
-
-
 def _symbols(conn: Connection, table: str, column: str, start: dt.datetime, end: dt.datetime) -> list[str]:
     query = text(f'SELECT DISTINCT symbol FROM "{table}" WHERE "{column}" >= :start AND "{column}" < :end ORDER BY 1')
     return list(conn.execute(query, {"start": start, "end": end}).scalars())
-
-
-def stored_features(conn: Connection, symbol: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    """`ts` and the FEATURE_COLUMNS of `symbol`'s rows in [start, end) that have features, in time order."""
-    return pd.read_sql_query(
-        text(f"SELECT ts, {', '.join(FEATURE_COLUMNS)} FROM training_features WHERE symbol = :symbol "
-             "AND ts >= :start AND ts < :end AND features_computed_at IS NOT NULL ORDER BY ts"),
-        conn, params={"symbol": symbol, "start": start, "end": end},
-    )
-
-
-def unlabelled_times(conn: Connection, symbol: str, start: dt.datetime, end: dt.datetime) -> pd.DatetimeIndex:
-    """Times of `symbol`'s rows in [start, end) without a label that a later run may still give one
-    (pending or skipped; not those blocked by a gap, which never get one)."""
-    times = conn.execute(
-        text("SELECT ts FROM training_features WHERE symbol = :symbol AND ts >= :start AND ts < :end "
-             "AND label IS NULL AND label_barrier IS DISTINCT FROM :gap"),
-        {"symbol": symbol, "start": start, "end": end, "gap": GAP},
-    ).scalars().all()
-    return _utc_index(times)
-
-
-def _utc_index(times: Sequence[dt.datetime]) -> pd.DatetimeIndex:
-    return pd.DatetimeIndex(times, tz="UTC") if times else pd.DatetimeIndex([], tz="UTC")
-
-
-def labelled_rows(conn: Connection, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    """The DATASET_COLUMNS of the rows in [start, end) with features and a label, by symbol and time."""
-    return pd.read_sql_query(
-        text(f"SELECT {', '.join(DATASET_COLUMNS)} FROM training_features WHERE ts >= :start AND ts < :end "
-             "AND label IS NOT NULL AND features_computed_at IS NOT NULL ORDER BY symbol, ts"),
-        conn, params={"start": start, "end": end},
-    )
-
-
-def count_unlabelled(conn: Connection, start: dt.datetime, end: dt.datetime) -> int:
-    """Rows with features in [start, end) without a label (pending or skipped; not blocked by a gap)."""
-    return conn.execute(
-        text("SELECT count(*) FROM training_features WHERE ts >= :start AND ts < :end AND label IS NULL "
-             "AND label_barrier IS DISTINCT FROM :gap AND features_computed_at IS NOT NULL"),
-        {"start": start, "end": end, "gap": GAP},
-    ).scalar_one()
 
 
 # --- training_features: writes ------------------------------------------------------------------------

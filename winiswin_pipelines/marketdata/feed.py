@@ -19,7 +19,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -208,20 +208,31 @@ class ReplayFeed:
 
 # -- stored market data (the backtest's feed) -----------------------------------------------------
 
+# Bars of an interval that closed in [start, end) (opened from `open_from`) and the book snapshots of
+# [start, end): (symbols, interval, start, end, open_from) -> (kline rows, snapshot rows), in the
+# column order of `repository.read_window`.
+WindowReader = Callable[[Sequence[str], str, dt.datetime, dt.datetime, dt.datetime], tuple[Sequence, Sequence]]
+
+
 class StoredFeed:
     """Closed klines (placed at their close time) and book snapshots stored in PostgreSQL, in
-    [start, end), read a window at a time."""
+    [start, end), read a window at a time; `read_window` reads them elsewhere (e.g. from both
+    storage tiers for a backtest)."""
 
     WINDOW = dt.timedelta(hours=1)
 
     def __init__(self, manager: DatabaseManager, symbols: Sequence[str], start: dt.datetime, end: dt.datetime, *,
-                 interval: str = "1m"):
+                 interval: str = "1m", read_window: WindowReader | None = None):
         for name, value in (("start", start), ("end", end)):
             if value.tzinfo is None:
                 raise ValueError(f"StoredFeed {name} must be timezone-aware, got {value.isoformat()}")
-        self.manager, self.symbols, self.interval = manager, [s.upper() for s in symbols], interval
+        self.symbols, self.interval = [s.upper() for s in symbols], interval
         self.start, self.end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
         self._step = dt.timedelta(milliseconds=interval_ms(interval))
+        self._read = read_window or (
+            lambda symbols, interval, start, end, open_from: repository.read_window(
+                manager, symbols, interval, start, end, open_from=open_from)
+        )
 
     async def events(self) -> AsyncIterator[MarketEvent]:
         window_start = self.start
@@ -232,14 +243,10 @@ class StoredFeed:
             window_start = window_end
 
     def _read_window(self, start: dt.datetime, end: dt.datetime) -> list[MarketEvent]:
-        klines, books = repository.read_window(self.manager, self.symbols, self.interval, start, end,
-                                               open_from=start - self._step)
-        events: list[MarketEvent] = [
-            KlineEvent(r.symbol, r.interval, r.open_time, r.close_time, r.open, r.high, r.low, r.close, r.volume,
-                       r.quote_volume, r.trade_count, r.taker_buy_base_volume, r.taker_buy_quote_volume, True)
-            for r in klines
-        ]
-        events += [BookEvent(*row[:8], *(list(levels or []) for levels in row[8:12])) for row in books]
+        klines, books = self._read(self.symbols, self.interval, start, end, start - self._step)
+        events: list[MarketEvent] = [KlineEvent(*row[:13], True) for row in klines]
+        events += [BookEvent(*row[:8], *(list(levels) if levels is not None else [] for levels in row[8:12]))
+                   for row in books]
         return sorted(events, key=event_order)
 
 
