@@ -233,3 +233,21 @@ def test_an_order_refused_on_one_symbol_leaves_the_others_trading_and_protected(
     assert server.position_amount("ETHUSDT") == 0.0
     # ETH waits out the cooldown: no second attempt within the capture.
     assert sum(o["symbol"] == "ETHUSDT" for o in server.orders) == 1
+
+
+def test_a_position_no_trade_explains_is_not_added_to(db, server, capture_events, monkeypatch, tmp_path):
+    live_env(monkeypatch, server)
+
+    async def open_by_hand() -> None:
+        async with BinanceRestClient(server.rest_url, server.api_key, server.api_secret) as client:
+            await client.new_order("ETHUSDT", "BUY", "MARKET", quantity="0.500", client_order_id="by-hand")
+
+    asyncio.run(open_by_hand())
+    result = run_session(db, session_id="untracked", mode="live", feed=MarkFeed(capture_events, server),
+                         config=REPLAY, symbols=SYMBOLS, rest_url=server.rest_url,
+                         pending_path=tmp_path / "pending.json")
+    assert result.status == "completed"
+    first = result.decisions[0]
+    assert (first.action, first.symbol) == ("skip", "ETHUSDT") and "no trade of ours explains" in first.reason
+    assert [o["newClientOrderId"] for o in server.orders if o["symbol"] == "ETHUSDT"] == ["by-hand"]
+    assert [c.symbol for c in result.closed] == ["BTCUSDT"] and server.position_amount("ETHUSDT") == 0.5

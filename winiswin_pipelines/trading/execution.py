@@ -100,6 +100,8 @@ class Executor(Protocol):
 
     async def find_entry(self, symbol: str, client_id: str) -> Fill | None: ...
 
+    async def exchange_positions(self) -> dict[str, float]: ...
+
     async def shutdown(self) -> None: ...
 
 
@@ -131,6 +133,9 @@ class PaperExecutor:
 
     async def find_entry(self, symbol: str, client_id: str) -> Fill | None:
         return None  # nothing of paper's is ever on the exchange
+
+    async def exchange_positions(self) -> dict[str, float]:
+        return {}
 
     async def shutdown(self) -> None:
         """Nothing to release."""
@@ -248,6 +253,14 @@ class LiveExecutor:
             return None
         order = await self._until_final(symbol, client_id, order)
         return _fill_of(order) if float(order.get("executedQty") or 0) > 0 else None
+
+    async def exchange_positions(self) -> dict[str, float]:
+        """symbol -> signed position amount the exchange holds, for every non-zero position."""
+        try:
+            rows = await self._client.position_risk()
+        except BinanceAPIError as error:
+            raise OrderRejected("*", f"positions unknown: {error.message}", error.code, uncertain=True) from None
+        return {row["symbol"]: float(row["positionAmt"]) for row in rows if float(row["positionAmt"]) != 0}
 
     async def _market(self, symbol: str, order_side: str, quantity: float, reference_price: float, client_id: str,
                       *, reduce_only: bool) -> Fill:

@@ -152,7 +152,7 @@ class TradingSession:
         self.config = config
         self.stop = stop or threading.Event()
         self.pending = pending if executor.protects_on_exchange else None
-        self._entry_blocked_until: dict[str, dt.datetime] = {}
+        self._entry_blocks: dict[str, tuple[dt.datetime, str]] = {}  # symbol -> (until, why)
         self._close_retry: dict[str, tuple[float, float]] = {}  # symbol -> (monotonic time of next try, pause)
         self.positions: dict[str, Position] = {}
         self.equity = config.risk.starting_equity
@@ -182,6 +182,7 @@ class TradingSession:
             if self.executor.protects_on_exchange:
                 await self._recover_pending_entries()
                 await self._restore_protection()
+                await self._block_untracked_positions()
             if isinstance(self.feed, WarmUpFeed):
                 await self._warm_up(self.feed)
             status = await self._consume(started)
@@ -336,23 +337,22 @@ class TradingSession:
         await self._opened(trade_uid, entry, fill)
 
     def _entry_blocked(self, symbol: str, now: dt.datetime) -> str | None:
-        until = self._entry_blocked_until.get(symbol)
-        if until is not None and now < until:
-            return f"an order on {symbol} was refused; no new entry before {until.isoformat()}"
-        return None
+        until, why = self._entry_blocks.get(symbol, (None, None))
+        return why if until is not None and now < until else None
 
     def _rejected(self, now: dt.datetime, symbol: str, what: str, rejected: OrderRejected, price: float | None,
                   trade_uid: str | None) -> None:
         """A refused order is a decision with Binance's code and message; only its symbol waits."""
         log.warning("session %s: %s order refused: %s", self.session_id, what, rejected)
         if what == "entry":
-            self._entry_blocked_until[symbol] = now + self.config.reject_cooldown
+            until = now + self.config.reject_cooldown
+            self._entry_blocks[symbol] = (until, f"an order on {symbol} was refused; no entry before {until.isoformat()}")
         self._decide(now, symbol, "reject", f"{what} order refused: {rejected.message}", price, trade_uid,
                      {"order": what, "code": rejected.code})
 
     async def _check_time_stops(self, now: dt.datetime) -> None:
         for position in list(self.positions.values()):
-            if time_stop_due(position.entry_time, now, self.config.risk) and position.symbol in self.positions:
+            if time_stop_due(position.entry_time, now, self.config.risk):
                 price = self._reference_price(position.symbol, position.side, now, opening=False)
                 await self._close(position, "time_stop", price, now)
 
@@ -476,6 +476,21 @@ class TradingSession:
             self._decide(now, entry["symbol"], "recover", "entry filled while no session recorded it",
                          fill.price, trade_uid, {"client_id": entry["client_id"]})
             await self._opened(trade_uid, entry, fill)
+
+    async def _block_untracked_positions(self) -> None:
+        """A position the exchange holds that no trade of ours explains (opened by hand, or not yet
+        adopted) is not added to: no entry on its symbol in this session."""
+        now = dt.datetime.now(dt.UTC)
+        try:
+            held = await self.executor.exchange_positions()
+        except OrderRejected as rejected:
+            self._rejected(now, rejected.symbol, "position check", rejected, None, None)
+            return
+        for symbol, amount in held.items():
+            if symbol not in self.positions:
+                self._entry_blocks[symbol] = (dt.datetime.max.replace(tzinfo=dt.UTC),
+                                              f"the exchange holds {amount:g} {symbol} that no trade of ours explains")
+                self._decide(now, symbol, "skip", self._entry_blocks[symbol][1], details={"position_amount": amount})
 
     async def _restore_protection(self) -> None:
         """The exchange holds exactly the stop loss and take profit of every open position."""
