@@ -13,6 +13,7 @@ from sqlalchemy import text
 from winiswin_pipelines.archive import archive_old_data
 from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
+from winiswin_pipelines.defs.legacy import migration_metadata
 from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.load import link_partial_exits, migrate_store, verify_store, write_batch
 from winiswin_pipelines.legacy.pipeline import iter_outcomes
@@ -292,3 +293,34 @@ def test_partial_exits_are_linked_to_their_trade_where_the_data_allows(db, tmp_p
     assert (again.linked_now, again.linked, len(again.unlinked)) == (0, 2, 4)
     migrate_store(db, store_for(tmp_path, "partial_exits.json"))  # re-migrating the exits keeps their links
     assert link_partial_exits(db).linked == 2
+
+
+def test_records_gone_from_a_changed_file_are_reported_and_left_in_place(db, legacy):
+    root, _ = legacy
+    store = store_for(root, "data/trades.jsonl")
+    migrate_store(db, store)
+    lines = store.path.read_bytes().split(b"\n")
+    gone_trade, gone_bad_line = lines[2], lines[7]  # line 3: the C trade; line 8: a NaN record (quarantined)
+    assert b"SOLUSDT_1762200000.000001" in gone_trade and b"NaN" in gone_bad_line
+    store.path.write_bytes(b"\n".join(line for i, line in enumerate(lines) if i not in (2, 7)))
+    report = migrate_store(db, store)  # every later line moved up: positions changed, records did not
+    assert report.balanced and report.read == 14 and report.inserted == 0
+    aside = scalar(db, "SELECT position FROM legacy_quarantine WHERE raw_text LIKE '%NaN%'")
+    assert aside.startswith("line 8 (set aside ")
+    assert report.gone == {"legacy_quarantine": 1, "trades": 1}
+    assert report.gone_ids == [f"legacy_quarantine: {aside}", "trades: legacy:SOLUSDT_1762200000.000001"]
+    assert "GONE from the file since an earlier migration, left in place: 2 (legacy_quarantine: line 8" in (
+        report.summary_line())
+    # left in place: the trade row, the quarantined record; the moved records are quarantined once
+    assert scalar(db, "SELECT count(*) FROM trades WHERE trade_uid = 'legacy:SOLUSDT_1762200000.000001'") == 1
+    assert scalar(db, "SELECT count(*) FROM legacy_quarantine WHERE source = 'legacy:data/trades.jsonl'") == 9 + 1
+    assert verify_store(db, store).passed
+    again = migrate_store(db, store)  # still gone: reported again, nothing changes
+    assert (again.inserted, again.updated, again.gone) == (0, 0, report.gone)
+    assert verify_store(db, store).passed
+    metadata = migration_metadata([again])
+    assert metadata["records_gone_from_files"].value == 2
+    assert "legacy:SOLUSDT_1762200000.000001" in metadata["gone_from_files"].value
+    store.path.write_bytes(store.path.read_bytes() + gone_trade + b"\n")  # it came back
+    back = migrate_store(db, store)
+    assert back.gone == {"legacy_quarantine": 1} and verify_store(db, store).passed

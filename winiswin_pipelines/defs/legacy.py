@@ -148,6 +148,12 @@ def migration_metadata(reports: list[SourceReport], links: LinkSummary | None = 
     metadata["records_per_second"] = dg.MetadataValue.float(round(totals["read"] / seconds, 1) if seconds else 0.0)
     metadata["per_source"] = dg.MetadataValue.md(_sources_table(reports))
     metadata["per_variant"] = dg.MetadataValue.md(_variants_table(reports))
+    metadata["records_gone_from_files"] = dg.MetadataValue.int(sum(r.gone_total for r in reports))
+    gone = [f"- `{r.file}` {entry}" for r in reports for entry in r.gone_ids[:50]]
+    if gone:
+        metadata["gone_from_files"] = dg.MetadataValue.md(
+            "Records an earlier migration wrote that the file no longer holds; their rows are left in place.\n\n"
+            + "\n".join(gone))
     metadata["summary"] = dg.MetadataValue.text("\n".join(r.summary_line() for r in reports))
     if links is not None:
         metadata.update(_links_metadata(links))

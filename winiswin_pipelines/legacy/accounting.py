@@ -7,6 +7,9 @@
 - duplicates: records whose trade another record of the same store carries (the same id twice in
   the batch, or an OPEN row paired with its CLOSE row in the positions CSV);
 - quarantined: in `legacy_quarantine` with the reason (unreadable, invalid, or refused by PostgreSQL).
+
+Records an earlier migration of the store wrote that are no longer in the file are not read, so
+they are outside that sum: they are left in place and reported apart (`gone`, with their ids).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from dataclasses import asdict, dataclass, field
 import orjson
 
 from winiswin_pipelines.legacy.records import Merged, Outcome, Rejected, Row
+
+GONE_IDS_KEPT = 1000  # ids of records gone from the file kept in the report
+GONE_IDS_SHOWN = 10  # and shown in the summary line
 
 
 @dataclass
@@ -52,6 +58,9 @@ class SourceReport:
     db_rejected: int = 0
     seconds: float = 0.0
     confidence_scale: str | None = None  # decided from the store's values; None: each writer's documented scale
+    gone: dict[str, int] = field(default_factory=dict)  # per table: records no longer in the file, left in place
+    gone_ids: list[str] = field(default_factory=list)  # `table: key` of the first GONE_IDS_KEPT of them
+    quarantine_released: int = 0  # quarantined by an earlier run, migrated now (the record was fixed)
     variants: dict[str, VariantStats] = field(default_factory=dict)
 
     def add(self, outcome: Outcome) -> None:
@@ -82,6 +91,17 @@ class SourceReport:
         self.quarantined += 1
         stats.quarantined += 1
         self.db_rejected += 1
+
+    def note_gone(self, table: str, keys: list[str]) -> None:
+        """Records of `table` an earlier migration of this store wrote and this one no longer found."""
+        if keys:
+            self.gone[table] = self.gone.get(table, 0) + len(keys)
+            room = GONE_IDS_KEPT - len(self.gone_ids)
+            self.gone_ids += [f"{table}: {key}" for key in keys[:max(room, 0)]]
+
+    @property
+    def gone_total(self) -> int:
+        return sum(self.gone.values())
 
     def _variant(self, name: str) -> VariantStats:
         if name not in self.variants:
@@ -120,11 +140,17 @@ class SourceReport:
         if self.dry_run:
             return (f"{self.file}: read {self.read:,} = would migrate {self.migrated:,} + paired {self.merged:,} "
                     f"+ quarantine {self.quarantined:,} (dry run)")
-        return (
+        line = (
             f"{self.file}: read {self.read:,} = inserted {self.inserted:,} + updated {self.updated:,} "
             f"+ unchanged {self.unchanged:,} + duplicates {self.duplicates:,} + quarantined {self.quarantined:,}"
             f" [{'balanced' if self.balanced else 'NOT BALANCED'}]"
         )
+        if self.quarantine_released:
+            line += f"; {self.quarantine_released:,} quarantined earlier now migrate"
+        if self.gone_total:
+            shown = ", ".join(self.gone_ids[:GONE_IDS_SHOWN]) + (", ..." if self.gone_total > GONE_IDS_SHOWN else "")
+            line += f"; GONE from the file since an earlier migration, left in place: {self.gone_total:,} ({shown})"
+        return line
 
 
 def _times(stats: dict) -> dict:

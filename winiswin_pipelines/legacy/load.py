@@ -75,6 +75,7 @@ UPDATE_RULES = {
 _COLUMNS = {TRADES: TRADE_COLUMNS, PARTIAL_EXITS: PARTIAL_EXIT_COLUMNS}
 _KEYS = {TRADES: "trade_uid", PARTIAL_EXITS: "exit_uid"}
 _LEDGER_KINDS = {TRADES: "T", PARTIAL_EXITS: "P"}
+_LEDGER_TABLES = {kind: table for table, kind in _LEDGER_KINDS.items()}
 _SOURCE, _ORIGIN = TRADE_COLUMNS.index("source"), TRADE_COLUMNS.index("origin")
 _STATUS = TRADE_COLUMNS.index("status")
 _COPY_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
@@ -152,8 +153,9 @@ def migrate_store(
     scale = confidence_scale(store)
     report.confidence_scale = scale
     ledger = None if dry_run else Ledger.for_store(manager, store)
+    previous = ledger.set_previous_aside() if ledger else None
     archived = None if dry_run else ArchivedKeys.load(manager, cold or cold_store())
-    quarantined: list[str] = []
+    quarantined = QuarantineTrack(set() if dry_run else _quarantine_positions(manager, store.source))
     in_flight: deque[tuple[Future[BatchResult], Sequence[Outcome]]] = deque()
     with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="legacy-writer") as writers:
         for batch in _batched(iter_outcomes(store, naive_timezone, scale), batch_size):
@@ -170,7 +172,8 @@ def migrate_store(
             _settle(report, ledger, quarantined, *in_flight.popleft())
     report.seconds = time.perf_counter() - started
     if ledger:
-        _drop_stale_quarantine(manager, store.source, quarantined)
+        _settle_quarantine(manager, store.source, quarantined, report)
+        _note_gone_records(manager, previous, ledger, report)
         ledger.close(report)
     return report
 
@@ -180,8 +183,31 @@ def _batched(items: Iterator[Outcome], size: int) -> Iterator[list[Outcome]]:
         yield batch
 
 
+@dataclass
+class QuarantineTrack:
+    """Quarantine positions: those of earlier runs, those of this run, and the earlier ones whose
+    record now migrates (fixed: they leave the quarantine)."""
+
+    earlier: set[str]
+    now: list[str] = field(default_factory=list)
+    released: set[str] = field(default_factory=set)
+
+    def note(self, outcome: Outcome, refused: bool) -> None:
+        if type(outcome) is Rejected or refused:
+            self.now.append(outcome.position)
+        elif self.earlier:
+            self.released.update(p for p in _record_positions(outcome.position) if p in self.earlier)
+
+
+def _record_positions(position: str) -> tuple[str, ...]:
+    """The records a row was made of: `line 2+3` is lines 2 and 3."""
+    head, plus, tail = position.partition("+")
+    return (head, f"{head.rsplit(' ', 1)[0]} {tail}") if plus else (position,)
+
+
 def _settle(
-    report: SourceReport, ledger: Ledger, quarantined: list[str], future: Future[BatchResult], batch: Sequence[Outcome]
+    report: SourceReport, ledger: Ledger, quarantined: QuarantineTrack, future: Future[BatchResult],
+    batch: Sequence[Outcome],
 ) -> None:
     result = future.result()
     refused = {id(row) for row in result.refused}
@@ -189,8 +215,7 @@ def _settle(
         report.refused_by_database(row)
     report.add_upsert(result.rows.inserted, result.rows.updated, result.rows.unchanged, result.rows.duplicates)
     for outcome in batch:
-        if type(outcome) is Rejected or id(outcome) in refused:
-            quarantined.append(outcome.position)
+        quarantined.note(outcome, id(outcome) in refused)
     ledger.write(batch, refused)
 
 
@@ -241,6 +266,8 @@ def _upsert_rows(conn: Connection, table: str, rows: list[Row]) -> UpsertResult:
 
 def _upsert_quarantine(conn: Connection, source: str, rejected: list[Rejected]) -> None:
     if rejected:
+        positions, texts = [r.position for r in rejected], [r.raw_text for r in rejected]
+        conn.execute(_SET_ASIDE, {"source": source, "positions": positions, "texts": texts})
         values = ((source, r.position, r.reason, r.raw_text, r.variant) for r in rejected)
         copy_upsert(conn, "legacy_quarantine", QUARANTINE_COLUMNS, values, conflict_columns=["source", "position"])
 
@@ -251,13 +278,73 @@ def _refused(row: Row, exc: Exception) -> Rejected:
     return Rejected(row.position, f"refused by PostgreSQL: {reason}", safe_text(raw), row.variant, row.size)
 
 
-def _drop_stale_quarantine(manager: DatabaseManager, source: str, positions: list[str]) -> None:
-    """Records quarantined by an earlier run that now migrate leave the quarantine."""
+# A quarantined record of an earlier run whose position now holds another record (the file changed)
+# is set aside under `<position> (set aside <md5>)` instead of being overwritten: nothing is lost.
+_ASIDE_NAME = "left(q.position, 40) || ' (set aside ' || left(md5(coalesce(q.raw_text, '')), 8) || ')'"
+_SET_ASIDE = text(f"""
+    WITH incoming AS (SELECT * FROM unnest(CAST(:positions AS text[]), CAST(:texts AS text[])) AS n(position, raw_text)),
+    replaced AS (SELECT q.id, {_ASIDE_NAME} AS aside FROM legacy_quarantine q JOIN incoming n ON n.position = q.position
+                 WHERE q.source = :source AND q.raw_text IS DISTINCT FROM n.raw_text),
+    twins AS (DELETE FROM legacy_quarantine q USING replaced r WHERE q.id = r.id
+              AND EXISTS (SELECT 1 FROM legacy_quarantine a WHERE a.source = :source AND a.position = r.aside))
+    UPDATE legacy_quarantine q SET position = r.aside FROM replaced r
+    WHERE q.id = r.id AND NOT EXISTS (SELECT 1 FROM legacy_quarantine a WHERE a.source = :source AND a.position = r.aside)""")
+
+
+def _quarantine_positions(manager: DatabaseManager, source: str) -> set[str]:
+    with manager.engine.connect() as conn:
+        rows = conn.execute(text("SELECT position FROM legacy_quarantine WHERE source = :source"), {"source": source})
+        return set(rows.scalars())
+
+
+def _settle_quarantine(manager: DatabaseManager, source: str, track: QuarantineTrack, report: SourceReport) -> None:
+    """Earlier quarantine rows this run did not quarantine again: a record that now migrates, or whose
+    text is quarantined at another position (the file shifted), leaves; a record no longer in the
+    file stays in place and is reported."""
     with manager.engine.begin() as conn:
-        conn.execute(
-            text("DELETE FROM legacy_quarantine WHERE source = :source AND NOT (position = ANY(:positions))"),
-            {"source": source, "positions": positions},
-        )
+        params = {"source": source, "now": track.now}
+        stale = conn.execute(text("SELECT position, md5(coalesce(raw_text, '')) FROM legacy_quarantine "
+                                  "WHERE source = :source AND NOT (position = ANY(:now))"), params).all()
+        if not stale:
+            return
+        current = set(conn.execute(text("SELECT md5(coalesce(raw_text, '')) FROM legacy_quarantine "
+                                        "WHERE source = :source AND position = ANY(:now)"), params).scalars())
+        leaving = [position for position, digest in stale if position in track.released or digest in current]
+        conn.execute(text("DELETE FROM legacy_quarantine WHERE source = :source AND position = ANY(:leaving)"),
+                     {"source": source, "leaving": leaving})
+    report.quarantine_released = sum(position in track.released for position, _ in stale)
+    report.note_gone("legacy_quarantine", sorted(position for position, _ in stale if position not in leaving))
+
+
+def _note_gone_records(manager: DatabaseManager, previous: Path | None, ledger: Ledger, report: SourceReport) -> None:
+    """Trades and partial exits the previous migration of this store wrote that this one did not read:
+    the record left the file. Their rows stay; the report names them, and the ledger keeps them (as
+    `t`/`p` lines) so every later run reports them too until they come back."""
+    if previous is None:
+        return
+    ledger.flush()
+    with manager.engine.begin() as conn:
+        conn.execute(text("CREATE TEMP TABLE _previous_ledger (kind char(1), key text) ON COMMIT DROP; "
+                          "CREATE TEMP TABLE _current_ledger (kind char(1), key text) ON COMMIT DROP"))
+        with conn.connection.driver_connection.cursor() as cur:
+            for table, path in (("_previous_ledger", previous), ("_current_ledger", ledger.path)):
+                with cur.copy(f"COPY {table} FROM STDIN") as copy:
+                    for chunk in _file_chunks(path):
+                        copy.write(chunk)
+        gone = conn.execute(text(
+            "SELECT upper(kind), key FROM _previous_ledger WHERE upper(kind) IN ('T', 'P') "
+            "EXCEPT SELECT kind, key FROM _current_ledger ORDER BY 1, 2"))
+        for kind, key in gone:
+            ledger.write_gone(kind, key)
+            report.note_gone(_LEDGER_TABLES[kind], [key])
+    previous.unlink()
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    if path.is_file():
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                yield chunk
 
 
 # partial exits and their trades -----------------------------------------------------------------
@@ -315,6 +402,24 @@ class Ledger:
     def report_path(self) -> Path:
         return self.path.with_suffix(".report.json")
 
+    def set_previous_aside(self) -> Path | None:
+        """Keep the previous migration's ledger (to find the records that left the file since)."""
+        if not self.path.is_file():
+            return None
+        previous = self.path.with_suffix(".previous")
+        self.path.replace(previous)
+        return previous
+
+    def flush(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+
+    def write_gone(self, kind: str, key: str) -> None:
+        """A record no longer in the file (lower-case kind: verification looks for the upper-case ones)."""
+        if self._handle is None:
+            self._handle = self.path.open("w", encoding="utf-8")
+        self._handle.write(f"{kind.lower()}\t{key.translate(_COPY_TEXT_ESCAPES)}\n")
+
     def write(self, batch: Sequence[Outcome], refused: set[int]) -> None:
         if self._handle is None:
             self.report_path.unlink(missing_ok=True)  # a report only ever describes a finished ledger
@@ -338,9 +443,7 @@ class Ledger:
         return SourceReport.from_json(self.report_path.read_bytes()) if self.report_path.is_file() else None
 
     def chunks(self) -> Iterator[bytes]:
-        with self.path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                yield chunk
+        return _file_chunks(self.path)
 
 
 @dataclass
@@ -380,10 +483,11 @@ def verify_store(manager: DatabaseManager, store: Store, *, cold: ColdStore | No
     with manager.engine.begin() as conn:
         _load_ledger(conn, ledger, archived)
         _check_presence(conn, store.source, result)
-    if result.quarantine_rows != report.quarantined:
+    kept = report.gone.get("legacy_quarantine", 0)  # records no longer in the file, left in place
+    if result.quarantine_rows != report.quarantined + kept:
         result.problems.append(
             f"legacy_quarantine holds {result.quarantine_rows:,} rows for {store.source}, the migration quarantined "
-            f"{report.quarantined:,}"
+            f"{report.quarantined:,}" + (f" and kept {kept:,} no longer in the file" if kept else "")
         )
     return result
 
