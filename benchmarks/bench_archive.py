@@ -57,8 +57,10 @@ def start_s3() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the moto S3 server did not start")
 
 
-def fill(manager: DatabaseManager, rows: int, levels: int) -> None:
-    """One UTC day of two symbols' 10-level books on a 0.1 tick grid, generated inside PostgreSQL."""
+def fill(manager: DatabaseManager, rows: int, levels: int, symbols: int = 2) -> None:
+    """One UTC day of `symbols` symbols' (BTCUSDT, ETHUSDT, then SYM002USDT...) `levels`-level books on
+    a 0.1 tick grid, interleaved in time, generated inside PostgreSQL."""
+    names = ", ".join(f"'{name}'" for name in symbol_names(symbols))
     bids = ", ".join(f"round((mid - {i} * 0.1)::numeric, 1)::float8" for i in range(levels))
     asks = ", ".join(f"round((mid + {i + 1} * 0.1)::numeric, 1)::float8" for i in range(levels))
     sizes = ", ".join("round((random() * 5)::numeric, 3)::float8" for _ in range(levels))
@@ -67,7 +69,7 @@ def fill(manager: DatabaseManager, rows: int, levels: int) -> None:
         ensure_daily_partitions(conn, "book_snapshots", [DAY])
         conn.execute(text(f"""
             INSERT INTO book_snapshots
-            SELECT CASE WHEN g % 2 = 0 THEN 'BTCUSDT' ELSE 'ETHUSDT' END, ts, ts + interval '3 ms', 3000000000 + g,
+            SELECT (ARRAY[{names}])[g % {symbols} + 1], ts, ts + interval '3 ms', 3000000000 + g,
                    round(mid::numeric, 1)::float8, round((random() * 5)::numeric, 3)::float8,
                    round((mid + 0.1)::numeric, 1)::float8, round((random() * 5)::numeric, 3)::float8,
                    ARRAY[{bids}], ARRAY[{sizes}], ARRAY[{asks}], ARRAY[{sizes}], 'bench'
@@ -75,6 +77,10 @@ def fill(manager: DatabaseManager, rows: int, levels: int) -> None:
                          40000 + 50 * sin(g / 5000.0) AS mid
                   FROM generate_series(0, {rows - 1}) g) s"""))
         conn.execute(text("ANALYZE book_snapshots"))
+
+
+def symbol_names(count: int) -> list[str]:
+    return ["BTCUSDT", "ETHUSDT", *(f"SYM{i:03d}USDT" for i in range(2, count))][:count]
 
 
 def bare_copy_seconds(manager: DatabaseManager) -> tuple[float, int]:
