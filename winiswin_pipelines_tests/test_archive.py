@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
@@ -380,6 +381,18 @@ def test_history_reader_returns_hot_and_cold_rows_as_one_frame(db: DatabaseManag
         read_history("klines", dt.datetime(2024, 3, 1), dt.datetime(2024, 3, 2), manager=db, store=store)
 
 
+def test_archived_objects_are_ordered_by_symbol_then_time(db: DatabaseManager, tmp_path: Path) -> None:
+    """So each row group holds few symbols, and a reader's symbol filter skips the others by their
+    statistics instead of reading every symbol of the day."""
+    store = LocalColdStore(tmp_path)
+    seed(db, OLD_DAYS[:1])
+    archive_old_data(manager=db, store=store, as_of=AS_OF, tables=["book_snapshots"])
+    (path,) = (tmp_path / "table=book_snapshots").rglob("*.parquet")
+    rows = pq.read_table(path, columns=["symbol", "exchange_time"]).to_pylist()
+    assert len({row["symbol"] for row in rows}) == 2
+    assert rows == sorted(rows, key=lambda row: (row["symbol"], row["exchange_time"]))
+
+
 def test_duckdb_and_pyarrow_read_the_hive_layout(db: DatabaseManager, tmp_path: Path) -> None:
     store = LocalColdStore(tmp_path)
     seed(db, OLD_DAYS)
@@ -442,12 +455,18 @@ def test_nothing_erases_archived_data_restore_recompute_rearchive(db: DatabaseMa
     with db.engine.begin() as conn:  # the features of the day recomputed: new values, no labels yet
         copy_upsert(conn, "training_features", ["symbol", "ts", "mid", "obi"],
                     [("BTCUSDT", _at(day, h), 29000.0 + h, 0.5) for h in range(3)], conflict_columns=["symbol", "ts"])
+
+    def check(rows: pd.DataFrame) -> None:  # new feature values, the archived labels kept
+        assert rows["mid"].tolist() == [29000.0, 29001.0, 29002.0] and rows["obi"].tolist() == [0.5] * 3
+        assert rows["label"].tolist() == [-1, 0, 1] and rows["label_barrier"].tolist()[1:] == ["upper", "upper"]
+        assert rows["label_t1"].notna().all()
+
+    # The reader merges the tiers by the same rule before the archiver does.
+    check(read_history("training_features", day, day + dt.timedelta(days=1), ["BTCUSDT"], manager=db, store=store))
     summary = archive_old_data(manager=db, store=store, as_of=AS_OF, tables=["training_features"])
     assert [r.status for r in summary.results] == [ARCHIVED]
     rows = read_history("training_features", day, day + dt.timedelta(days=1), ["BTCUSDT"], manager=db, store=store)
-    assert rows["mid"].tolist() == [29000.0, 29001.0, 29002.0] and rows["obi"].tolist() == [0.5] * 3
-    assert rows["label"].tolist() == [-1, 0, 1] and rows["label_barrier"].tolist()[1:] == ["upper", "upper"]
-    assert rows["label_t1"].notna().all()
+    check(rows)
     # Restore then re-archive twice: the copy keeps being the same rows.
     restored = restore_days(db, store, ARCHIVED_TABLES["training_features"], day, day)
     assert restored[0].inserted == 6 and restored[0].filled == 0

@@ -386,6 +386,9 @@ def test_an_archived_day_recomputed_and_archived_again_keeps_every_row_and_colum
                 SECOND)
     assert again.asset_materializations_for_node("microstructure_features")[0].metadata["unchanged"].value == len(before)
     pd.testing.assert_frame_equal(history(), before)
+    with db.engine.connect() as conn:  # read in place: nothing was restored, nothing rewritten
+        assert conn.execute(text("SELECT count(*) FROM book_snapshots")).scalar_one() == 0
+    assert stored(db, "mid").empty
     archive_old_data(30, manager=db, store=cold, as_of=as_of, tables=["book_snapshots", "training_features"])
     pd.testing.assert_frame_equal(history(), before)
     assert stored(db, "mid").empty
