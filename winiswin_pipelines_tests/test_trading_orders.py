@@ -11,11 +11,12 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
-from winiswin_pipelines.db.models import Trade, TradeStatus
+from winiswin_pipelines.db.models import OrderIntent, Trade, TradeStatus
 from winiswin_pipelines.marketdata.binance import BinanceAPIError, BinanceRestClient
 from winiswin_pipelines.marketdata.feed import BookEvent, ReplayFeed
 from winiswin_pipelines.trading.execution import LiveExecutor, OrderRejected
-from winiswin_pipelines.trading.orders import PendingEntries, client_order_id
+from winiswin_pipelines.trading.journal import OrderIntents
+from winiswin_pipelines.trading.orders import client_order_id
 from winiswin_pipelines.trading.risk import Position
 from winiswin_pipelines.trading.runner import run_session
 from winiswin_pipelines_tests.binance_server import LocalBinanceServer
@@ -130,12 +131,10 @@ async def test_protection_is_placed_once_and_cancelled_with_the_close(server):
     assert fill.reason is None and fill.quantity == 0.01
 
 
-def test_a_stop_that_fired_while_no_session_ran_is_recorded_with_its_fill(db, server, capture_events, monkeypatch,
-                                                                          tmp_path):
+def test_a_stop_that_fired_while_no_session_ran_is_recorded_with_its_fill(db, server, capture_events, monkeypatch):
     live_env(monkeypatch, server)
-    pending = tmp_path / "pending.json"
     first = run_session(db, session_id="before", mode="live", feed=MarkFeed(capture_events, server),
-                        config=KEEP_OPEN, symbols=SYMBOLS, rest_url=server.rest_url, pending_path=pending)
+                        config=KEEP_OPEN, symbols=SYMBOLS, rest_url=server.rest_url)
     held = {p.symbol: p for p in first.open_positions}
     assert set(held) == set(SYMBOLS)
     assert sorted(o["symbol"] for o in server.open_algo_orders()) == sorted(SYMBOLS * 2)
@@ -148,7 +147,7 @@ def test_a_stop_that_fired_while_no_session_ran_is_recorded_with_its_fill(db, se
     server.set_mark_price("ETHUSDT", eth_price)
     second = run_session(db, session_id="after", mode="live",
                          feed=MarkFeed([book("ETHUSDT", eth_price, later)], server), config=KEEP_OPEN,
-                         symbols=SYMBOLS, rest_url=server.rest_url, pending_path=pending)
+                         symbols=SYMBOLS, rest_url=server.rest_url)
     # BTC: its stop was gone and could not be put back (beyond it): the exit is the stop's real fill.
     assert [(c.symbol, c.exit_reason, c.exit_price) for c in second.closed] == [
         ("BTCUSDT", "stop_loss", float(fired[0]["actualPrice"]))]
@@ -164,17 +163,19 @@ def test_a_stop_that_fired_while_no_session_ran_is_recorded_with_its_fill(db, se
 
 
 def test_a_restart_records_an_entry_whose_recording_was_lost_and_sends_it_once(db, server, capture_events,
-                                                                                monkeypatch, tmp_path):
+                                                                                monkeypatch):
     """The session died between its entry order and the recording (kill -9): the next one finds the
-    order by its client id, records and protects the position, and never sends the entry again."""
+    order by its client id (its intent is in PostgreSQL), records and protects the position, and never
+    sends the entry again."""
     live_env(monkeypatch, server)
-    pending = PendingEntries(tmp_path / "pending.json")
+    intents = OrderIntents(db, "live", "crashed")
     uid = "crashed-BTCUSDT-0001"
     entry = {"symbol": "BTCUSDT", "side": "LONG", "stop_loss": 59_400.0, "take_profit": 60_900.0,
              "reference": 60_000.0, "confidence": 0.7, "reason": "test", "features": {},
              "client_id": client_order_id(uid, "entry")}
-    pending.add(uid, entry)
-    pending.add("crashed-ETHUSDT-0002", {**entry, "symbol": "ETHUSDT", "client_id": client_order_id("x", "entry")})
+    intents.add(uid, entry, 0.01)
+    never_sent = "crashed-ETHUSDT-0002"
+    intents.add(never_sent, {**entry, "symbol": "ETHUSDT", "client_id": client_order_id(never_sent, "entry")}, 0.1)
     server.drop_next_reply()  # the crashed session's order: executed, its reply lost
 
     async def send_lost() -> None:
@@ -186,8 +187,7 @@ def test_a_restart_records_an_entry_whose_recording_was_lost_and_sends_it_once(d
     asyncio.run(send_lost())
     quiet = [book("BTCUSDT", 60_000.0, T0 + dt.timedelta(seconds=1))]
     results = [run_session(db, session_id=f"restart-{n}", mode="live", feed=MarkFeed(quiet, server),
-                           config=KEEP_OPEN, symbols=SYMBOLS, rest_url=server.rest_url,
-                           pending_path=pending.path) for n in (1, 2)]
+                           config=KEEP_OPEN, symbols=SYMBOLS, rest_url=server.rest_url) for n in (1, 2)]
     assert [d.action for d in results[0].decisions] == ["recover", "enter"]
     assert [d.action for d in results[1].decisions] == ["resume"]
     assert [o["newClientOrderId"] for o in server.orders] == [entry["client_id"]]  # the entry went out once
@@ -198,10 +198,27 @@ def test_a_restart_records_an_entry_whose_recording_was_lost_and_sends_it_once(d
     protection = server.open_algo_orders()
     assert sorted(o["orderType"] for o in protection) == ["STOP_MARKET", "TAKE_PROFIT_MARKET"]
     assert len(server.algo_requests) == 2  # the second start kept them
-    assert set(pending.load()) == {uid}  # the ETH entry never reached the exchange: forgotten
+    # The BTC intent is settled as filled (its position is open), the ETH one never reached the exchange.
+    with db.session() as session:
+        stored = {i.trade_uid: (i.status, i.symbol, i.quantity, i.details["stop_loss"])
+                  for i in session.scalars(select(OrderIntent))}
+    assert stored == {uid: ("filled", "BTCUSDT", 0.01, 59_400.0), never_sent: ("unfilled", "ETHUSDT", 0.1, 59_400.0)}
+    assert set(intents.unsettled()) == {uid}
 
 
-def test_startup_cancels_stale_protection_and_leaves_foreign_orders_alone(db, server, monkeypatch, tmp_path):
+def test_live_entries_are_written_ahead_and_settled(db, server, capture_events, monkeypatch):
+    live_env(monkeypatch, server)
+    server.reject_next_order("ETHUSDT", -2019, "Margin is insufficient.")
+    result = run_session(db, session_id="ahead", mode="live", feed=MarkFeed(capture_events, server), config=REPLAY,
+                         symbols=SYMBOLS, rest_url=server.rest_url)
+    with db.session() as session:
+        stored = {(i.symbol, i.status, i.session_id, i.mode, i.client_id == client_order_id(i.trade_uid, "entry"))
+                  for i in session.scalars(select(OrderIntent))}
+    assert [c.symbol for c in result.closed] == ["BTCUSDT"]
+    assert stored == {("BTCUSDT", "closed", "ahead", "live", True), ("ETHUSDT", "rejected", "ahead", "live", True)}
+
+
+def test_startup_cancels_stale_protection_and_leaves_foreign_orders_alone(db, server, monkeypatch):
     live_env(monkeypatch, server)
 
     async def place() -> None:
@@ -212,18 +229,17 @@ def test_startup_cancels_stale_protection_and_leaves_foreign_orders_alone(db, se
 
     asyncio.run(place())
     result = run_session(db, session_id="tidy", mode="live", feed=MarkFeed([], server), config=KEEP_OPEN,
-                         symbols=SYMBOLS, rest_url=server.rest_url, pending_path=tmp_path / "pending.json")
+                         symbols=SYMBOLS, rest_url=server.rest_url)
     assert [(d.action, d.symbol) for d in result.decisions] == [("protect", "ETHUSDT")]
     assert [o["clientAlgoId"] for o in server.open_algo_orders()] == ["manual-stop"]
 
 
 def test_an_order_refused_on_one_symbol_leaves_the_others_trading_and_protected(db, server, capture_events,
-                                                                               monkeypatch, tmp_path):
+                                                                               monkeypatch):
     live_env(monkeypatch, server)
     server.reject_next_order("ETHUSDT", -2019, "Margin is insufficient.")
     result = run_session(db, session_id="refused", mode="live", feed=MarkFeed(capture_events, server),
-                         config=KEEP_OPEN, symbols=SYMBOLS, rest_url=server.rest_url,
-                         pending_path=tmp_path / "pending.json")
+                         config=KEEP_OPEN, symbols=SYMBOLS, rest_url=server.rest_url)
     assert result.status == "completed"
     [reject] = [d for d in result.decisions if d.action == "reject"]
     assert (reject.symbol, reject.details["code"]) == ("ETHUSDT", -2019) and "Margin is insufficient" in reject.reason
@@ -235,7 +251,7 @@ def test_an_order_refused_on_one_symbol_leaves_the_others_trading_and_protected(
     assert sum(o["symbol"] == "ETHUSDT" for o in server.orders) == 1
 
 
-def test_a_position_no_trade_explains_is_not_added_to(db, server, capture_events, monkeypatch, tmp_path):
+def test_a_position_no_trade_explains_is_not_added_to(db, server, capture_events, monkeypatch):
     live_env(monkeypatch, server)
 
     async def open_by_hand() -> None:
@@ -244,8 +260,7 @@ def test_a_position_no_trade_explains_is_not_added_to(db, server, capture_events
 
     asyncio.run(open_by_hand())
     result = run_session(db, session_id="untracked", mode="live", feed=MarkFeed(capture_events, server),
-                         config=REPLAY, symbols=SYMBOLS, rest_url=server.rest_url,
-                         pending_path=tmp_path / "pending.json")
+                         config=REPLAY, symbols=SYMBOLS, rest_url=server.rest_url)
     assert result.status == "completed"
     first = result.decisions[0]
     assert (first.action, first.symbol) == ("skip", "ETHUSDT") and "no trade of ours explains" in first.reason

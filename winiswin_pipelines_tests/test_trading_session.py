@@ -197,12 +197,11 @@ def live_env(monkeypatch, server) -> None:
     monkeypatch.setenv("WINISWIN_LIVE_TRADING", "1")
 
 
-def test_live_orders_respect_exchange_filters(db, capture_events, monkeypatch, tmp_path):
+def test_live_orders_respect_exchange_filters(db, capture_events, monkeypatch):
     with LocalBinanceServer(tuple(SYMBOLS)) as server:
         live_env(monkeypatch, server)
         result = run_session(db, session_id="live", mode="live", feed=MarkFeed(capture_events, server),
-                             config=REPLAY, symbols=SYMBOLS, rest_url=server.rest_url,
-                             pending_path=tmp_path / "pending.json")
+                             config=REPLAY, symbols=SYMBOLS, rest_url=server.rest_url)
         orders = list(server.orders)
         algo = list(server.algo_requests)
         still_open = server.open_algo_orders()

@@ -322,6 +322,41 @@ class TradingDecision(Base):
     created_at: Mapped[dt.datetime] = _created_at()
 
 
+ORDER_INTENT_STATUSES = ("pending", "filled", "closed", "rejected", "unfilled")
+
+
+class OrderIntent(Base):
+    """An entry order a live session is about to send, written before it is sent (write-ahead).
+
+    A session that starts after a crash (kill -9 between the order and its recording) looks every
+    `pending` or `filled` intent up on the exchange by its client id: the filled ones whose trade is
+    not recorded are recorded, the others are settled, so no entry is forgotten or sent twice.
+    pending: sent or about to be, outcome unknown; filled: the entry filled (its trade may be open);
+    closed: its trade is over; rejected: Binance refused it; unfilled: it never filled.
+    """
+
+    __tablename__ = "order_intents"
+    __table_args__ = (
+        CheckConstraint("side IN ('LONG', 'SHORT')", name="side_valid"),
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in ORDER_INTENT_STATUSES)})", name="status_valid"),
+        Index(None, "mode", "status"),
+    )
+
+    client_id: Mapped[str] = mapped_column(String(36), primary_key=True, comment="newClientOrderId of the entry")
+    trade_uid: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    session_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    mode: Mapped[str] = mapped_column(String(16), nullable=False, comment="live (or paper)")
+    symbol: Mapped[str] = mapped_column(String(32), nullable=False)
+    side: Mapped[str] = mapped_column(String(5), nullable=False)
+    quantity: Mapped[float] = mapped_column(DOUBLE_PRECISION, nullable=False, comment="quantity asked for")
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    details: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONB, comment="what the session knew when it sent the entry: levels, reference price, signal"
+    )
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = _updated_at()
+
+
 GAP_REASONS = ("restart", "reconnect", "sequence_break", "snapshot_resync")
 
 

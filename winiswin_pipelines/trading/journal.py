@@ -1,4 +1,5 @@
-"""The session's own rows in PostgreSQL: heartbeats (`trading_sessions`) and decisions (`trading_decisions`).
+"""The session's own rows in PostgreSQL: heartbeats (`trading_sessions`), decisions (`trading_decisions`)
+and the write-ahead record of live entries (`order_intents`).
 
 A session writes one heartbeat row it keeps updating and its decisions in batches, instead of a
 Dagster log line per tick. It also reads back the positions a previous session left open, with
@@ -69,3 +70,29 @@ class SessionJournal:
     def open_positions(self, source: str) -> list[Position]:
         """OPEN trades of `source`, timed from position_entry_times (the fill time kept across restarts)."""
         return repository.open_positions(self.manager, source)
+
+
+class OrderIntents:
+    """The write-ahead record of one mode's entries (`order_intents`): an intent is committed before
+    its order is sent, so a session that starts after a crash can look the order up by its client id."""
+
+    def __init__(self, manager: DatabaseManager, mode: str, session_id: str):
+        self.manager = manager
+        self.mode = mode
+        self.session_id = session_id
+
+    def add(self, trade_uid: str, entry: dict[str, Any], quantity: float) -> None:
+        """Commit the intent (status pending); raises when PostgreSQL is unreachable: then send nothing."""
+        details = {k: v for k, v in entry.items() if k not in ("client_id", "symbol", "side")}
+        repository.add_order_intent(self.manager, client_id=entry["client_id"], trade_uid=trade_uid,
+                                    session_id=self.session_id, mode=self.mode, symbol=entry["symbol"],
+                                    side=entry["side"], quantity=quantity, details=details)
+
+    def settle(self, trade_uid: str, status: str) -> None:
+        """filled, closed, rejected or unfilled."""
+        repository.set_order_intent_status(self.manager, trade_uid, status)
+
+    def unsettled(self) -> dict[str, dict[str, Any]]:
+        """trade_uid -> entry (as given to `add`, with client_id, symbol, side, quantity, status) of the
+        intents still pending or filled."""
+        return repository.unsettled_order_intents(self.manager, self.mode)

@@ -4,6 +4,8 @@
   and `position_entry_times` kept up to date, in one transaction per batch (async);
 - the session journal: the session's heartbeat row (`trading_sessions`), its decisions
   (`trading_decisions`) and the OPEN trades a session resumes;
+- order intents (`order_intents`): the write-ahead record of live entries, written before the order
+  is sent and settled once its outcome is known;
 - backtests: the stored bars per symbol and interval, and removing an earlier run's rows;
 - reads: the backtest check's counts, a session's decisions and trades.
 
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from winiswin_pipelines.db.bulk import copy_upsert, replace_row
@@ -26,6 +29,7 @@ from winiswin_pipelines.db.entry_times import async_delete_entry_time, async_ups
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import (
     Kline,
+    OrderIntent,
     Trade,
     TradeStatus,
     TradingDecision,
@@ -284,6 +288,39 @@ def session_trades(manager: DatabaseManager, session_id: str) -> tuple[list[Trad
                                     .order_by(TradingDecision.decision_uid)).all()
         trades = session.scalars(select(Trade).where(Trade.trade_uid.in_(entered)).order_by(Trade.trade_uid)).all()
     return list(decisions), list(trades)
+
+
+# -- order intents -----------------------------------------------------------------------------------
+
+UNSETTLED_INTENTS = ("pending", "filled")  # an entry whose position may be on the exchange
+
+
+def add_order_intent(manager: DatabaseManager, *, client_id: str, trade_uid: str, session_id: str, mode: str,
+                     symbol: str, side: str, quantity: float, details: dict[str, Any]) -> None:
+    """The intent of an entry, status pending, committed before its order is sent (kept if already there)."""
+    values = {"client_id": client_id, "trade_uid": trade_uid, "session_id": session_id, "mode": mode,
+              "symbol": symbol, "side": side, "quantity": quantity, "status": "pending",
+              "details": _finite(details)}
+    with manager.engine.begin() as conn:
+        conn.execute(pg_insert(OrderIntent).values(**values).on_conflict_do_nothing(index_elements=["client_id"]))
+
+
+def set_order_intent_status(manager: DatabaseManager, trade_uid: str, status: str) -> None:
+    with manager.engine.begin() as conn:
+        conn.execute(update(OrderIntent).where(OrderIntent.trade_uid == trade_uid, OrderIntent.status != status)
+                     .values(status=status, updated_at=func.now()))
+
+
+def unsettled_order_intents(manager: DatabaseManager, mode: str) -> dict[str, dict[str, Any]]:
+    """trade_uid -> intent (its columns and details) of `mode`'s intents still pending or filled, oldest first."""
+    query = (select(OrderIntent).where(OrderIntent.mode == mode, OrderIntent.status.in_(UNSETTLED_INTENTS))
+             .order_by(OrderIntent.created_at, OrderIntent.client_id))
+    with manager.session() as session:
+        return {
+            intent.trade_uid: {**(intent.details or {}), "client_id": intent.client_id, "symbol": intent.symbol,
+                               "side": intent.side, "quantity": intent.quantity, "status": intent.status}
+            for intent in session.scalars(query)
+        }
 
 
 # -- backtests ---------------------------------------------------------------------------------------

@@ -12,15 +12,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from pathlib import Path
 
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST
 from winiswin_pipelines.marketdata.feed import MarketFeed
 from winiswin_pipelines.trading.execution import Executor, PaperExecutor, check_live_permission, live_executor
-from winiswin_pipelines.trading.journal import SessionJournal
-from winiswin_pipelines.trading.orders import PendingEntries
+from winiswin_pipelines.trading.journal import OrderIntents, SessionJournal
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.session import SessionConfig, SessionResult, TradingSession
 
@@ -46,10 +44,10 @@ async def _executor(mode: str, symbols: list[str], rest_url: str) -> Executor:
 async def run_session_async(
     manager: DatabaseManager, *, session_id: str, mode: str, feed: MarketFeed, config: SessionConfig,
     symbols: list[str], run_id: str | None = None, stop: threading.Event | None = None,
-    rest_url: str = BINANCE_FUTURES_REST, pending_path: Path | None = None,
+    rest_url: str = BINANCE_FUTURES_REST,
 ) -> SessionResult:
     """One session of `mode` ("paper", "live", "backtest"); trades are recorded with that source. Live
-    entries in flight are noted in `pending_path` (default `<state dir>/orders/<mode>-pending-entries.json`)."""
+    entries are committed to `order_intents` before they are sent."""
     check_mode(mode)
     try:
         executor = await _executor(mode, symbols, rest_url)
@@ -57,7 +55,7 @@ async def run_session_async(
             session_id=session_id, feed=feed, executor=executor,
             recorder=UnifiedTradeRecorder(manager, source=mode),
             journal=SessionJournal(manager, session_id, mode, run_id), config=config, stop=stop,
-            pending=PendingEntries(pending_path or settings.state_dir() / "orders" / f"{mode}-pending-entries.json"),
+            intents=OrderIntents(manager, mode, session_id),
         )
         return await session.run()
     finally:

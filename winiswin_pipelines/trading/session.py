@@ -15,10 +15,10 @@ For every event, in exchange-time order:
   the stop survives restarts.
 Time is the events' exchange time, so replays and backtests behave as live sessions would.
 
-With an executor that protects positions on the exchange (live), an entry is noted in
-`PendingEntries` before its order is sent; once it fills, its stop loss and take profit are moved
+With an executor that protects positions on the exchange (live), an entry's intent is committed
+to PostgreSQL (`order_intents`) before its order is sent (no intent, no order); once it fills, its stop loss and take profit are moved
 to the real fill price (same distances) and placed on the exchange at once; a close cancels them
-first. A session that starts records the pending entries that filled while no session knew of
+first. A session that starts records the intended entries that filled while no session knew of
 them, and makes the exchange hold exactly the protection of every open position. An order Binance
 refuses (e.g. -2019 margin insufficient) is recorded as a `reject` decision with its code and
 message and affects only its symbol: no new entry there for `reject_cooldown`, a failed close is
@@ -52,8 +52,8 @@ from sqlalchemy.exc import DBAPIError
 from winiswin_pipelines.marketdata.feed import BookEvent, KlineEvent, MarketFeed
 from winiswin_pipelines.trading.events import TradeClosed, TradeOpened
 from winiswin_pipelines.trading.execution import WOULD_TRIGGER_NOW, Executor, Fill, OrderRejected
-from winiswin_pipelines.trading.journal import Decision, SessionJournal
-from winiswin_pipelines.trading.orders import PendingEntries, client_order_id
+from winiswin_pipelines.trading.journal import Decision, OrderIntents, SessionJournal
+from winiswin_pipelines.trading.orders import client_order_id
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.risk import (
     Position,
@@ -143,7 +143,7 @@ def kline_end(event: KlineEvent) -> dt.datetime:
 class TradingSession:
     def __init__(self, *, session_id: str, feed: MarketFeed, executor: Executor, recorder: UnifiedTradeRecorder,
                  journal: SessionJournal, config: SessionConfig = SessionConfig(),
-                 stop: threading.Event | None = None, pending: PendingEntries | None = None):
+                 stop: threading.Event | None = None, intents: OrderIntents | None = None):
         self.session_id = session_id
         self.feed = feed
         self.executor = executor
@@ -151,7 +151,7 @@ class TradingSession:
         self.journal = journal
         self.config = config
         self.stop = stop or threading.Event()
-        self.pending = pending if executor.protects_on_exchange else None
+        self.intents = intents if executor.protects_on_exchange else None
         self._entry_blocks: dict[str, tuple[dt.datetime, str]] = {}  # symbol -> (until, why)
         self._close_retry: dict[str, tuple[float, float]] = {}  # symbol -> (monotonic time of next try, pause)
         self.positions: dict[str, Position] = {}
@@ -325,16 +325,37 @@ class TradingSession:
         entry = {"symbol": symbol, "side": signal.side, "stop_loss": stop_loss, "take_profit": take_profit,
                  "reference": reference, "confidence": signal.confidence, "reason": verdict.reason,
                  "features": verdict.features, "client_id": client_id}
-        if self.pending is not None:
-            await asyncio.to_thread(self.pending.add, trade_uid, entry)
+        if self.intents is not None and not await self._write_ahead(now, trade_uid, entry, quantity, reference):
+            return
         try:
             fill = await self.executor.open(symbol, signal.side, quantity, reference, now, client_id)
         except OrderRejected as rejected:
             self._rejected(now, symbol, "entry", rejected, reference, trade_uid)
-            if self.pending is not None and not rejected.uncertain:  # else the next start looks it up
-                await asyncio.to_thread(self.pending.remove, trade_uid)
+            if not rejected.uncertain:  # else the next start looks it up
+                await self._settle(trade_uid, "rejected")
             return
         await self._opened(trade_uid, entry, fill)
+
+    async def _write_ahead(self, now: dt.datetime, trade_uid: str, entry: dict[str, Any], quantity: float,
+                           reference: float) -> bool:
+        """Commit the entry's intent; without it no order is sent (a crash would leave it unknown)."""
+        try:
+            await asyncio.to_thread(self.intents.add, trade_uid, entry, quantity)
+        except DBAPIError as error:
+            self._decide(now, entry["symbol"], "skip", f"entry not sent: its intent could not be written "
+                         f"({type(error.orig).__name__})", reference, trade_uid)
+            return False
+        return True
+
+    async def _settle(self, trade_uid: str, status: str) -> None:
+        """Settle an intent; when PostgreSQL is away it stays unsettled and the next start settles it."""
+        if self.intents is None:
+            return
+        try:
+            await asyncio.to_thread(self.intents.settle, trade_uid, status)
+        except DBAPIError as error:
+            log.warning("session %s: intent %s not settled as %s (%s)", self.session_id, trade_uid, status,
+                        type(error.orig).__name__)
 
     def _entry_blocked(self, symbol: str, now: dt.datetime) -> str | None:
         until, why = self._entry_blocks.get(symbol, (None, None))
@@ -389,6 +410,7 @@ class TradingSession:
         self._decide(fill.time, symbol, "enter", entry["reason"], fill.price, trade_uid,
                      {"side": side, "quantity": fill.quantity, "stop_loss": stop_loss, "take_profit": take_profit})
         await self._protect(position, fill.time)
+        await self._settle(trade_uid, "filled")
 
     async def _protect(self, position: Position, now: dt.datetime) -> None:
         """Stop loss and take profit on the exchange; a position that cannot be protected is closed."""
@@ -432,8 +454,7 @@ class TradingSession:
             trade_uid=position.trade_uid, symbol=position.symbol, exit_time=fill.time, exit_price=fill.price,
             pnl=pnl, pnl_pct=pnl_pct, fees=fees, exit_reason=reason,
         ))
-        if self.pending is not None:
-            await asyncio.to_thread(self.pending.remove, position.trade_uid)
+        await self._settle(position.trade_uid, "closed")
         self.closed.append(ClosedTrade(position.trade_uid, position.symbol, position.side, position.entry_time,
                                        fill.time, position.entry_price, fill.price, position.quantity, pnl, pnl_pct,
                                        fees, reason))
@@ -454,15 +475,17 @@ class TradingSession:
 
     async def _recover_pending_entries(self) -> None:
         """Entries sent by an earlier session whose recording may have been lost (a crash between the
-        order and the recorder): those that filled are recorded now, the others forgotten."""
-        pending = await asyncio.to_thread(self.pending.load) if self.pending is not None else {}
-        statuses = await asyncio.to_thread(self.journal.trade_statuses, list(pending))
+        order and the recorder): those that filled are recorded now, the others settled."""
+        intents = await asyncio.to_thread(self.intents.unsettled) if self.intents is not None else {}
+        statuses = await asyncio.to_thread(self.journal.trade_statuses, list(intents))
         resumed = {p.trade_uid for p in self.positions.values()}
-        for trade_uid, entry in pending.items():
+        for trade_uid, entry in intents.items():
             if trade_uid in resumed:
+                if entry["status"] == "pending":
+                    await self._settle(trade_uid, "filled")
                 continue
             if trade_uid in statuses:  # recorded, and no longer open: nothing to recover
-                await asyncio.to_thread(self.pending.remove, trade_uid)
+                await self._settle(trade_uid, "closed")
                 continue
             now = dt.datetime.now(dt.UTC)
             try:
@@ -471,7 +494,7 @@ class TradingSession:
                 self._rejected(now, entry["symbol"], "recovery lookup", rejected, None, trade_uid)
                 continue
             if fill is None or entry["symbol"] in self.positions:
-                await asyncio.to_thread(self.pending.remove, trade_uid)
+                await self._settle(trade_uid, "unfilled" if fill is None else "closed")
                 continue
             self._decide(now, entry["symbol"], "recover", "entry filled while no session recorded it",
                          fill.price, trade_uid, {"client_id": entry["client_id"]})
