@@ -90,6 +90,9 @@ def test_assets_migrate_every_partition_and_the_check_proves_it(db, database_url
     assert metadata["dagster/row_count"].value == read - settled
     assert "| `data/trades.jsonl` | jsonl | 16 |" in metadata["per_source"].value
     assert "| `data/trades.jsonl` | B' | 1 | 1 | 0 |" in metadata["per_variant"].value
+    cold = metadata["cold_copies"].value["data/trades.jsonl"]  # each source linked to its cold copy
+    assert cold["cold_uri"] == f"file://{root.parent / 'cold' / 'legacy' / cold['sha256']}.zst"
+    assert f"]({cold['cold_uri']}) |" in metadata["per_source"].value
     # no real trade of the fixture's two partial exits was held at their time: unlinked, with the reason
     assert (metadata["partial_exits_linked"].value, metadata["partial_exits_unlinked"].value) == (0, 2)
     assert "no real ETHUSDT LONG trade was held at 2025-11-02 10:00:00 UTC" in metadata["partial_exits_unlinked_why"].value

@@ -15,6 +15,7 @@ import pytest
 from winiswin_pipelines import settings
 from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.normalize import Normalizer, content_uid
+from winiswin_pipelines.legacy.originals import record_bytes
 from winiswin_pipelines.legacy.pipeline import iter_outcomes
 from winiswin_pipelines.legacy.readers import count_records, read_records
 from winiswin_pipelines.legacy.records import (
@@ -53,10 +54,15 @@ def trade(outcome: Row) -> dict:
     assert isinstance(outcome, Row), outcome
     columns = TRADE_COLUMNS if outcome.table == "trades" else PARTIAL_EXIT_COLUMNS
     values = dict(zip(columns, outcome.values, strict=True))
-    for name in ("raw", "origin"):
-        if values.get(name) is not None:
-            values[name] = orjson.loads(values[name])
+    if values.get("origin") is not None:
+        values["origin"] = orjson.loads(values["origin"])
     return values
+
+
+def record_of(root: Path, relpath: str, origin: dict) -> bytes:
+    """The bytes `origin` points to, read out of the file itself."""
+    store = store_for(root, relpath)
+    return record_bytes(store.path, store.format.value, origin)
 
 
 def rows_by_key(root: Path, relpath: str, **kwargs) -> dict[str, dict]:
@@ -103,7 +109,7 @@ def test_every_kind_of_damage_is_rejected_with_its_reason_and_raw_text(legacy):
     assert rejected[("legacy:broken/trading_data.db", "file")].raw_text.startswith("base64:")
 
 
-def test_variant_a1_line_normalised_with_origin_and_raw(legacy):
+def test_variant_a1_line_normalised_with_a_pointer_to_its_bytes(legacy):
     root, _ = legacy
     rows = rows_by_key(root, "data/trades.json")
     row = rows["legacy:BTCUSDT_1761467469.637214"]
@@ -114,9 +120,13 @@ def test_variant_a1_line_normalised_with_origin_and_raw(legacy):
     assert (row["pnl"], row["pnl_pct"], row["confidence"], row["leverage"]) == (0.9, 0.0075, 0.72, 5.0)
     assert row["exit_reason"] == "TAKE_PROFIT" and row["is_virtual"] is False
     assert row["source"] == "legacy:data/trades.json"
-    assert row["raw"] == a1()  # the whole original record
+    assert "raw" not in row  # no copy of the record: a pointer to its bytes
+    first_line = len((root / "data/trades.json").read_bytes().split(b"\n")[0]) + 1
+    line = json.dumps(a1()).encode()
     assert row["origin"] == {"file": "data/trades.json", "position": "line 2", "variant": "A1",
-                             "naive_time": "UTC (assumed)", "seq": 2}
+                             "naive_time": "UTC (assumed)", "seq": 2, "line": 2, "offset": first_line,
+                             "length": len(line)}
+    assert record_of(root, "data/trades.json", row["origin"]) == line
 
 
 def test_variant_a0_rebuilt_and_virtual_close_records(legacy):
@@ -250,7 +260,8 @@ def test_positions_csv_pairs_open_and_close_rows_and_reads_headerless_flushes(le
     assert btc["status"] == "CLOSED" and btc["entry_time"] == dt.datetime(2025, 10, 26, 10, tzinfo=UTC)
     assert btc["exit_time"] == dt.datetime(2025, 10, 26, 12, tzinfo=UTC)
     assert (btc["pnl"], btc["pnl_pct"], btc["confidence"]) == (10.0, pytest.approx(0.0149), 0.7)
-    assert set(btc["raw"]) == {"open", "close"}
+    csv_lines = (root / "ml_data/positions.csv").read_bytes().split(b"\n")
+    assert record_of(root, "ml_data/positions.csv", btc["origin"]) == csv_lines[1] + b"\n" + csv_lines[2]
     eth = rows["line 4+7"]
     assert eth["symbol"] == "ETHUSDT" and eth["is_virtual"] is True and eth["side"] == "SHORT"
     sol = rows["line 5"]  # a header-less OPEN-only flush: 23 columns mapped by the OPEN layout
@@ -387,7 +398,8 @@ def test_sibling_trade_log_entry_and_exit_rows_become_one_trade(tmp_path):
     assert btc["entry_time"] == dt.datetime(2025, 10, 23, 9, 0, 0, 1, tzinfo=UTC)
     assert btc["exit_time"] == dt.datetime(2025, 10, 23, 12, 0, 0, 500000, tzinfo=UTC)
     assert (btc["pnl"], btc["exit_reason"], btc["origin"]["position"]) == (4.0, "TAKE_PROFIT", "item 0+2")
-    assert btc["raw"] == {"entry": entry, "exit": exit_}
+    assert [part["item"] for part in btc["origin"]["parts"]] == [0, 2]
+    assert record_of(tmp_path, "trades.json", btc["origin"]) == json.dumps(entry).encode() + b"\n" + json.dumps(exit_).encode()
     assert rows["ETHUSDT"]["status"] == "OPEN"  # an exit of another symbol closes nothing else
 
 

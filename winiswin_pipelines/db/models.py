@@ -137,9 +137,9 @@ class Trade(Base):
     win_probability: Mapped[float | None]
     features: Mapped[dict[str, Any] | None]
     source: Mapped[str] = mapped_column(String(64), nullable=False, comment="live, paper, backtest, legacy:<store>")
-    raw: Mapped[dict[str, Any] | None] = mapped_column(JSONB, comment="the original record, for audit")
     origin: Mapped[dict[str, Any] | None] = mapped_column(
-        JSONB, comment="where the row came from: file, position, variant, naive-time assumption"
+        JSONB, comment="where the row came from: file, its sha256, the record's line/offset/length, item, key or "
+        "row, variant, naive-time assumption"
     )
     created_at: Mapped[dt.datetime] = _created_at()
     updated_at: Mapped[dt.datetime] = _updated_at()
@@ -165,7 +165,40 @@ class TradePartialExit(Base):
     fees: Mapped[float | None]
     reason: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The live recorder keeps an orphan event (a partial exit, close or cancel before its entry) here.
     raw: Mapped[dict[str, Any] | None]
+    origin: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONB, comment="a legacy row: file, its sha256, the record's place in it, the trade id and direction it names"
+    )
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = _updated_at()
+
+
+class LegacySource(Base):
+    """One legacy file's bytes: kept in cold storage (zstd, content-addressed by their SHA-256), then migrated.
+
+    `verified_at`: the cold copy was last read back and gave the original SHA-256; `checked_at`: the
+    accounting check of the migration last passed; the file may be retired only after both.
+    """
+
+    __tablename__ = "legacy_sources"
+    __table_args__ = (Index(None, "source"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False, comment="where the file was when it was migrated")
+    source: Mapped[str] = mapped_column(String(64), nullable=False, comment="the source of its rows: legacy:<path>")
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    format: Mapped[str] = mapped_column(String(32), nullable=False)
+    records: Mapped[int | None] = mapped_column(BigInteger, comment="records read by the migration")
+    first_time: Mapped[dt.datetime | None]
+    last_time: Mapped[dt.datetime | None]
+    cold_uri: Mapped[str | None] = mapped_column(Text)
+    migrated_at: Mapped[dt.datetime | None]
+    verified_at: Mapped[dt.datetime | None]
+    checked_at: Mapped[dt.datetime | None]
+    retired_at: Mapped[dt.datetime | None]
+    retired_to: Mapped[str | None] = mapped_column(Text, comment="the folder it was moved to; NULL: deleted")
     created_at: Mapped[dt.datetime] = _created_at()
     updated_at: Mapped[dt.datetime] = _updated_at()
 

@@ -35,6 +35,7 @@ class LegacyMigrationConfig(dg.Config):
         default="UTC", description="IANA timezone assumed for naive legacy timestamps (recorded in trades.origin)"
     )
     batch_size: int = Field(default=BATCH_SIZE, description="records per COPY + upsert batch")
+    force: bool = Field(default=False, description="migrate a store whose bytes were migrated before again")
 
 
 @dg.asset(
@@ -57,7 +58,7 @@ def legacy_trades(
         context.log.info(f"migrating {store.path} ({store.format.value}) as {store.source}")
         report = migrate_store(
             postgres.manager, store, naive_timezone=config.naive_timezone, batch_size=config.batch_size,
-            progress=_progress_logger(context, store), cold=cold,
+            progress=_progress_logger(context, store), cold=cold, force=config.force,
         )
         context.log.info(report.summary_line())
         reports.append(report)
@@ -147,6 +148,8 @@ def migration_metadata(reports: list[SourceReport], links: LinkSummary | None = 
     metadata["balanced"] = dg.MetadataValue.bool(all(r.balanced for r in reports))
     metadata["records_per_second"] = dg.MetadataValue.float(round(totals["read"] / seconds, 1) if seconds else 0.0)
     metadata["per_source"] = dg.MetadataValue.md(_sources_table(reports))
+    metadata["cold_copies"] = dg.MetadataValue.json(
+        {r.file: {"sha256": r.sha256, "cold_uri": r.cold_uri} for r in reports if r.cold_uri})
     metadata["per_variant"] = dg.MetadataValue.md(_variants_table(reports))
     metadata["records_gone_from_files"] = dg.MetadataValue.int(sum(r.gone_total for r in reports))
     gone = [f"- `{r.file}` {entry}" for r in reports for entry in r.gone_ids[:50]]
@@ -172,12 +175,14 @@ def _links_metadata(links: LinkSummary) -> dict[str, dg.MetadataValue]:
 
 def _sources_table(reports: list[SourceReport]) -> str:
     lines = ["| source | format | read | inserted | updated | unchanged | duplicates | quarantined | time range (UTC) | "
-             "confidence scale |", "|---|---|--:|--:|--:|--:|--:|--:|---|---|"]
+             "confidence scale | cold copy |", "|---|---|--:|--:|--:|--:|--:|--:|---|---|---|"]
     for r in reports:
         first, last = r.time_range
+        cold = f"[{r.sha256[:12]}…]({r.cold_uri})" if r.cold_uri and r.sha256 else "-"
         lines.append(
             f"| `{r.file}` | {r.format} | {r.read:,} | {r.inserted:,} | {r.updated:,} | {r.unchanged:,} | "
-            f"{r.duplicates:,} | {r.quarantined:,} | {_span(first, last)} | {r.confidence_scale or 'per writer'} |"
+            f"{r.duplicates:,} | {r.quarantined:,} | {_span(first, last)} | {r.confidence_scale or 'per writer'} | "
+            f"{cold}{' (skipped: migrated before)' if r.skipped else ''} |"
         )
     lines.append("\nunchanged: already stored identically (a re-run) or the same trade already migrated from another "
                  "store; duplicates: the same trade twice in one store, or an OPEN row paired with its CLOSE row; "

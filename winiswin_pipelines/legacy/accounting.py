@@ -10,6 +10,8 @@
 
 Records an earlier migration of the store wrote that are no longer in the file are not read, so
 they are outside that sum: they are left in place and reported apart (`gone`, with their ids).
+A row whose record is unchanged but now lives in another version of the file counts as updated: its
+`origin` points into the new version's bytes.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class SourceReport:
     gone: dict[str, int] = field(default_factory=dict)  # per table: records no longer in the file, left in place
     gone_ids: list[str] = field(default_factory=list)  # `table: key` of the first GONE_IDS_KEPT of them
     quarantine_released: int = 0  # quarantined by an earlier run, migrated now (the record was fixed)
+    sha256: str | None = None  # of the file's bytes, as migrated
+    cold_uri: str | None = None  # their copy in cold storage
+    skipped: str | None = None  # why nothing was read: these bytes were migrated already
     variants: dict[str, VariantStats] = field(default_factory=dict)
 
     def add(self, outcome: Outcome) -> None:
@@ -137,6 +142,8 @@ class SourceReport:
         return cls(**data, variants=variants)
 
     def summary_line(self) -> str:
+        if self.skipped:
+            return f"{self.file}: skipped, {self.skipped}"
         if self.dry_run:
             return (f"{self.file}: read {self.read:,} = would migrate {self.migrated:,} + paired {self.merged:,} "
                     f"+ quarantine {self.quarantined:,} (dry run)")

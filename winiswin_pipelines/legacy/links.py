@@ -26,11 +26,12 @@ class PartialExit:
     trade_uid: str | None  # the trade the record names, when it names one
 
     @classmethod
-    def from_record(cls, exit_uid: str, symbol: str, exit_time: dt.datetime, record: dict[str, Any] | None) -> PartialExit:
-        record = record or {}
-        named = next((str(record[name]) for name in _ID_FIELDS if record.get(name)), None)
+    def from_origin(cls, exit_uid: str, symbol: str, exit_time: dt.datetime, origin: dict[str, Any] | None) -> PartialExit:
+        """From the exit's `origin`, which keeps the trade id (`trade_id`) and `direction` its record names."""
+        origin = origin or {}
+        named = next((str(origin[name]) for name in _ID_FIELDS if origin.get(name)), None)
         try:
-            side = side_of(record["direction"]) if record.get("direction") else None
+            side = side_of(origin["direction"]) if origin.get("direction") else None
         except RecordError:
             side = None
         return cls(exit_uid, symbol, exit_time, side, legacy_uid(named))

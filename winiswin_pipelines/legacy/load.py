@@ -5,6 +5,11 @@ CONFLICT, in worker threads) the next one is read and normalised, so memory stay
 PostgreSQL refuses is split until the refused rows are isolated; they go to quarantine with the
 database's reason and the run goes on.
 
+Before any row is written, the file itself goes to cold storage (zstd, content-addressed by the
+SHA-256 of its bytes) and is read back identical; `legacy_sources` records it. Rows keep a pointer
+to their record in those bytes, not a copy. Bytes migrated once are recognised by their SHA-256 and
+skipped at once (unless `force`).
+
 Every migration leaves a ledger (the keys of every record: trade uid, partial-exit uid, quarantine
 position) and its report under the state folder; `verify_store` checks them against the tables.
 
@@ -38,8 +43,10 @@ from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import TradeStatus, final_trade_sql, open_trade_sql
 from winiswin_pipelines.errors import describe
 from winiswin_pipelines.factories import cold_store
+from winiswin_pipelines.legacy import sources
 from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.links import LinkSummary, PartialExit, choose_trade
+from winiswin_pipelines.legacy.originals import Fingerprint, fingerprint, keep_original
 from winiswin_pipelines.legacy.pipeline import confidence_scale, iter_outcomes
 from winiswin_pipelines.legacy.readers import count_records
 from winiswin_pipelines.legacy.records import (
@@ -144,21 +151,57 @@ class BatchResult:
 def migrate_store(
     manager: DatabaseManager | None, store: Store, *, naive_timezone: str = "UTC", dry_run: bool = False,
     batch_size: int = BATCH_SIZE, progress: Progress | None = None, cold: ColdStore | None = None,
+    force: bool = False,
 ) -> SourceReport:
     """Migrate one store (or only read and normalise it with `dry_run`); returns its accounting.
 
-    `cold` is the cold store whose archived trades count as stored (default: the environment's)."""
+    `cold` is the cold store that keeps the originals and whose archived trades count as stored
+    (default: the environment's). Bytes already migrated are skipped, unless `force`."""
     started = time.perf_counter()
     report = SourceReport(store.source, store.relpath, store.format.value, naive_timezone, dry_run=dry_run)
+    original = fingerprint(store.path)
+    report.sha256 = original.sha256
+    if not dry_run:
+        cold = cold or cold_store()
+        if not force and (known := _already_migrated(manager, original)):
+            report.skipped, report.cold_uri = known
+            report.seconds = time.perf_counter() - started
+            return report
+        # Before any row is written: the original is in cold storage and reads back identical.
+        copy = keep_original(cold, store.path, original)
+        sources.record_cold_copy(manager, store, copy)
+        report.cold_uri = copy.uri
+    _migrate_records(manager, store, report, original, batch_size, progress, cold)
+    report.seconds = time.perf_counter() - started
+    if not dry_run:
+        sources.record_migrated(manager, original.sha256, report)
+    return report
+
+
+def _already_migrated(manager: DatabaseManager, original: Fingerprint) -> tuple[str, str | None] | None:
+    """(why the store is skipped, its cold copy) when these bytes were migrated already."""
+    known = sources.find(manager, original.sha256)
+    if known is None or known.migrated_at is None:
+        return None
+    why = (f"its bytes (SHA-256 {original.sha256[:12]}…) were migrated from {known.path} "
+           f"at {known.migrated_at:%Y-%m-%d %H:%M:%S} UTC")
+    return why, known.cold_uri
+
+
+def _migrate_records(
+    manager: DatabaseManager | None, store: Store, report: SourceReport, original: Fingerprint, batch_size: int,
+    progress: Progress | None, cold: ColdStore | None,
+) -> None:
+    dry_run = report.dry_run
     scale = confidence_scale(store)
     report.confidence_scale = scale
     ledger = None if dry_run else Ledger.for_store(manager, store)
     previous = ledger.set_previous_aside() if ledger else None
-    archived = None if dry_run else ArchivedKeys.load(manager, cold or cold_store())
+    archived = None if dry_run else ArchivedKeys.load(manager, cold)
     quarantined = QuarantineTrack(set() if dry_run else _quarantine_positions(manager, store.source))
     in_flight: deque[tuple[Future[BatchResult], Sequence[Outcome]]] = deque()
     with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="legacy-writer") as writers:
-        for batch in _batched(iter_outcomes(store, naive_timezone, scale), batch_size):
+        for batch in _batched(iter_outcomes(store, report.naive_timezone, scale, original.sha256), batch_size):
             for outcome in batch:
                 report.add(outcome)
             if progress:
@@ -170,12 +213,10 @@ def migrate_store(
             in_flight.append((writers.submit(write_batch, manager, store.source, batch, archived), batch))
         while in_flight:
             _settle(report, ledger, quarantined, *in_flight.popleft())
-    report.seconds = time.perf_counter() - started
     if ledger:
         _settle_quarantine(manager, store.source, quarantined, report)
         _note_gone_records(manager, previous, ledger, report)
         ledger.close(report)
-    return report
 
 
 def _batched(items: Iterator[Outcome], size: int) -> Iterator[list[Outcome]]:
@@ -274,7 +315,7 @@ def _upsert_quarantine(conn: Connection, source: str, rejected: list[Rejected]) 
 
 def _refused(row: Row, exc: Exception) -> Rejected:
     reason = describe(exc)
-    raw = row.values[_COLUMNS[row.table].index("raw")]
+    raw = row.text if row.text is not None else row.values[_COLUMNS[row.table].index("origin")]
     return Rejected(row.position, f"refused by PostgreSQL: {reason}", safe_text(raw), row.variant, row.size)
 
 
@@ -349,7 +390,7 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
 
 # partial exits and their trades -----------------------------------------------------------------
 
-_UNLINKED_EXITS = text("SELECT exit_uid, symbol, exit_time, raw FROM trade_partial_exits "
+_UNLINKED_EXITS = text("SELECT exit_uid, symbol, exit_time, origin FROM trade_partial_exits "
                        "WHERE trade_uid IS NULL AND source LIKE 'legacy:%' ORDER BY exit_time, exit_uid")
 # Real trades only: the legacy bots closed part of a real position (the +60 % rule), never of a virtual one.
 _HELD_TRADES = text("SELECT trade_uid, side FROM trades WHERE symbol = :symbol AND NOT is_virtual "
@@ -366,8 +407,8 @@ def link_partial_exits(manager: DatabaseManager) -> LinkSummary:
     exit left unlinked is tried again by the next run. Only hot trades can be linked (the foreign key)."""
     summary = LinkSummary(unlinked=[])
     with manager.engine.begin() as conn:
-        for exit_uid, symbol, exit_time, raw in conn.execute(_UNLINKED_EXITS).all():
-            exit_ = PartialExit.from_record(exit_uid, symbol, exit_time, raw if isinstance(raw, dict) else None)
+        for exit_uid, symbol, exit_time, origin in conn.execute(_UNLINKED_EXITS).all():
+            exit_ = PartialExit.from_origin(exit_uid, symbol, exit_time, origin if isinstance(origin, dict) else None)
             named = bool(exit_.trade_uid) and conn.execute(_TRADE_EXISTS, {"uid": exit_.trade_uid}).scalar_one()
             held = [] if exit_.trade_uid else conn.execute(_HELD_TRADES, {"symbol": symbol, "at": exit_time}).all()
             link = choose_trade(exit_, named, [tuple(row) for row in held])
@@ -393,8 +434,12 @@ class Ledger:
 
     @classmethod
     def for_store(cls, manager: DatabaseManager, store: Store) -> Ledger:
+        return cls.for_path(manager, store.path)
+
+    @classmethod
+    def for_path(cls, manager: DatabaseManager, path: Path) -> Ledger:
         url = manager.url
-        identity = f"{url.host}:{url.port}/{url.database}|{store.path.resolve()}"
+        identity = f"{url.host}:{url.port}/{url.database}|{Path(path).resolve()}"
         name = hashlib.sha256(identity.encode()).hexdigest()[:24]
         return cls(settings.state_dir() / "legacy_ledgers" / f"{name}.ledger")
 
@@ -466,10 +511,15 @@ class Verification:
 
 def verify_store(manager: DatabaseManager, store: Store, *, cold: ColdStore | None = None) -> Verification:
     """Prove read = inserted + updated + unchanged + duplicates + quarantined against PostgreSQL and
-    the archived copies in `cold` (default: the environment's cold store)."""
-    ledger = Ledger.for_store(manager, store)
+    the archived copies in `cold` (default: the environment's cold store). A store whose bytes were
+    migrated from another path is verified against that migration. When the check passes,
+    `legacy_sources` records it (`checked_at`) for the bytes the migration read."""
+    ledger, source = Ledger.for_store(manager, store), store.source
     report = ledger.report()
-    result = Verification(store.source, report, count_records(store))
+    if report is None and (elsewhere := sources.find(manager, fingerprint(store.path).sha256)):
+        ledger, source = Ledger.for_path(manager, Path(elsewhere.path)), elsewhere.source
+        report = ledger.report()
+    result = Verification(source, report, count_records(store))
     if report is None:
         result.problems.append(f"{store.relpath} has not been migrated into this database yet (no ledger)")
         return result
@@ -482,13 +532,15 @@ def verify_store(manager: DatabaseManager, store: Store, *, cold: ColdStore | No
     archived = ArchivedKeys.load(manager, cold or cold_store())
     with manager.engine.begin() as conn:
         _load_ledger(conn, ledger, archived)
-        _check_presence(conn, store.source, result)
+        _check_presence(conn, source, result)
     kept = report.gone.get("legacy_quarantine", 0)  # records no longer in the file, left in place
     if result.quarantine_rows != report.quarantined + kept:
         result.problems.append(
-            f"legacy_quarantine holds {result.quarantine_rows:,} rows for {store.source}, the migration quarantined "
+            f"legacy_quarantine holds {result.quarantine_rows:,} rows for {source}, the migration quarantined "
             f"{report.quarantined:,}" + (f" and kept {kept:,} no longer in the file" if kept else "")
         )
+    if result.passed and report.sha256:
+        sources.record_checked(manager, report.sha256)
     return result
 
 

@@ -4,7 +4,8 @@ Conventions (design.md): symbols as Binance spells them (`BTCUSDT`), side LONG/S
 and probabilities on 0..1, `pnl` in USDT, `pnl_pct` as a fraction, every time UTC-aware. Naive
 legacy timestamps are read under an assumed timezone (default UTC) that is recorded in `origin`;
 stores whose writer used UTC (`utcnow()`, SQLite CURRENT_TIMESTAMP) are read as UTC and say so.
-The original record is kept whole in `raw`; `origin` says where it came from.
+No copy of the record is kept: `origin` says where it came from, down to its bytes (the SHA-256 of
+the file, whose copy is in cold storage, and the record's line and byte range, item, key or row).
 """
 
 from __future__ import annotations
@@ -53,12 +54,17 @@ class RecordError(ValueError):
 class Normalizer:
     """Normalises the records of one store (`source`, file `relpath`) under a naive-time assumption."""
 
-    def __init__(self, source: str, relpath: str, naive_timezone: str = "UTC", scale: str | None = None):
+    def __init__(
+        self, source: str, relpath: str, naive_timezone: str = "UTC", scale: str | None = None,
+        sha256: str | None = None,
+    ):
         """`scale`: the store's confidence scale (FRACTION / PERCENT) when it was decided from the
-        store's values; None: the scale documented for each record's writer."""
+        store's values; None: the scale documented for each record's writer. `sha256`: the digest of
+        the store's bytes (named in every origin, with the record's place in them)."""
         self.source = source
         self.relpath = relpath
         self.scale = scale
+        self.sha256 = sha256
         try:
             self.naive_tz = UTC if naive_timezone.upper() == "UTC" else ZoneInfo(naive_timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -85,13 +91,23 @@ class Normalizer:
                 raise RecordError(f"unknown record variant (keys: {', '.join(sorted(record.data)[:12])})")
             # read order: when a store holds a trade twice, its later record wins
             self._seq = record.seq or self._seq + 1
-            origin = {"file": self.relpath, "position": record.position, "variant": variant, "seq": self._seq}
+            origin = self._origin(record, variant)
+            origin["seq"] = self._seq
             if self.scale:
                 origin["confidence_scale"] = f"{self.scale} (decided for the whole store from its values)"
             fields = handler(record.data, origin)
             return self._trade_row(record, variant, fields, origin)
         except RecordError as exc:
             return Rejected(record.position, str(exc), self._raw_text(record), variant, record.size)
+
+    def _origin(self, record: RawRecord, variant: str) -> dict:
+        """Where the record is: file, position, variant, and the pointer into the file's bytes."""
+        origin = {"file": self.relpath, "position": record.position, "variant": variant}
+        if self.sha256:
+            origin["sha256"] = self.sha256
+        if record.pointer:
+            origin.update(record.pointer)
+        return origin
 
     # rows ---------------------------------------------------------------------------------------
 
@@ -109,10 +125,10 @@ class Normalizer:
             exit_time, get("exit_price"), get("quantity"), get("leverage"), get("stop_loss"),
             get("take_profit"), get("pnl"), get("pnl_pct"), get("fees"), get("exit_reason"),
             _strategy(get("strategy")), get("confidence"), get("win_probability"), self.source,
-            self._raw(record), orjson.dumps(origin),
+            orjson.dumps(origin),
         )
         first, last = entry_time or exit_time, exit_time or entry_time
-        return Row(TRADES, uid, values, variant, record.position, first, last, record.size)
+        return Row(TRADES, uid, values, variant, record.position, first, last, record.size, record.raw_json)
 
     def _partial_exit(self, record: RawRecord) -> Row:
         r = record.data
@@ -123,16 +139,26 @@ class Normalizer:
         values = (
             uid, symbol_of(r.get("symbol")), exit_time, price(r, "exit_price"), number(r, "closed_quantity"),
             number(r, "pnl"), number(r, "pnl_pct"),  # pnl_pct of a partial is pnl / risk_amount (a fraction)
-            number(r, "fees"), _text(r.get("reason")), self.source, self._raw(record),
+            number(r, "fees"), _text(r.get("reason")), self.source, orjson.dumps(self._partial_origin(record)),
         )
-        return Row(PARTIAL_EXITS, uid, values, v.PARTIAL_EXIT, record.position, exit_time, exit_time, record.size)
+        return Row(PARTIAL_EXITS, uid, values, v.PARTIAL_EXIT, record.position, exit_time, exit_time, record.size,
+                   record.raw_json)
 
-    def _raw(self, record: RawRecord) -> bytes:
-        # JSON text (bytes): the original line goes to PostgreSQL as it is, never re-serialised.
-        return record.raw_json if record.raw_json is not None else orjson.dumps(record.data)
+    def _partial_origin(self, record: RawRecord) -> dict:
+        """A partial exit's origin also keeps what links it to its trade: the trade id the record
+        names (`trade_id` / `entry_id`) and its direction."""
+        origin = self._origin(record, v.PARTIAL_EXIT)
+        r = record.data
+        named = next((_text(r[name]) for name in ("trade_id", "entry_id") if r.get(name)), None)
+        if named:
+            origin["trade_id"] = named
+        if r.get("direction"):
+            origin["direction"] = _text(r["direction"])
+        return origin
 
     def _raw_text(self, record: RawRecord) -> str:
-        return safe_text(self._raw(record))
+        # A rejected record keeps its text in quarantine: the original bytes when it had JSON text.
+        return safe_text(record.raw_json if record.raw_json is not None else orjson.dumps(record.data))
 
     # variants -----------------------------------------------------------------------------------
 

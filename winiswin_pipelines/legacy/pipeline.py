@@ -20,13 +20,16 @@ SCALED_FIELDS = ("confidence", "win_probability")
 _SCALE_FROM_VALUES = frozenset({StoreFormat.SQLITE, StoreFormat.POSITIONS_CSV})
 
 
-def iter_outcomes(store: Store, naive_timezone: str = "UTC", scale: str | None = DECIDE) -> Iterator[Outcome]:
+def iter_outcomes(
+    store: Store, naive_timezone: str = "UTC", scale: str | None = DECIDE, sha256: str | None = None
+) -> Iterator[Outcome]:
     """Every record of `store`, normalised (`Row`), rejected (`Rejected`) or carried by another (`Merged`).
 
-    `scale`: the store's confidence scale (see `confidence_scale`, which decides it by default)."""
+    `scale`: the store's confidence scale (see `confidence_scale`, which decides it by default);
+    `sha256`: the digest of the store's bytes, which every row's `origin` names with its record's place."""
     if scale == DECIDE:
         scale = confidence_scale(store)
-    normalizer = Normalizer(store.source, store.relpath, naive_timezone, scale)
+    normalizer = Normalizer(store.source, store.relpath, naive_timezone, scale, sha256)
     records: Iterable[RawRecord | Rejected | Merged] = read_records(store)
     if store.format is StoreFormat.POSITIONS_CSV:
         records = pair_position_events(records)
@@ -90,6 +93,7 @@ def pair_position_events(records: Iterable[RawRecord | Rejected]) -> Iterator[Ra
             yield RawRecord(
                 f"{opened.position}+{item.position.removeprefix('line ')}",
                 {"open": opened.data, "close": item.data}, None, item.size, variant="positions-pair", seq=item.seq,
+                pointer=_both(opened, item),
             )
     yield from waiting.values()
 
@@ -115,9 +119,14 @@ def pair_sibling_log(records: Iterable[RawRecord | Rejected]) -> Iterator[RawRec
             yield Merged(opened.position, v.SIBLING_LOG, opened.size)
             yield RawRecord(
                 f"{opened.position}+{item.position.removeprefix('item ')}", {"entry": opened.data, "exit": item.data},
-                None, item.size, variant=v.SIBLING_LOG_PAIR, seq=item.seq,
+                None, item.size, variant=v.SIBLING_LOG_PAIR, seq=item.seq, pointer=_both(opened, item),
             )
     yield from waiting
+
+
+def _both(first: RawRecord, second: RawRecord) -> dict:
+    """The pointer of a record made of two: both records' pointers, in file order."""
+    return {"parts": [first.pointer, second.pointer]}
 
 
 def _numbered(records: Iterable[RawRecord | Rejected]) -> Iterator[RawRecord | Rejected]:

@@ -19,7 +19,7 @@ import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -103,7 +103,10 @@ def _read_jsonl_gz(path: Path) -> Iterator[RawRecord | Rejected]:
 
 
 def _read_jsonl(lines: Iterable[bytes]) -> Iterator[RawRecord | Rejected]:
+    offset = 0
     for number, line in enumerate(lines, 1):
+        pointer = {"line": number, "offset": offset, "length": len(line.removesuffix(b"\n"))}
+        offset += len(line)
         body = line.strip()
         flags: tuple[str, ...] = ()
         if body.startswith(BOM):
@@ -111,10 +114,12 @@ def _read_jsonl(lines: Iterable[bytes]) -> Iterator[RawRecord | Rejected]:
         if not body:
             yield Rejected(f"line {number}", "empty line", safe_text(line), size=len(line))
             continue
-        yield _parse_json(f"line {number}", body, flags, len(line))
+        yield _parse_json(f"line {number}", body, flags, len(line), pointer)
 
 
-def _parse_json(position: str, body: bytes, flags: tuple[str, ...], size: int) -> RawRecord | Rejected:
+def _parse_json(
+    position: str, body: bytes, flags: tuple[str, ...], size: int, pointer: dict[str, int]
+) -> RawRecord | Rejected:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -123,7 +128,7 @@ def _parse_json(position: str, body: bytes, flags: tuple[str, ...], size: int) -
         return Rejected(position, f"not a JSON object but {_json_type(data)}", safe_text(body), size=size)
     if b"\\u0000" in body:
         return Rejected(position, "contains a \\u0000 character, which PostgreSQL cannot store", safe_text(body), size=size)
-    return RawRecord(position, data, body, size, flags)
+    return RawRecord(position, data, body, size, flags, pointer=pointer)
 
 
 def json_error_reason(body: bytes | str, exc: Exception) -> str:
@@ -155,7 +160,7 @@ def _read_json_array(path: Path) -> Iterator[RawRecord | Rejected]:
         yield Rejected("file", f"expected a JSON array, found {_json_type(items)}", safe_text(content))
         return
     for index, item in enumerate(items):
-        yield _document_item(f"item {index}", item)
+        yield _document_item(f"item {index}", item, {"item": index})
 
 
 def _salvage_json_array(text: str) -> Iterator[RawRecord | Rejected]:
@@ -170,7 +175,7 @@ def _salvage_json_array(text: str) -> Iterator[RawRecord | Rejected]:
             return
         chunk = text[pos:end]
         try:
-            yield _document_item(f"item {index}", orjson.loads(chunk))
+            yield _document_item(f"item {index}", orjson.loads(chunk), {"item": index})
         except orjson.JSONDecodeError as exc:
             yield Rejected(f"item {index}", json_error_reason(chunk, exc), safe_text(chunk))
         pos, index = _skip(text, end), index + 1
@@ -193,7 +198,7 @@ def _read_json_object(path: Path) -> Iterator[RawRecord | Rejected]:
         yield Rejected("file", f"expected a JSON object, found {_json_type(document)}", safe_text(content))
         return
     for key, item in document.items():
-        yield _document_item(_key_position(key), item)
+        yield _document_item(_key_position(key), item, {"key": key})
 
 
 def _key_position(key: str) -> str:
@@ -203,13 +208,13 @@ def _key_position(key: str) -> str:
     return f"key sha1:{hashlib.sha1(key.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
-def _document_item(position: str, item: object) -> RawRecord | Rejected:
+def _document_item(position: str, item: object, pointer: dict[str, Any]) -> RawRecord | Rejected:
     raw = orjson.dumps(item)
     if not isinstance(item, dict):
         return Rejected(position, f"not a JSON object but {_json_type(item)}", safe_text(raw))
     if b"\\u0000" in raw:
         return Rejected(position, "contains a \\u0000 character, which PostgreSQL cannot store", safe_text(raw))
-    return RawRecord(position, item, raw)
+    return RawRecord(position, item, raw, pointer=pointer)
 
 
 # SQLite -----------------------------------------------------------------------------------------
@@ -252,7 +257,8 @@ def _read_sqlite_table(conn: sqlite3.Connection, table: str, path: Path) -> Iter
         for values in cursor:
             row = {name: _sqlite_value(v) for name, v in zip(names, values, strict=True)}
             last_id = row.pop("_rowid")
-            yield RawRecord(f"{table} row {last_id}", row, orjson.dumps(row), variant=variant)
+            yield RawRecord(f"{table} row {last_id}", row, orjson.dumps(row), variant=variant,
+                            pointer={"table": table, "row": last_id})
     except sqlite3.DatabaseError as exc:
         where = f"{table} after row {last_id}" if last_id is not None else table
         yield Rejected(where, f"corrupt SQLite table {table}: {exc}", _file_text(path))
@@ -279,9 +285,12 @@ def _file_text(path: Path) -> str:
 
 def _read_positions_csv(path: Path) -> Iterator[RawRecord | Rejected]:
     header = POSITIONS_COLUMNS
+    offset = 0
     with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
             position = f"line {number}"
+            pointer = {"line": number, "offset": offset, "length": len(line.removesuffix(b"\n"))}
+            offset += len(line)
             try:
                 text = line.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
             except UnicodeDecodeError as bad:
@@ -294,10 +303,12 @@ def _read_positions_csv(path: Path) -> Iterator[RawRecord | Rejected]:
             if number == 1 and fields[0].strip() == "event":
                 header = tuple(f.strip() for f in fields)
                 continue
-            yield _positions_row(position, fields, header, text, len(line))
+            yield _positions_row(position, fields, header, text, len(line), pointer)
 
 
-def _positions_row(position: str, fields: list[str], header: tuple[str, ...], text: str, size: int):
+def _positions_row(
+    position: str, fields: list[str], header: tuple[str, ...], text: str, size: int, pointer: dict[str, int]
+) -> RawRecord | Rejected:
     layout = next((cols for cols in (header, POSITIONS_COLUMNS, POSITIONS_OPEN_COLUMNS) if len(cols) == len(fields)), None)
     if layout is None:
         return Rejected(
@@ -310,7 +321,7 @@ def _positions_row(position: str, fields: list[str], header: tuple[str, ...], te
     event = row.get("event", "").strip().upper()
     if event not in ("OPEN", "CLOSE"):
         return Rejected(position, f"unknown event {row.get('event', '')[:40]!r} (expected OPEN or CLOSE)", text, size=size)
-    return RawRecord(position, row, None, size, variant=f"positions-{event.lower()}")
+    return RawRecord(position, row, None, size, variant=f"positions-{event.lower()}", pointer=pointer)
 
 
 # unrecognised content ---------------------------------------------------------------------------

@@ -6,15 +6,16 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-# Columns written to `trades` (features stay NULL: the original record is kept whole in `raw`).
+# Columns written to `trades` (features stay NULL). No copy of the record: `origin` points to its
+# bytes in the original file, which is kept in cold storage (see `originals`).
 TRADE_COLUMNS: tuple[str, ...] = (
     "trade_uid", "symbol", "side", "status", "is_virtual", "entry_time", "entry_price", "exit_time",
     "exit_price", "quantity", "leverage", "stop_loss", "take_profit", "pnl", "pnl_pct", "fees",
-    "exit_reason", "strategy", "confidence", "win_probability", "source", "raw", "origin",
+    "exit_reason", "strategy", "confidence", "win_probability", "source", "origin",
 )
 PARTIAL_EXIT_COLUMNS: tuple[str, ...] = (
     "exit_uid", "symbol", "exit_time", "exit_price", "quantity", "pnl", "pnl_pct", "fees", "reason",
-    "source", "raw",
+    "source", "origin",
 )
 QUARANTINE_COLUMNS: tuple[str, ...] = ("source", "position", "reason", "raw_text", "variant")
 
@@ -37,6 +38,7 @@ class RawRecord:
     flags: tuple[str, ...] = ()
     variant: str | None = None  # set by readers that know it from the structure (SQLite table, CSV event)
     seq: int = 0  # its place in the store's read order, set where pairing emits records out of order
+    pointer: dict[str, Any] | None = None  # where its bytes are in the file (line/offset/length, item, key, row)
 
 
 @dataclass(slots=True)
@@ -62,6 +64,7 @@ class Row:
     first_time: dt.datetime | None
     last_time: dt.datetime | None
     size: int = 0
+    text: bytes | None = None  # the record's JSON text, for quarantine should PostgreSQL refuse the row
 
 
 @dataclass(slots=True)
