@@ -1,9 +1,10 @@
 """Legacy migration benchmark: a generated 1,000,000-record `trades.jsonl` end to end.
 
-Read, normalise, bulk upsert (COPY + one INSERT ... ON CONFLICT per batch) and verify against
-PostgreSQL, timed as one; then, in the same run, a naive row-by-row ORM insert (one session.add +
-commit per record) of a sample of the same records, extrapolated. Targets: >= 100,000 records/s,
-peak memory < 1 GB, >= 20x the naive insert.
+Keep the original in cold storage (SHA-256, zstd, read back), read, normalise, write (a bare COPY
+for batches of new keys, else COPY + one INSERT ... ON CONFLICT) and verify against PostgreSQL,
+timed as one; then, in the same run, a naive row-by-row ORM insert (one session.add + commit per
+record) of a sample of the same records, and the floor: a bare COPY of the same normalised rows.
+Targets: >= 100,000 records/s, peak memory < 1 GB, >= 20x the naive insert.
 
     .venv/bin/python benchmarks/bench_legacy_migration.py [--records 1000000] [--naive-sample 2000]
 
@@ -82,7 +83,7 @@ def naive_orm_rate(manager: DatabaseManager, store: Store, sample: int) -> float
         for row in rows:
             values = dict(zip(TRADE_COLUMNS, row.values, strict=True))
             values["trade_uid"] = "naive:" + values["trade_uid"]
-            values["raw"], values["origin"] = orjson.loads(values["raw"]), orjson.loads(values["origin"])
+            values["origin"] = orjson.loads(values["origin"])
             session.add(Trade(**values))
             session.commit()
     return len(rows) / (time.perf_counter() - started)
@@ -142,9 +143,12 @@ def main() -> None:
     per_record = 1e6 / report.read
     print(report.summary_line())
     print(f"verification: {'passed' if verification.passed else 'FAILED: ' + '; '.join(verification.problems)}")
-    print(f"end to end (read, normalise, upsert, verify): {elapsed:.1f} s "
-          f"(migrate {migrated_at - started:.1f} s, verify {elapsed - (migrated_at - started):.1f} s)")
+    print(f"end to end (cold copy, read, normalise, write, verify): {elapsed:.1f} s (cold copy of the original "
+          f"{report.cold_seconds:.1f} s, migrate {migrated_at - started - report.cold_seconds:.1f} s, "
+          f"verify {elapsed - (migrated_at - started):.1f} s)")
     print(f"records/s:            {rate:>12,.0f}   target >= 100,000  {'OK' if rate >= 100_000 else 'MISSED'}")
+    rows_rate = report.read / (elapsed - report.cold_seconds)
+    print(f"  without the one-time cold copy (read, normalise, write, verify): {rows_rate:,.0f} records/s")
     print(f"  of which read + normalise alone (dry run): {python_only.read / python_only.seconds:,.0f} records/s")
     print(f"naive ORM records/s:  {naive:>12,.0f}   (sample of {args.naive_sample:,}, one commit per record)")
     print(f"ratio vs naive:       {rate / naive:>12,.1f}x  target >= 20x     {'OK' if rate / naive >= 20 else 'MISSED'}")
@@ -154,7 +158,21 @@ def main() -> None:
           f"{own_cpu * per_record:.1f} µs and the rest (PostgreSQL when local) {(machine_cpu - own_cpu) * per_record:.1f} µs;"
           f" {cores} cores fully busy would give at most {cores * report.read / machine_cpu:,.0f} records/s")
     print(f"PostgreSQL floor: bare COPY of {args.floor_sample:,} of the same rows straight into trades "
-          f"(2 connections, no staging, no upsert): {floor:,.0f} rows/s = {floor / 100_000:.2f}x the target")
+          f"(2 connections, no staging, no upsert): {floor:,.0f} rows/s = {floor / 100_000:.2f}x the target; "
+          f"end to end is {rate / floor:.2f}x the floor")
+    if rate < 100_000:
+        print(DESIGN_NOTE)
+
+
+DESIGN_NOTE = """\
+Target missed on this machine. What would reach it: (1) parse and normalise vectorised, per 16 MB
+block of lines, with pyarrow's JSON reader and pyarrow.compute (the per-record Python normaliser
+costs ~30-45 µs a record, i.e. at most ~25-35k records/s per core), falling back to the per-record
+path only for a block with anything unusual; (2) write Arrow blocks to PostgreSQL without Python
+objects per value (CSV via pyarrow.csv.write_csv into COPY ... (FORMAT csv)); (3) load a first
+migration into trades before its secondary indexes are built (drop/CREATE INDEX after: the floor
+above pays six index insertions and a JSONB parse per row); (4) keep the cold copy, which is
+bounded by SHA-256 + zstd at ~3-7 s/GB, on its own core, overlapped with parsing."""
 
 
 if __name__ == "__main__":

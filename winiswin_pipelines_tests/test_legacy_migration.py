@@ -327,3 +327,16 @@ def test_records_gone_from_a_changed_file_are_reported_and_left_in_place(db, leg
     store.path.write_bytes(store.path.read_bytes() + gone_trade + b"\n")  # it came back
     back = migrate_store(db, store)
     assert back.gone == {"legacy_quarantine": 1} and verify_store(db, store).passed
+
+
+def test_a_batch_of_new_keys_is_copied_in_and_falls_back_to_the_upsert_when_a_key_is_stored(db, legacy):
+    root, _ = legacy
+    store = store_for(root, "data/trades.jsonl")
+    batch = list(iter_outcomes(store))
+    keys = {o.key for o in batch if isinstance(o, Row)}
+    first = write_batch(db, store.source, batch, fresh=True)  # a bare COPY: the D record twice counts once
+    assert (first.rows.inserted, first.rows.duplicates, first.rows.unchanged) == (len(keys), 1, 0)
+    assert scalar(db, "SELECT count(*) FROM trades WHERE source = :s", s=store.source) == len(keys)
+    again = write_batch(db, store.source, batch, fresh=True)  # its keys are stored now: the COPY fails, upsert
+    assert (again.rows.inserted, again.rows.updated, again.rows.unchanged) == (0, 0, len(keys))
+    assert scalar(db, "SELECT count(*) FROM legacy_quarantine") == 10

@@ -66,6 +66,7 @@ class SourceReport:
     sha256: str | None = None  # of the file's bytes, as migrated
     cold_uri: str | None = None  # their copy in cold storage
     skipped: str | None = None  # why nothing was read: these bytes were migrated already
+    cold_seconds: float = 0.0  # of `seconds`: fingerprinting the file and keeping its cold copy
     variants: dict[str, VariantStats] = field(default_factory=dict)
 
     def add(self, outcome: Outcome) -> None:

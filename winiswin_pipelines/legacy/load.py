@@ -38,7 +38,7 @@ from sqlalchemy import Connection, text
 from winiswin_pipelines import settings
 from winiswin_pipelines.archive import read_archived
 from winiswin_pipelines.coldstore import ColdStore
-from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_upsert
+from winiswin_pipelines.db.bulk import EMPTY_RESULT, UpsertResult, copy_rows, copy_upsert
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import TradeStatus, final_trade_sql, open_trade_sql
 from winiswin_pipelines.errors import describe
@@ -171,6 +171,7 @@ def migrate_store(
         copy = keep_original(cold, store.path, original)
         sources.record_cold_copy(manager, store, copy)
         report.cold_uri = copy.uri
+        report.cold_seconds = time.perf_counter() - started
     _migrate_records(manager, store, report, original, batch_size, progress, cold)
     report.seconds = time.perf_counter() - started
     if not dry_run:
@@ -198,6 +199,7 @@ def _migrate_records(
     ledger = None if dry_run else Ledger.for_store(manager, store)
     previous = ledger.set_previous_aside() if ledger else None
     archived = None if dry_run else ArchivedKeys.load(manager, cold)
+    known = None if dry_run else KnownKeys.load(manager, archived)
     quarantined = QuarantineTrack(set() if dry_run else _quarantine_positions(manager, store.source))
     in_flight: deque[tuple[Future[BatchResult], Sequence[Outcome]]] = deque()
     with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="legacy-writer") as writers:
@@ -210,7 +212,8 @@ def _migrate_records(
                 continue
             if len(in_flight) == WRITERS:
                 _settle(report, ledger, quarantined, *in_flight.popleft())
-            in_flight.append((writers.submit(write_batch, manager, store.source, batch, archived), batch))
+            fresh = known.all_new(batch)
+            in_flight.append((writers.submit(write_batch, manager, store.source, batch, archived, fresh), batch))
         while in_flight:
             _settle(report, ledger, quarantined, *in_flight.popleft())
     if ledger:
@@ -260,13 +263,49 @@ def _settle(
     ledger.write(batch, refused)
 
 
+class KnownKeys:
+    """Hashes of the legacy keys stored in either tier, and of those this run has sent: a batch none
+    of whose keys is among them (a first migration into empty tables) is inserted by a bare COPY,
+    without the staging table and the upsert. A hash collision only costs the upsert."""
+
+    def __init__(self, hashes: set[int]):
+        self._hashes = hashes
+
+    @classmethod
+    def load(cls, manager: DatabaseManager, archived: ArchivedKeys) -> KnownKeys:
+        hashes = {hash(key) for key in archived.trades} | {hash(key) for key in archived.partial_exits}
+        with manager.engine.connect() as conn:
+            for statement in _LEGACY_KEYS:
+                hashes.update(hash(key) for key in conn.execute(statement).scalars())
+        return cls(hashes)
+
+    def all_new(self, batch: Sequence[Outcome]) -> bool:
+        """Whether no key of `batch` is known yet; the batch's keys are known from now on."""
+        keys = [hash(o.key) for o in batch if type(o) is Row]
+        fresh = self._hashes.isdisjoint(keys)
+        self._hashes.update(keys)
+        return fresh
+
+
+# Legacy uids all start with `legacy:`; other writers' keys cannot meet them.
+_LEGACY_KEYS = (text("SELECT trade_uid FROM trades WHERE trade_uid LIKE 'legacy:%'"),
+                text("SELECT exit_uid FROM trade_partial_exits WHERE exit_uid LIKE 'legacy:%'"))
+
+
 def write_batch(
-    manager: DatabaseManager, source: str, batch: Sequence[Outcome], archived: ArchivedKeys | None = None
+    manager: DatabaseManager, source: str, batch: Sequence[Outcome], archived: ArchivedKeys | None = None,
+    fresh: bool = False,
 ) -> BatchResult:
     """Upsert one batch in one transaction; isolate rows PostgreSQL refuses (they go to quarantine).
 
     Rows whose archived copy stays as it is are not written: they count as unchanged (the first of
-    a key in the batch) or duplicates, as they would against a hot row."""
+    a key in the batch) or duplicates, as they would against a hot row. A `fresh` batch (no key of
+    it stored) is COPYed straight in; should a key have arrived meanwhile, it is upserted after all."""
+    if fresh:
+        try:
+            return _insert_fresh(manager, source, batch)
+        except _REFUSALS:
+            pass  # a key stored meanwhile, or a row refused: the upsert below settles them one by one
     rows, settled = [], []
     for row in (o for o in batch if type(o) is Row):
         (settled if archived is not None and archived.settled(row) else rows).append(row)
@@ -274,6 +313,22 @@ def write_batch(
     keys = len({(row.table, row.key) for row in settled})
     kept = UpsertResult(len(settled), 0, 0, keys, len(settled) - keys)
     return _write(manager, source, rows, rejected) + BatchResult(kept)
+
+
+def _insert_fresh(manager: DatabaseManager, source: str, batch: Sequence[Outcome]) -> BatchResult:
+    """One COPY per table of the batch's rows (the last of a key wins, as in the upsert)."""
+    latest: dict[tuple[str, str], Row] = {}
+    rows = [o for o in batch if type(o) is Row]
+    for row in rows:
+        latest.pop((row.table, row.key), None)  # re-inserted last: keeps the read order of the winners
+        latest[(row.table, row.key)] = row
+    with manager.engine.begin() as conn:
+        conn.execute(text("SET LOCAL synchronous_commit = off"))
+        for table, columns in _COLUMNS.items():
+            copy_rows(conn, table, columns, (r.values for r in latest.values() if r.table == table))
+        _upsert_quarantine(conn, source, [o for o in batch if type(o) is Rejected])
+    inserted = len(latest)
+    return BatchResult(UpsertResult(len(rows), inserted, 0, 0, len(rows) - inserted))
 
 
 def _write(manager: DatabaseManager, source: str, rows: list[Row], rejected: list[Rejected]) -> BatchResult:
