@@ -225,10 +225,16 @@ OPEN_ORDER_STATUSES = ("NEW", "PARTIALLY_FILLED")
 class _Position:
     amount: float = 0.0  # signed: > 0 long, < 0 short (one-way mode)
     entry_price: float = 0.0
+    update_time: int = 0
 
-    def apply(self, signed_qty: float, price: float) -> None:
-        """A fill of `signed_qty` (BUY > 0) at `price`: average in when it adds, keep the entry when it reduces."""
+    def apply(self, signed_qty: float, price: float) -> float:
+        """A fill of `signed_qty` (BUY > 0) at `price`: average in when it adds, keep the entry when it
+        reduces. Returns the realised PnL of the part it closed."""
         new = self.amount + signed_qty
+        realised = 0.0
+        if self.amount != 0 and (self.amount > 0) != (signed_qty > 0):
+            closed = min(abs(signed_qty), abs(self.amount))
+            realised = closed * (price - self.entry_price) * (1 if self.amount > 0 else -1)
         if self.amount == 0 or (self.amount > 0) == (signed_qty > 0):
             self.entry_price = (self.entry_price * abs(self.amount) + price * abs(signed_qty)) / abs(new)
         elif abs(new) < 1e-12:
@@ -236,6 +242,7 @@ class _Position:
         elif (new > 0) != (self.amount > 0):
             self.entry_price = price  # flipped
         self.amount = 0.0 if abs(new) < 1e-12 else round(new, 9)
+        return realised
 
 
 class _Account:
@@ -255,6 +262,14 @@ class _Account:
         self.positions: dict[str, _Position] = {}
         self.marks: dict[str, float] = {}
         self.reject_next: dict[str, tuple[int, str]] = {}
+        self.wallet = 10_000.0  # USDT
+        self.taker_rate = 0.0005  # Binance's regular tier
+        self.trades: list[dict[str, Any]] = []  # every fill, as /fapi/v1/userTrades lists them
+        self.leverage: dict[str, int] = {}  # symbol -> leverage (Binance's default: 20)
+        self.margin_type: dict[str, str] = {}  # symbol -> ISOLATED / CROSSED (default CROSSED)
+        self.dual_side = False  # hedge mode
+        self.multi_assets = False
+        self.emit = lambda event: None  # a user-data stream event (set by the server)
         self.fill_after_queries = 0
         self.drop_next_reply = False
         self._pending_fills: dict[int, int] = {}  # order id -> queries left before it fills
@@ -305,6 +320,7 @@ class _Account:
                  "positionSide": "BOTH", "workingType": "CONTRACT_PRICE", "origType": order_type,
                  "time": now_ms, "updateTime": now_ms, "_quantity": quantity}
         self.orders[order["orderId"]] = order
+        self._order_event(order, now_ms)
         if order_type == "MARKET":
             if self.fill_after_queries:
                 self._pending_fills[order["orderId"]] = self.fill_after_queries
@@ -312,13 +328,153 @@ class _Account:
                 self._fill(order, now_ms)
         return order
 
-    def _fill(self, order: dict[str, Any], now_ms: int, price: float | None = None) -> None:
-        symbol, side, quantity = order["symbol"], order["side"], order["_quantity"]
+    def _fill(self, order: dict[str, Any], now_ms: int, price: float | None = None,
+              quantity: float | None = None) -> None:
+        """Fill `quantity` (default: what is left) of `order` at `price` (default: the mark, else the market)."""
+        symbol, side = order["symbol"], order["side"]
+        done = float(order["executedQty"])
+        quantity = round(order["_quantity"] - done if quantity is None else quantity, 9)
         price = price if price is not None else self.marks.get(symbol) or self.price_of(symbol, side)
-        self.position(symbol).apply(quantity if side == "BUY" else -quantity, price)
-        order.update(status="FILLED", avgPrice=f"{price:.5f}", executedQty=f"{quantity:.3f}",
-                     cumQuote=f"{price * quantity:.5f}", updateTime=now_ms)
-        self._pending_fills.pop(order["orderId"], None)
+        position = self.position(symbol)
+        realised = position.apply(quantity if side == "BUY" else -quantity, price)
+        position.update_time = now_ms
+        commission = price * quantity * self.taker_rate
+        self.wallet += realised - commission
+        executed = round(done + quantity, 9)
+        average = (float(order["avgPrice"]) * done + price * quantity) / executed
+        order.update(status="FILLED" if executed >= order["_quantity"] - 1e-12 else "PARTIALLY_FILLED",
+                     avgPrice=f"{average:.5f}", executedQty=f"{executed:.3f}", cumQuote=f"{average * executed:.5f}",
+                     updateTime=now_ms)
+        trade = {"symbol": symbol, "id": self._new_id(), "orderId": order["orderId"], "side": side,
+                 "price": f"{price:.5f}", "qty": f"{quantity:.3f}", "realizedPnl": f"{realised:.8f}",
+                 "quoteQty": f"{price * quantity:.5f}", "commission": f"{commission:.8f}", "commissionAsset": "USDT",
+                 "time": now_ms, "positionSide": "BOTH", "buyer": side == "BUY", "maker": False}
+        self.trades.append(trade)
+        if order["status"] == "FILLED":
+            self._pending_fills.pop(order["orderId"], None)
+        self._order_event(order, now_ms, trade)
+        self._account_event("ORDER", now_ms, [symbol])
+
+    # -- user-data stream events (pushed to the listenKey's websocket) ---------------------------------
+
+    def _order_event(self, order: dict[str, Any], now_ms: int, trade: dict[str, Any] | None = None) -> None:
+        liquidation = order.get("_liquidation", False)
+        execution = ("CALCULATED" if liquidation else "TRADE") if trade else order["status"]
+        self.emit({"e": "ORDER_TRADE_UPDATE", "E": now_ms, "T": now_ms, "o": {
+            "s": order["symbol"], "c": order["clientOrderId"], "S": order["side"],
+            "o": "LIQUIDATION" if liquidation else order["type"], "f": order["timeInForce"], "q": order["origQty"],
+            "p": order["price"], "ap": order["avgPrice"], "sp": "0", "x": execution, "X": order["status"],
+            "i": order["orderId"], "l": trade["qty"] if trade else "0", "z": order["executedQty"],
+            "L": trade["price"] if trade else "0", "N": "USDT", "n": trade["commission"] if trade else "0",
+            "T": now_ms, "t": trade["id"] if trade else 0, "b": "0", "a": "0", "m": False, "R": order["reduceOnly"],
+            "wt": order["workingType"], "ot": order["origType"], "ps": "BOTH", "cp": order["closePosition"],
+            "rp": trade["realizedPnl"] if trade else "0", "pP": False, "si": 0, "ss": 0, "V": "NONE", "pm": "NONE",
+            "gtd": 0}})
+
+    def _account_event(self, reason: str, now_ms: int, symbols: Sequence[str], change: float = 0.0) -> None:
+        positions = []
+        for symbol in symbols:
+            position = self.position(symbol)
+            mark = self.mark(symbol) if position.amount else 0.0
+            positions.append({"s": symbol, "pa": f"{position.amount:.3f}", "ep": f"{position.entry_price:.5f}",
+                              "bep": "0", "cr": "0", "up": f"{(mark - position.entry_price) * position.amount:.8f}",
+                              "mt": self.margin_type.get(symbol, "CROSSED").lower().replace("crossed", "cross"),
+                              "iw": "0", "ps": "BOTH"})
+        self.emit({"e": "ACCOUNT_UPDATE", "E": now_ms, "T": now_ms, "a": {
+            "m": reason, "B": [{"a": "USDT", "wb": f"{self.wallet:.8f}", "cw": f"{self.wallet:.8f}",
+                                "bc": f"{change:.8f}"}], "P": positions}})
+
+    def _algo_event(self, order: dict[str, Any], now_ms: int) -> None:
+        self.emit({"e": "ALGO_UPDATE", "T": now_ms, "E": now_ms, "o": {
+            "caid": order["clientAlgoId"], "aid": order["algoId"], "at": order["algoType"], "o": order["orderType"],
+            "s": order["symbol"], "S": order["side"], "ps": "BOTH", "f": order["timeInForce"], "q": order["quantity"],
+            "X": order["algoStatus"], "ai": order["actualOrderId"], "ap": order["actualPrice"],
+            "aq": order.get("_executed", "0"), "act": "MARKET" if order["actualOrderId"] else "0",
+            "tp": order["triggerPrice"], "p": order["price"], "V": "NONE", "wt": order["workingType"], "pm": "NONE",
+            "cp": order["closePosition"], "pP": False, "R": order["reduceOnly"], "tt": order["triggerTime"],
+            "gtd": 0, "rm": ""}})
+
+    def charge_funding(self, symbol: str, amount: float, now_ms: int) -> None:
+        """A funding fee of `amount` USDT (negative: paid) on `symbol`'s position (isolated: with its P)."""
+        self.wallet += amount
+        isolated = self.margin_type.get(symbol) == "ISOLATED"
+        self._account_event("FUNDING_FEE", now_ms, [symbol] if isolated else [], change=amount)
+
+    def liquidate(self, symbol: str, price: float, now_ms: int) -> dict[str, Any]:
+        """The exchange liquidates `symbol`'s whole position at `price` (an `autoclose-` order)."""
+        position = self.position(symbol)
+        side = "SELL" if position.amount > 0 else "BUY"
+        quantity = abs(position.amount)
+        order = {"orderId": self._new_id(), "symbol": symbol, "status": "NEW", "clientOrderId": f"autoclose-{now_ms}",
+                 "price": f"{price:.5f}", "avgPrice": "0.00000", "origQty": f"{quantity:.3f}", "executedQty": "0",
+                 "cumQuote": "0", "timeInForce": "IOC", "type": "LIMIT", "reduceOnly": False, "closePosition": False,
+                 "side": side, "positionSide": "BOTH", "workingType": "CONTRACT_PRICE", "origType": "LIMIT",
+                 "time": now_ms, "updateTime": now_ms, "_quantity": quantity, "_liquidation": True}
+        self.orders[order["orderId"]] = order
+        self._fill(order, now_ms, price)
+        for algo in self.open_algo_orders({"symbol": symbol}):  # nothing left to protect: the system cancels them
+            algo.update(algoStatus="EXPIRED", updateTime=now_ms)
+            self._algo_event(algo, now_ms)
+        return order
+
+    def user_trades(self, params: dict[str, str], now_ms: int = 0) -> list[dict[str, Any]]:
+        limit = int(params.get("limit", 500))
+        if not 1 <= limit <= 1000:
+            raise _Refused(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        start, end = int(params.get("startTime", 0)), int(params.get("endTime", 2**63))
+        rows = [t for t in self.trades if t["symbol"] == params["symbol"] and start <= t["time"] <= end
+                and str(t["orderId"]) == params.get("orderId", str(t["orderId"]))
+                and t["id"] >= int(params.get("fromId", 0))]
+        return rows[:limit] if "startTime" in params or "fromId" in params else rows[-limit:]
+
+    def force_orders(self, params: dict[str, str], now_ms: int = 0) -> list[dict[str, Any]]:
+        if params.get("autoCloseType", "LIQUIDATION") != "LIQUIDATION":
+            return []  # ADL is not simulated
+        start, end = int(params.get("startTime", 0)), int(params.get("endTime", 2**63))
+        rows = [o for o in self.orders.values() if o.get("_liquidation") and params.get("symbol") in (None, o["symbol"])
+                and start <= o["time"] <= end]
+        return rows[-int(params.get("limit", 50)):]
+
+    def open_orders(self, params: dict[str, str], now_ms: int = 0) -> list[dict[str, Any]]:
+        return [o for o in self.orders.values()
+                if o["status"] in OPEN_ORDER_STATUSES and params.get("symbol") in (None, o["symbol"])]
+
+    def balance(self, params: dict[str, str], now_ms: int = 0) -> list[dict[str, Any]]:
+        unrealised = sum((self.mark(s) - p.entry_price) * p.amount for s, p in self.positions.items() if p.amount)
+        margin = sum(abs(p.amount) * p.entry_price / self.leverage.get(s, 20) for s, p in self.positions.items())
+        available = self.wallet + unrealised - margin
+        return [{"accountAlias": "SgsR", "asset": "USDT", "balance": f"{self.wallet:.8f}",
+                 "crossWalletBalance": f"{self.wallet:.8f}", "crossUnPnl": f"{unrealised:.8f}",
+                 "availableBalance": f"{available:.8f}", "maxWithdrawAmount": f"{max(available, 0):.8f}",
+                 "marginAvailable": True, "updateTime": now_ms}]
+
+    def set_leverage(self, params: dict[str, str], now_ms: int = 0) -> dict[str, Any]:
+        leverage = int(params["leverage"])
+        if not 1 <= leverage <= 125:
+            raise _Refused(400, -4028, f"Leverage {leverage} is not valid")
+        self.leverage[params["symbol"]] = leverage
+        return {"leverage": leverage, "maxNotionalValue": "1000000", "symbol": params["symbol"]}
+
+    def set_margin_type(self, params: dict[str, str], now_ms: int = 0) -> dict[str, Any]:
+        wanted = params["marginType"]
+        if wanted not in ("ISOLATED", "CROSSED"):
+            raise _Refused(400, -1116, "Invalid marginType.")
+        if self.margin_type.get(params["symbol"], "CROSSED") == wanted:
+            raise _Refused(400, -4046, "No need to change margin type.")
+        if self.position(params["symbol"]).amount or self.open_orders({"symbol": params["symbol"]}):
+            raise _Refused(400, -4048, "Margin type cannot be changed if there exists position.")
+        self.margin_type[params["symbol"]] = wanted
+        return {"code": 200, "msg": "success"}
+
+    def position_mode(self, params: dict[str, str], now_ms: int = 0) -> dict[str, Any]:
+        return {"dualSidePosition": self.dual_side}
+
+    def multi_assets_mode(self, params: dict[str, str], now_ms: int = 0) -> dict[str, Any]:
+        return {"multiAssetsMargin": self.multi_assets}
+
+    def commission_rate(self, params: dict[str, str], now_ms: int = 0) -> dict[str, Any]:
+        return {"symbol": params["symbol"], "makerCommissionRate": "0.000200",
+                "takerCommissionRate": f"{self.taker_rate:.6f}"}
 
     def find_order(self, params: dict[str, str], now_ms: int) -> dict[str, Any]:
         order = None
@@ -347,6 +503,7 @@ class _Account:
             raise _Refused(400, -2011, "Unknown order sent.")
         self._pending_fills.pop(order["orderId"], None)
         order.update(status="CANCELED", updateTime=now_ms)
+        self._order_event(order, now_ms)
         return order
 
     # -- algo orders -------------------------------------------------------------------------------
@@ -383,6 +540,7 @@ class _Account:
                  "reduceOnly": params.get("reduceOnly") == "true", "createTime": now_ms, "updateTime": now_ms,
                  "triggerTime": 0, "goodTillDate": 0}
         self.algo_orders[order["algoId"]] = order
+        self._algo_event(order, now_ms)
         return order
 
     def find_algo_order(self, params: dict[str, str], now_ms: int = 0) -> dict[str, Any]:
@@ -402,6 +560,7 @@ class _Account:
         if order["algoStatus"] != "NEW":
             raise _Refused(400, -2011, "Unknown order sent.")
         order.update(algoStatus="CANCELED", updateTime=now_ms)
+        self._algo_event(order, now_ms)
         return {"algoId": order["algoId"], "clientAlgoId": order["clientAlgoId"], "code": "200", "msg": "success"}
 
     def open_algo_orders(self, params: dict[str, str], now_ms: int = 0) -> list[dict[str, Any]]:
@@ -431,7 +590,10 @@ class _Account:
         order.update(triggerTime=now_ms, updateTime=now_ms)
         if not closing:  # nothing left to reduce: the system cancels it
             order["algoStatus"] = "EXPIRED"
+            self._algo_event(order, now_ms)
             return order
+        order.update(algoStatus="TRIGGERED")
+        self._algo_event(order, now_ms)
         quantity = abs(position.amount) if order["closePosition"] else min(float(order["quantity"]),
                                                                            abs(position.amount))
         actual = self.new_order({"symbol": order["symbol"], "side": order["side"], "type": "MARKET",
@@ -439,7 +601,9 @@ class _Account:
                                  "newClientOrderId": f"algo-{order['algoId']}"}, now_ms)
         if actual["status"] != "FILLED":
             self._fill(actual, now_ms, price)
-        order.update(algoStatus="FINISHED", actualOrderId=str(actual["orderId"]), actualPrice=actual["avgPrice"])
+        order.update(algoStatus="FINISHED", actualOrderId=str(actual["orderId"]), actualPrice=actual["avgPrice"],
+                     _executed=actual["executedQty"])
+        self._algo_event(order, now_ms)
         return order
 
     def position_risk(self, params: dict[str, str], symbols: Sequence[str]) -> list[dict[str, Any]]:
@@ -456,7 +620,7 @@ class _Account:
                          "liquidationPrice": "0", "isolatedMargin": "0", "notional": f"{mark * position.amount:.5f}",
                          "marginAsset": "USDT", "isolatedWallet": "0", "initialMargin": "0", "maintMargin": "0",
                          "positionInitialMargin": "0", "openOrderInitialMargin": "0", "adl": 0, "bidNotional": "0",
-                         "askNotional": "0", "updateTime": 0})
+                         "askNotional": "0", "updateTime": position.update_time})
         return rows
 
 
@@ -909,8 +1073,16 @@ class LocalBinanceServer:
                   ("DELETE", "/fapi/v1/algoOrder"): lambda: self._on_account("cancel_algo_order", params),
                   ("GET", "/fapi/v1/openAlgoOrders"): lambda: self._on_account("open_algo_orders", params),
                   ("GET", "/fapi/v3/positionRisk"): lambda: self._position_risk(params),
-                  ("GET", "/fapi/v2/balance"): lambda: [{"asset": "USDT", "balance": "1000.0",
-                                                         "availableBalance": "1000.0"}]}
+                  ("GET", "/fapi/v1/userTrades"): lambda: self._on_account("user_trades", params),
+                  ("GET", "/fapi/v1/forceOrders"): lambda: self._on_account("force_orders", params),
+                  ("GET", "/fapi/v1/openOrders"): lambda: self._on_account("open_orders", params),
+                  ("GET", "/fapi/v2/balance"): lambda: self._on_account("balance", params),
+                  ("GET", "/fapi/v3/balance"): lambda: self._on_account("balance", params),
+                  ("POST", "/fapi/v1/leverage"): lambda: self._on_account("set_leverage", params),
+                  ("POST", "/fapi/v1/marginType"): lambda: self._on_account("set_margin_type", params),
+                  ("GET", "/fapi/v1/positionSide/dual"): lambda: self._on_account("position_mode", params),
+                  ("GET", "/fapi/v1/multiAssetsMargin"): lambda: self._on_account("multi_assets_mode", params),
+                  ("GET", "/fapi/v1/commissionRate"): lambda: self._on_account("commission_rate", params)}
         if (method, path) not in public and (method, path) not in signed:
             return 404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"}
         if banned := self._banned(out_headers):
@@ -1085,6 +1257,27 @@ class LocalBinanceServer:
     def open_algo_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(o) for o in self.account.open_algo_orders({"symbol": symbol} if symbol else {})]
+
+    def charge_funding(self, symbol: str, amount: float) -> None:
+        """A funding fee of `amount` USDT (negative: the account pays) on `symbol`'s position."""
+        with self._lock:
+            self.account.charge_funding(symbol, amount, self._server_time())
+
+    def liquidate(self, symbol: str, price: float) -> dict[str, Any]:
+        """The exchange liquidates `symbol`'s position at `price`; returns the liquidation order."""
+        with self._lock:
+            return _public(self.account.liquidate(symbol, price, self._server_time()))
+
+    def set_account(self, *, wallet: float | None = None, hedge_mode: bool | None = None,
+                    multi_assets: bool | None = None) -> None:
+        """The wallet balance (USDT), hedge mode (dualSidePosition) and multi-assets mode of the account."""
+        with self._lock:
+            if wallet is not None:
+                self.account.wallet = wallet
+            if hedge_mode is not None:
+                self.account.dual_side = hedge_mode
+            if multi_assets is not None:
+                self.account.multi_assets = multi_assets
 
     def reject_next_order(self, symbol: str, code: int = -2019, message: str = "Margin is insufficient.") -> None:
         with self._lock:

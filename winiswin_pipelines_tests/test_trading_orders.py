@@ -148,18 +148,25 @@ def test_a_stop_that_fired_while_no_session_ran_is_recorded_with_its_fill(db, se
     second = run_session(db, session_id="after", mode="live",
                          feed=MarkFeed([book("ETHUSDT", eth_price, later)], server), config=KEEP_OPEN,
                          symbols=SYMBOLS, rest_url=server.rest_url)
-    # BTC: its stop was gone and could not be put back (beyond it): the exit is the stop's real fill.
+    # BTC: reconciliation at start finds it gone; the exit is the stop's real fill, with its real fee.
     assert [(c.symbol, c.exit_reason, c.exit_price) for c in second.closed] == [
         ("BTCUSDT", "stop_loss", float(fired[0]["actualPrice"]))]
+    [stop_fill] = [t for t in server.account.trades if str(t["orderId"]) == fired[0]["actualOrderId"]]
     stored = {t.symbol: t for t in trades(db, "before-")}
     assert (stored["BTCUSDT"].status, stored["BTCUSDT"].exit_reason) == (TradeStatus.CLOSED, "stop_loss")
     assert stored["BTCUSDT"].exit_price == float(fired[0]["actualPrice"])
+    entry_fees = held["BTCUSDT"].entry_fees
+    assert stored["BTCUSDT"].fees == pytest.approx(entry_fees + float(stop_fill["commission"]))
+    assert stored["BTCUSDT"].pnl == pytest.approx(float(stop_fill["realizedPnl"]) - stored["BTCUSDT"].fees)
+    [closed] = [d for d in second.decisions if d.action == "reconcile"]
+    assert (closed.symbol, closed.reason) == ("BTCUSDT", "closed on the exchange (stop_loss)")
     # ETH: still held, and protected by exactly one stop and one take profit, the ones placed at first.
     assert stored["ETHUSDT"].status == TradeStatus.OPEN and server.position_amount("ETHUSDT") < 0
     eth_orders = server.open_algo_orders("ETHUSDT")
     assert sorted(o["orderType"] for o in eth_orders) == ["STOP_MARKET", "TAKE_PROFIT_MARKET"]
     assert server.open_algo_orders("BTCUSDT") == []
-    assert len(server.algo_requests) == 4 + 1  # the first session's four, and the refused BTC stop
+    assert len(server.algo_requests) == 4  # the first session's four: nothing placed again
+    assert second.reconciliation["positions"] == {"ETHUSDT": server.position_amount("ETHUSDT")}
 
 
 def test_a_restart_records_an_entry_whose_recording_was_lost_and_sends_it_once(db, server, capture_events,
@@ -251,18 +258,3 @@ def test_an_order_refused_on_one_symbol_leaves_the_others_trading_and_protected(
     assert sum(o["symbol"] == "ETHUSDT" for o in server.orders) == 1
 
 
-def test_a_position_no_trade_explains_is_not_added_to(db, server, capture_events, monkeypatch):
-    live_env(monkeypatch, server)
-
-    async def open_by_hand() -> None:
-        async with BinanceRestClient(server.rest_url, server.api_key, server.api_secret) as client:
-            await client.new_order("ETHUSDT", "BUY", "MARKET", quantity="0.500", client_order_id="by-hand")
-
-    asyncio.run(open_by_hand())
-    result = run_session(db, session_id="untracked", mode="live", feed=MarkFeed(capture_events, server),
-                         config=REPLAY, symbols=SYMBOLS, rest_url=server.rest_url)
-    assert result.status == "completed"
-    first = result.decisions[0]
-    assert (first.action, first.symbol) == ("skip", "ETHUSDT") and "no trade of ours explains" in first.reason
-    assert [o["newClientOrderId"] for o in server.orders if o["symbol"] == "ETHUSDT"] == ["by-hand"]
-    assert [c.symbol for c in result.closed] == ["BTCUSDT"] and server.position_amount("ETHUSDT") == 0.5

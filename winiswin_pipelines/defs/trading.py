@@ -112,6 +112,13 @@ def trading_session(context: dg.OpExecutionContext, config: TradingSessionConfig
         f"{performance.trades} closed trades, PnL {performance.pnl:+.2f} USDT, "
         f"{len(result.open_positions)} positions left open"
     )
+    if result.reconciliation:  # live: what the exchange held at the last reconciliation, and what it changed
+        reconciled = result.reconciliation
+        context.log.info(
+            f"session {session_id}: last reconciliation at {reconciled['at']}: positions {reconciled['positions']}, "
+            f"wallet {reconciled['wallet_balance']:.2f} USDT, {reconciled['open_algo_orders']} open algo orders; "
+            f"changes: {'; '.join(reconciled['changes']) or 'none'}"
+        )
 
 
 @dg.job(

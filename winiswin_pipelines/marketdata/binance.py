@@ -4,7 +4,11 @@
 exchangeInfo, and signed requests (HMAC-SHA256 over the query string, `timestamp` from the
 server-synchronised clock, `recvWindow`): orders (`/fapi/v1/order`: new, query, cancel, each by
 client order id), conditional orders through the Algo Order API (`/fapi/v1/algoOrder`: new, query,
-cancel by `clientAlgoId`; `/fapi/v1/openAlgoOrders`) and positions (`/fapi/v3/positionRisk`).
+cancel by `clientAlgoId`; `/fapi/v1/openAlgoOrders`), the account's state (`/fapi/v3/positionRisk`,
+`/fapi/v1/openOrders`, `/fapi/v3/balance`), its fills and liquidations (`/fapi/v1/userTrades`,
+`/fapi/v1/forceOrders`), its settings (`/fapi/v1/leverage`, `/fapi/v1/marginType`,
+`/fapi/v1/positionSide/dual`, `/fapi/v1/multiAssetsMargin`, `/fapi/v1/commissionRate`) and the
+user-data stream's listenKey (`/fapi/v1/listenKey`, sent with the API key but unsigned).
 Every request first takes its request weight from a `RateWindow` (by default 1,200 a minute: half
 of Binance's 2,400 per IP), backs off when Binance reports the IP's used weight
 (`X-MBX-USED-WEIGHT-1M`) above that budget, and after a 429 or a 418 (IP ban) holds every request
@@ -136,9 +140,15 @@ def request_weight(path: str, params: Mapping[str, Any] | None = None, method: s
     params = params or {}
     if path == "/fapi/v1/algoOrder" and method == "POST":
         return 0  # "0 on IP rate limit": new algo orders count against the order limits only
-    if path == "/fapi/v1/openAlgoOrders":
+    if path in ("/fapi/v1/openAlgoOrders", "/fapi/v1/openOrders"):
         return 1 if params.get("symbol") else 40
-    if path == "/fapi/v3/positionRisk":
+    if path == "/fapi/v1/forceOrders":
+        return 20 if params.get("symbol") else 50
+    if path in ("/fapi/v1/positionSide/dual", "/fapi/v1/multiAssetsMargin"):
+        return 30
+    if path == "/fapi/v1/commissionRate":
+        return 20
+    if path in ("/fapi/v3/positionRisk", "/fapi/v1/userTrades", "/fapi/v3/balance", "/fapi/v3/account"):
         return 5
     if path == "/fapi/v1/depth":
         limit = int(params.get("limit", 500))
@@ -301,6 +311,56 @@ class BinanceRestClient:
         """GET /fapi/v3/positionRisk: the account's positions (`positionAmt` signed, `entryPrice`, `markPrice`)."""
         return await self.signed_request("GET", "/fapi/v3/positionRisk", {"symbol": symbol} if symbol else {})
 
+    async def user_trades(self, symbol: str, *, order_id: int | str | None = None, start_time: int | None = None,
+                          limit: int = 1000) -> list[dict[str, Any]]:
+        """GET /fapi/v1/userTrades: the account's fills of `symbol` (price, qty, commission, realizedPnl, orderId),
+        oldest first; by `orderId`, or from `startTime` (Binance answers at most 7 days)."""
+        params = {"symbol": symbol, "orderId": order_id, "startTime": start_time, "limit": limit}
+        return await self.signed_request("GET", "/fapi/v1/userTrades", {k: v for k, v in params.items() if v is not None})
+
+    async def force_orders(self, symbol: str | None = None, *, start_time: int | None = None,
+                           auto_close_type: str = "LIQUIDATION") -> list[dict[str, Any]]:
+        """GET /fapi/v1/forceOrders: the account's liquidation (or ADL) orders."""
+        params = {"symbol": symbol, "startTime": start_time, "autoCloseType": auto_close_type}
+        return await self.signed_request("GET", "/fapi/v1/forceOrders", {k: v for k, v in params.items() if v is not None})
+
+    async def open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """GET /fapi/v1/openOrders (weight 1 for a symbol, 40 for all)."""
+        return await self.signed_request("GET", "/fapi/v1/openOrders", {"symbol": symbol} if symbol else {})
+
+    async def balance(self) -> list[dict[str, Any]]:
+        """GET /fapi/v3/balance: per asset `balance` (wallet), `availableBalance`, `crossUnPnl`."""
+        return await self.signed_request("GET", "/fapi/v3/balance")
+
+    async def set_leverage(self, symbol: str, leverage: int) -> dict[str, Any]:
+        """POST /fapi/v1/leverage."""
+        return await self.signed_request("POST", "/fapi/v1/leverage", {"symbol": symbol, "leverage": leverage})
+
+    async def set_margin_type(self, symbol: str, margin_type: str) -> dict[str, Any]:
+        """POST /fapi/v1/marginType (ISOLATED or CROSSED); Binance answers -4046 when it is already so."""
+        return await self.signed_request("POST", "/fapi/v1/marginType", {"symbol": symbol, "marginType": margin_type})
+
+    async def hedge_mode(self) -> bool:
+        """GET /fapi/v1/positionSide/dual: whether the account is in hedge mode (`dualSidePosition`)."""
+        return bool((await self.signed_request("GET", "/fapi/v1/positionSide/dual"))["dualSidePosition"])
+
+    async def multi_assets_mode(self) -> bool:
+        """GET /fapi/v1/multiAssetsMargin: whether the account is in multi-assets mode."""
+        return bool((await self.signed_request("GET", "/fapi/v1/multiAssetsMargin"))["multiAssetsMargin"])
+
+    async def commission_rate(self, symbol: str) -> dict[str, Any]:
+        """GET /fapi/v1/commissionRate: the account's `makerCommissionRate` and `takerCommissionRate`."""
+        return await self.signed_request("GET", "/fapi/v1/commissionRate", {"symbol": symbol})
+
+    async def new_listen_key(self) -> str:
+        """POST /fapi/v1/listenKey: the user-data stream's key (the active one, extended, if there is one).
+        It is a secret of the account: never log it."""
+        return (await self._request("POST", "/fapi/v1/listenKey", keyed=True))["listenKey"]
+
+    async def keep_listen_key_alive(self) -> None:
+        """PUT /fapi/v1/listenKey: 60 more minutes (-1125 when the key does not exist any more)."""
+        await self._request("PUT", "/fapi/v1/listenKey", keyed=True)
+
     async def sync_clock(self) -> None:
         """Measure the offset between Binance's clock and ours (half the round trip corrected)."""
         before = time.time() * 1000
@@ -311,11 +371,11 @@ class BinanceRestClient:
     # -- transport ---------------------------------------------------------------------------------
 
     async def _request(self, method: str, path: str, params: dict[str, Any] | None = None, *,
-                       signed: bool = False) -> Any:
+                       signed: bool = False, keyed: bool = False) -> Any:
         for attempt in range(_RETRIES_ON_429 + 1):
             await self.weights.acquire(request_weight(path, params, method))
             self.requests_sent += 1
-            response = await self._send(method, path, params, signed)
+            response = await self._send(method, path, params, signed, keyed)
             self._note_used_weight(response)
             if response.status_code in (418, 429):
                 # 429: over the limit; 418: the IP is banned for having gone on after 429s. Nobody
@@ -338,9 +398,10 @@ class BinanceRestClient:
             raise BinanceAPIError(response.status_code, code, message, method, path)
         return response.json()
 
-    async def _send(self, method: str, path: str, params: dict[str, Any] | None, signed: bool) -> httpx.Response:
+    async def _send(self, method: str, path: str, params: dict[str, Any] | None, signed: bool,
+                    keyed: bool = False) -> httpx.Response:
         query = urlencode([(key, _param_text(value)) for key, value in (params or {}).items()])
-        headers = {}
+        headers = {"X-MBX-APIKEY": self._api_key} if keyed else {}
         if signed:
             timestamp = int(time.time() * 1000) + (self._clock_offset_ms or 0)
             query = "&".join(filter(None, [query, f"recvWindow={self.recv_window_ms}", f"timestamp={timestamp}"]))

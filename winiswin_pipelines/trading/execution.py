@@ -23,6 +23,13 @@ Binance has nothing left to reduce, the exit is the fill of whichever order clos
 (`GET /fapi/v1/openAlgoOrders`), then the session places what is missing; orders without our
 prefix are left alone.
 
+`account_state` is what reconciliation reads (positions, balance, open orders and algo orders:
+`/fapi/v3/positionRisk`, `/fapi/v3/balance`, `/fapi/v1/openOrders`, `/fapi/v1/openAlgoOrders`), and
+`exit_on_exchange` the real exit of a position the exchange closed: its closing fills from
+`/fapi/v1/userTrades` (quantity-weighted price, commission, realised PnL) and why it closed: the
+order of its stop loss or take profit (the algo order's `actualOrderId`), a liquidation
+(`/fapi/v1/forceOrders`), the session's own close, or else by hand ("manual").
+
 `LiveExecutor` exists only through `live_executor(...)`, which refuses to build it unless both API
 keys are set and live trading was explicitly enabled (`WINISWIN_LIVE_TRADING=1`). Keys are never
 put in messages. A refused order raises `OrderRejected` with Binance's code and message.
@@ -35,7 +42,7 @@ import datetime as dt
 import logging
 import time as clock
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
 
@@ -82,7 +89,35 @@ class Fill:
     fees: float
     time: dt.datetime
     order_id: str | None = None
-    reason: str | None = None  # set when the exchange closed the position itself (stop_loss, take_profit)
+    reason: str | None = None  # set when the exchange closed the position itself (stop_loss, take_profit, ...)
+    realized_pnl: float | None = None  # Binance's realised PnL of a closing fill (before fees)
+    liquidated: bool = False
+
+
+@dataclass(frozen=True)
+class ExchangePosition:
+    """A non-zero position as /fapi/v3/positionRisk reports it (one-way mode)."""
+
+    symbol: str
+    amount: float  # signed: > 0 long
+    entry_price: float
+    mark_price: float
+    update_time: dt.datetime | None
+
+    @property
+    def side(self) -> str:
+        return "LONG" if self.amount > 0 else "SHORT"
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """What the exchange holds: the truth a live session reconciles with."""
+
+    positions: dict[str, ExchangePosition]
+    wallet_balance: float  # USDT
+    available_balance: float
+    open_orders: list[dict[str, Any]]
+    open_algo_orders: list[dict[str, Any]]
 
 
 class Executor(Protocol):
@@ -100,7 +135,11 @@ class Executor(Protocol):
 
     async def find_entry(self, symbol: str, client_id: str) -> Fill | None: ...
 
-    async def exchange_positions(self) -> dict[str, float]: ...
+    async def account_state(self) -> AccountState | None: ...
+
+    async def exit_on_exchange(self, position: Position) -> Fill | None: ...
+
+    async def real_fill(self, symbol: str, fill: Fill) -> Fill: ...
 
     async def shutdown(self) -> None: ...
 
@@ -134,8 +173,14 @@ class PaperExecutor:
     async def find_entry(self, symbol: str, client_id: str) -> Fill | None:
         return None  # nothing of paper's is ever on the exchange
 
-    async def exchange_positions(self) -> dict[str, float]:
-        return {}
+    async def account_state(self) -> AccountState | None:
+        return None  # no exchange to reconcile with
+
+    async def exit_on_exchange(self, position: Position) -> Fill | None:
+        return None
+
+    async def real_fill(self, symbol: str, fill: Fill) -> Fill:
+        return fill
 
     async def shutdown(self) -> None:
         """Nothing to release."""
@@ -242,7 +287,7 @@ class LiveExecutor:
             return await self._market(position.symbol, order_side, position.quantity, reference_price, client_id,
                                       reduce_only=True)
         except OrderRejected as rejected:
-            if rejected.code != REDUCE_ONLY_REJECTED or (fill := await self._exit_on_exchange(position)) is None:
+            if rejected.code != REDUCE_ONLY_REJECTED or (fill := await self.exit_on_exchange(position)) is None:
                 raise
             return fill
 
@@ -252,15 +297,66 @@ class LiveExecutor:
         if order is None:
             return None
         order = await self._until_final(symbol, client_id, order)
-        return _fill_of(order) if float(order.get("executedQty") or 0) > 0 else None
+        return await self.real_fill(symbol, _fill_of(order)) if float(order.get("executedQty") or 0) > 0 else None
 
-    async def exchange_positions(self) -> dict[str, float]:
-        """symbol -> signed position amount the exchange holds, for every non-zero position."""
+    async def account_state(self) -> AccountState:
+        """Positions, USDT balance, open orders and open algo orders, as the exchange holds them now."""
         try:
             rows = await self._client.position_risk()
+            balances = await self._client.balance()
+            orders = await self._client.open_orders()
+            algo_orders = await self._client.open_algo_orders()
         except BinanceAPIError as error:
-            raise OrderRejected("*", f"positions unknown: {error.message}", error.code, uncertain=True) from None
-        return {row["symbol"]: float(row["positionAmt"]) for row in rows if float(row["positionAmt"]) != 0}
+            raise OrderRejected("*", f"account state unknown: {error.message}", error.code, uncertain=True) from None
+        positions = {row["symbol"]: _exchange_position(row) for row in rows if float(row["positionAmt"]) != 0}
+        usdt = next((b for b in balances if b.get("asset") == "USDT"), {})
+        return AccountState(positions, float(usdt.get("balance") or 0), float(usdt.get("availableBalance") or 0),
+                            orders, algo_orders)
+
+    async def exit_on_exchange(self, position: Position) -> Fill | None:
+        """The real exit of `position` the exchange closed (None: no closing fill found): its closing fills
+        since the entry, quantity-weighted, with their commission and realised PnL, and the reason."""
+        closing_side = "SELL" if direction(position.side) > 0 else "BUY"
+        since = int(position.entry_time.timestamp() * 1000)
+        try:
+            fills = [t for t in await self._client.user_trades(position.symbol, start_time=since)
+                     if t["side"] == closing_side]
+        except BinanceAPIError as error:
+            raise OrderRejected(position.symbol, f"exit fills unknown: {error.message}", error.code,
+                                uncertain=True) from None
+        fills = _up_to(fills, position.quantity)
+        if not fills:
+            return None
+        reason, liquidated = await self._exit_reason(position, {str(t["orderId"]) for t in fills}, since)
+        return _fill_of_trades(fills, reason, liquidated)
+
+    async def _exit_reason(self, position: Position, order_ids: set[str], since: int) -> tuple[str, bool]:
+        """Why the orders `order_ids` closed `position`: its stop loss or take profit, a liquidation, the
+        session's own close, or by hand."""
+        for role, _ in PROTECTION:
+            algo = await self._lookup_algo(position.symbol, client_order_id(position.trade_uid, role))
+            if algo is not None and str(algo.get("actualOrderId") or "") in order_ids:
+                return role, False
+        try:
+            forced = await self._client.force_orders(position.symbol, start_time=since)
+        except BinanceAPIError as error:
+            log.warning("%s: liquidations unknown (%s)", position.symbol, error.message)
+            forced = []
+        if any(str(order["orderId"]) in order_ids for order in forced):
+            return "liquidation", True
+        own = await self._lookup(position.symbol, client_order_id(position.trade_uid, "exit"))
+        if own is not None and str(own["orderId"]) in order_ids:
+            return "session_close", False
+        return "manual", False
+
+    async def real_fill(self, symbol: str, fill: Fill) -> Fill:
+        """`fill` with the real commission and realised PnL of its order's trades (kept as is when unknown)."""
+        try:
+            trades = await self._client.user_trades(symbol, order_id=fill.order_id)
+        except BinanceAPIError as error:
+            log.warning("%s: trades of order %s unknown (%s); fee estimated", symbol, fill.order_id, error.message)
+            return fill
+        return replace(_fill_of_trades(trades, fill.reason), time=fill.time, order_id=fill.order_id) if trades else fill
 
     async def _market(self, symbol: str, order_side: str, quantity: float, reference_price: float, client_id: str,
                       *, reduce_only: bool) -> Fill:
@@ -278,7 +374,8 @@ class LiveExecutor:
         order = await self._until_final(symbol, client_id, order)
         if float(order.get("executedQty") or 0) <= 0:
             raise OrderRejected(symbol, f"order {client_id} ended {order.get('status')} without a fill")
-        return _fill_of(order)
+        # A close's real fee and PnL now; an entry's fee is corrected later (protection comes first).
+        return await self.real_fill(symbol, _fill_of(order)) if reduce_only else _fill_of(order)
 
     async def _send_once(self, symbol: str, client_id: str, send: Callable[[], Awaitable[dict[str, Any]]],
                          lookup: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[str, Any]:
@@ -333,22 +430,6 @@ class LiveExecutor:
             pause = min(pause * 2, 0.5)
             order = await self._lookup(symbol, client_id) or order
         return order
-
-    async def _exit_on_exchange(self, position: Position) -> Fill | None:
-        """The fill of the order that closed `position` on the exchange: our own close, else its stop
-        loss or take profit."""
-        own = await self._lookup(position.symbol, client_order_id(position.trade_uid, "exit"))
-        if own is not None and float(own.get("executedQty") or 0) > 0:
-            return _fill_of(own)
-        for role, _ in PROTECTION:
-            algo = await self._lookup_algo(position.symbol, client_order_id(position.trade_uid, role))
-            if algo is None or not algo.get("actualOrderId"):
-                continue
-            order = await self._ask(position.symbol, role, lambda algo=algo: self._client.query_order(
-                position.symbol, order_id=algo["actualOrderId"]))
-            if order is not None and float(order.get("executedQty") or 0) > 0:
-                return _fill_of(order, reason=role)
-        return None
 
     # -- protection on the exchange ----------------------------------------------------------------
 
@@ -437,6 +518,32 @@ def _fill_of(order: dict[str, Any], reason: str | None = None) -> Fill:
     price, quantity = float(order["avgPrice"]), float(order["executedQty"])
     return Fill(price, quantity, price * quantity * TAKER_FEE_RATE, from_epoch_ms(int(order["updateTime"])),
                 str(order["orderId"]), reason)
+
+
+def _exchange_position(row: dict[str, Any]) -> ExchangePosition:
+    updated = int(row.get("updateTime") or 0)
+    return ExchangePosition(row["symbol"], float(row["positionAmt"]), float(row["entryPrice"]),
+                            float(row.get("markPrice") or 0), from_epoch_ms(updated) if updated else None)
+
+
+def _up_to(trades: list[dict[str, Any]], quantity: float) -> list[dict[str, Any]]:
+    """The first trades (oldest first) that together close `quantity`."""
+    taken, total = [], 0.0
+    for trade in trades:
+        if total >= quantity - 1e-12:
+            break
+        taken.append(trade)
+        total += float(trade["qty"])
+    return taken
+
+
+def _fill_of_trades(trades: list[dict[str, Any]], reason: str | None = None, liquidated: bool = False) -> Fill:
+    """One fill of Binance account trades: quantity-weighted price, summed commission and realised PnL."""
+    quantity = sum(Decimal(t["qty"]) for t in trades)  # decimal: one fill's price comes back exactly
+    price = sum(Decimal(t["price"]) * Decimal(t["qty"]) for t in trades) / quantity
+    return Fill(float(price), float(quantity), sum(float(t["commission"]) for t in trades),
+                from_epoch_ms(max(int(t["time"]) for t in trades)), str(trades[-1]["orderId"]), reason,
+                sum(float(t["realizedPnl"]) for t in trades), liquidated)
 
 
 async def live_executor(base_url: str, symbols: list[str], *, opt_in: bool, api_key: str | None,

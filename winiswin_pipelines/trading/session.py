@@ -23,6 +23,12 @@ them, and makes the exchange hold exactly the protection of every open position.
 refuses (e.g. -2019 margin insufficient) is recorded as a `reject` decision with its code and
 message and affects only its symbol: no new entry there for `reject_cooldown`, a failed close is
 tried again after a back-off, and every other position stays watched and protected.
+With an exchange (live), the exchange is the source of truth: at start and every
+`reconcile_seconds` (a minute) the session reads its positions, balance, open orders and algo
+orders. A position no trade explains is adopted (an OPEN trade, strategy `adopted`, at the
+exchange's entry price, protected at the default stop distances); a position the session holds and
+the exchange no longer does is closed with its real exit fills (`/fapi/v1/userTrades`) and reason
+(stop loss, take profit, liquidation, manual). Each change is a `reconcile` or `adopt` decision.
 A feed with a history (BinanceFeed's REST warm-up) first fills the indicators' warm-up, so a live
 session can trade from its first closed bar instead of waiting `min_bars` bars.
 
@@ -40,6 +46,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -49,9 +56,17 @@ from typing import Any, Protocol, runtime_checkable
 import pandas as pd
 from sqlalchemy.exc import DBAPIError
 
+from winiswin_pipelines.db.models import TradeStatus
 from winiswin_pipelines.marketdata.feed import BookEvent, KlineEvent, MarketFeed
 from winiswin_pipelines.trading.events import TradeClosed, TradeOpened
-from winiswin_pipelines.trading.execution import WOULD_TRIGGER_NOW, Executor, Fill, OrderRejected
+from winiswin_pipelines.trading.execution import (
+    WOULD_TRIGGER_NOW,
+    AccountState,
+    ExchangePosition,
+    Executor,
+    Fill,
+    OrderRejected,
+)
 from winiswin_pipelines.trading.journal import Decision, OrderIntents, SessionJournal
 from winiswin_pipelines.trading.orders import client_order_id
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
@@ -66,6 +81,8 @@ from winiswin_pipelines.trading.risk import (
     time_stop_due,
 )
 from winiswin_pipelines.trading.strategy import STRATEGY_NAME, StrategyConfig, evaluate
+
+ADOPTED_STRATEGY = "adopted"
 
 log = logging.getLogger(__name__)
 BAR_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
@@ -92,6 +109,7 @@ class SessionConfig:
     book_stale_after: dt.timedelta = dt.timedelta(seconds=5)
     reject_cooldown: dt.timedelta = dt.timedelta(minutes=15)  # no new entry on a symbol after a refused order
     close_retry_seconds: tuple[float, float] = (1.0, 60.0)  # back-off between attempts to close a position
+    reconcile_seconds: float = 60.0  # live: how often the session compares itself with the exchange
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,7 @@ class SessionResult:
     first_event_time: dt.datetime | None = None
     last_event_time: dt.datetime | None = None
     warm_up_bars: int = 0
+    reconciliation: dict[str, Any] = field(default_factory=dict)  # the last one: what the exchange held, what changed
 
 
 @dataclass
@@ -167,6 +186,10 @@ class TradingSession:
         self._warm_up_bars = 0
         self._first_time: dt.datetime | None = None
         self._last_time: dt.datetime | None = None
+        self._atr: dict[str, float] = {}  # symbol -> the last ATR the strategy saw (stop distance of an adoption)
+        self._exit_unknown: set[str] = set()  # trades gone from the exchange whose exit fills are not found yet
+        self._reconciliation: dict[str, Any] = {}
+        self._last_beat = self._last_reconcile = 0.0
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -181,8 +204,8 @@ class TradingSession:
                 await self._resume()
             if self.executor.protects_on_exchange:
                 await self._recover_pending_entries()
+                await self._reconcile()
                 await self._restore_protection()
-                await self._block_untracked_positions()
             if isinstance(self.feed, WarmUpFeed):
                 await self._warm_up(self.feed)
             status = await self._consume(started)
@@ -200,7 +223,7 @@ class TradingSession:
         return SessionResult(
             self.session_id, status, self._events, self._bar_count, self.decisions, self.closed,
             list(self.positions.values()), self.config.risk.starting_equity, self.equity, metrics,
-            time.monotonic() - started, self._first_time, self._last_time, self._warm_up_bars,
+            time.monotonic() - started, self._first_time, self._last_time, self._warm_up_bars, self._reconciliation,
         )
 
     async def _warm_up(self, feed: WarmUpFeed) -> None:
@@ -213,7 +236,7 @@ class TradingSession:
     async def _consume(self, started: float) -> str:
         # aclosing: a feed left early (max_events, stop) closes its connections now, not at GC time.
         async with contextlib.aclosing(self.feed.events()) as events:
-            last_heartbeat = time.monotonic()
+            self._last_beat = self._last_reconcile = time.monotonic()
             while True:
                 if self.stop.is_set():
                     return "terminated"
@@ -226,9 +249,17 @@ class TradingSession:
                 if event is None:
                     return "terminated" if self.stop.is_set() else "completed"
                 await self.on_event(event)
-                if time.monotonic() - last_heartbeat >= self.config.heartbeat_seconds:
-                    await self._heartbeat("running")
-                    last_heartbeat = time.monotonic()
+                await self._periodic()
+
+    async def _periodic(self) -> None:
+        """Between events (also while the feed is quiet): the heartbeat, and reconciliation when due."""
+        if time.monotonic() - self._last_beat >= self.config.heartbeat_seconds:
+            await self._heartbeat("running")
+            self._last_beat = time.monotonic()
+        if (self.executor.protects_on_exchange
+                and time.monotonic() - self._last_reconcile >= self.config.reconcile_seconds):
+            self._last_reconcile = time.monotonic()
+            await self._reconcile()
 
     async def _heartbeat(self, status: str) -> None:
         """Heartbeat and pending decisions; while PostgreSQL is away they wait for the next beat
@@ -249,6 +280,7 @@ class TradingSession:
                     return pending.result()
                 except StopAsyncIteration:
                     return None
+            await self._periodic()
             if self.stop.is_set():
                 pending.cancel()
                 await asyncio.wait({pending})  # the feed has stopped before it is closed
@@ -308,6 +340,8 @@ class TradingSession:
             if verdict.side is not None:  # a trend was there and was turned down: worth keeping
                 self._decide(now, symbol, "skip", verdict.reason, bars["close"].iloc[-1], details=verdict.features)
             return
+        if _finite(atr := verdict.features.get("atr")):
+            self._atr[symbol] = float(atr)
         signal = verdict.signal
         if refusal := can_open(symbol, self.positions, self.config.risk) or self._entry_blocked(symbol, now):
             self._decide(now, symbol, "skip", refusal, signal.price, details=verdict.features)
@@ -411,6 +445,8 @@ class TradingSession:
                      {"side": side, "quantity": fill.quantity, "stop_loss": stop_loss, "take_profit": take_profit})
         await self._protect(position, fill.time)
         await self._settle(trade_uid, "filled")
+        if self.executor.protects_on_exchange:  # the real fee, now the position is protected
+            position.entry_fees = (await self.executor.real_fill(symbol, fill)).fees
 
     async def _protect(self, position: Position, now: dt.datetime) -> None:
         """Stop loss and take profit on the exchange; a position that cannot be protected is closed."""
@@ -444,15 +480,21 @@ class TradingSession:
             self._rejected(now, position.symbol, "close", rejected, reference, position.trade_uid)
             return
         self._close_retry.pop(position.symbol, None)
-        reason = fill.reason or reason  # the exchange may have closed it first (its stop or take profit)
+        await self._finish(position, fill, fill.reason or reason)  # the exchange may have closed it first
+
+    async def _finish(self, position: Position, fill: Fill, reason: str) -> None:
+        """Record the close of `position` by `fill` (Binance's realised PnL when it gave one)."""
         fees = position.entry_fees + fill.fees
-        pnl = gross_pnl(position, fill.price) - fees
+        gross = fill.realized_pnl if fill.realized_pnl is not None else gross_pnl(position, fill.price)
+        pnl = gross - fees
         pnl_pct = pnl / (position.entry_price * position.quantity)
         del self.positions[position.symbol]
+        self._exit_unknown.discard(position.trade_uid)
         self.equity += pnl
+        status = TradeStatus.LIQUIDATED if fill.liquidated else TradeStatus.CLOSED
         await self.recorder.record_exit(TradeClosed(
             trade_uid=position.trade_uid, symbol=position.symbol, exit_time=fill.time, exit_price=fill.price,
-            pnl=pnl, pnl_pct=pnl_pct, fees=fees, exit_reason=reason,
+            pnl=pnl, pnl_pct=pnl_pct, fees=fees, exit_reason=reason, status=status.value,
         ))
         await self._settle(position.trade_uid, "closed")
         self.closed.append(ClosedTrade(position.trade_uid, position.symbol, position.side, position.entry_time,
@@ -470,8 +512,20 @@ class TradingSession:
     async def _resume(self) -> None:
         for position in await asyncio.to_thread(self.journal.open_positions, self.recorder.source):
             self.positions[position.symbol] = position
+            await self._resume_entry_fees(position)
             self._decide(position.entry_time, position.symbol, "resume", "open position left by an earlier session",
                          position.entry_price, position.trade_uid, {"side": position.side})
+
+    async def _resume_entry_fees(self, position: Position) -> None:
+        """A resumed live position's entry fee, from its entry order's trades (0 when not ours)."""
+        if not self.executor.protects_on_exchange:
+            return
+        try:
+            fill = await self.executor.find_entry(position.symbol, client_order_id(position.trade_uid, "entry"))
+        except OrderRejected as rejected:
+            log.warning("session %s: entry fee of %s unknown: %s", self.session_id, position.trade_uid, rejected)
+            return
+        position.entry_fees = fill.fees if fill is not None else 0.0
 
     async def _recover_pending_entries(self) -> None:
         """Entries sent by an earlier session whose recording may have been lost (a crash between the
@@ -500,20 +554,72 @@ class TradingSession:
                          fill.price, trade_uid, {"client_id": entry["client_id"]})
             await self._opened(trade_uid, entry, fill)
 
-    async def _block_untracked_positions(self) -> None:
-        """A position the exchange holds that no trade of ours explains (opened by hand, or not yet
-        adopted) is not added to: no entry on its symbol in this session."""
+    # -- the exchange as the source of truth ---------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        """Compare the session with the exchange: close what the exchange no longer holds (with its real
+        exit), adopt what no trade explains, note quantities that differ; keep the balance."""
         now = dt.datetime.now(dt.UTC)
         try:
-            held = await self.executor.exchange_positions()
+            state = await self.executor.account_state()
         except OrderRejected as rejected:
-            self._rejected(now, rejected.symbol, "position check", rejected, None, None)
+            self._rejected(now, rejected.symbol, "reconciliation", rejected, None, None)
             return
-        for symbol, amount in held.items():
+        if state is None:
+            return
+        changes: list[str] = []
+        for position in list(self.positions.values()):
+            held = state.positions.get(position.symbol)
+            if held is None or held.side != position.side:
+                changes += await self._closed_on_exchange(position, now)
+            elif abs(abs(held.amount) - position.quantity) > 1e-9:
+                changes.append(f"{position.symbol}: the exchange holds {abs(held.amount):g}, the trade {position.quantity:g}")
+                self._decide(now, position.symbol, "reconcile", changes[-1], held.entry_price, position.trade_uid,
+                             {"exchange_amount": held.amount, "trade_quantity": position.quantity})
+        for symbol, held in state.positions.items():
             if symbol not in self.positions:
-                self._entry_blocks[symbol] = (dt.datetime.max.replace(tzinfo=dt.UTC),
-                                              f"the exchange holds {amount:g} {symbol} that no trade of ours explains")
-                self._decide(now, symbol, "skip", self._entry_blocks[symbol][1], details={"position_amount": amount})
+                changes += await self._adopt(held, now)
+        self._reconciliation = _describe_state(state, now, changes)
+
+    async def _closed_on_exchange(self, position: Position, now: dt.datetime) -> list[str]:
+        """`position` is gone from the exchange: record its real exit, or say it is not found yet."""
+        try:
+            fill = await self.executor.exit_on_exchange(position)
+        except OrderRejected as rejected:
+            self._rejected(now, position.symbol, "reconciliation", rejected, None, position.trade_uid)
+            return []
+        if fill is None:
+            if position.trade_uid not in self._exit_unknown:  # said once, looked for every minute
+                self._exit_unknown.add(position.trade_uid)
+                self._decide(now, position.symbol, "reconcile", "closed on the exchange; its exit fills are not "
+                             "found yet", None, position.trade_uid)
+            return [f"{position.symbol}: closed on the exchange, exit not found yet"]
+        await self.executor.cancel_protection(position)  # the other of its stop and take profit
+        self._decide(now, position.symbol, "reconcile", f"closed on the exchange ({fill.reason})", fill.price,
+                     position.trade_uid, {"quantity": fill.quantity, "fees": fill.fees,
+                                          "realized_pnl": fill.realized_pnl, "order_id": fill.order_id})
+        await self._finish(position, fill, fill.reason or "manual")
+        return [f"{position.symbol}: closed on the exchange ({fill.reason}) at {fill.price:g}"]
+
+    async def _adopt(self, held: ExchangePosition, now: dt.datetime) -> list[str]:
+        """A position no trade explains becomes an OPEN trade of ours, at the exchange's entry, protected."""
+        symbol, side, quantity = held.symbol, held.side, abs(held.amount)
+        stop_loss, take_profit = stop_levels(side, held.entry_price, self._atr.get(symbol, 0.0), self.config.risk)
+        self._entries += 1
+        trade_uid = f"{self.session_id}-{symbol}-{self._entries:04d}-adopted"
+        entry_time = held.update_time or now
+        position = Position(trade_uid, symbol, side, quantity, held.entry_price, entry_time, stop_loss, take_profit)
+        self.positions[symbol] = position
+        await self.recorder.record_entry(TradeOpened(
+            trade_uid=trade_uid, symbol=symbol, side=side, entry_time=entry_time, entry_price=held.entry_price,
+            quantity=quantity, stop_loss=stop_loss, take_profit=take_profit, strategy=ADOPTED_STRATEGY,
+            features={"adopted_at": now.isoformat(), "position_amount": held.amount}, is_virtual=False,
+        ))
+        self._decide(now, symbol, "adopt", "a position on the exchange no trade explained", held.entry_price,
+                     trade_uid, {"side": side, "quantity": quantity, "stop_loss": stop_loss,
+                                 "take_profit": take_profit})
+        await self._protect(position, now)
+        return [f"{symbol}: adopted {side} {quantity:g} at {held.entry_price:g}"]
 
     async def _restore_protection(self) -> None:
         """The exchange holds exactly the stop loss and take profit of every open position."""
@@ -541,7 +647,20 @@ class TradingSession:
             "events": self._events, "bars": self._bar_count, "warm_up_bars": self._warm_up_bars, "equity": self.equity,
             "open_positions": sorted(self.positions), "closed_trades": len(self.closed),
             "last_event_time": self._last_time.isoformat() if self._last_time else None,
+            "reconciliation": self._reconciliation or None,
         }
+
+
+def _describe_state(state: AccountState, now: dt.datetime, changes: list[str]) -> dict[str, Any]:
+    """A reconciliation as JSON-ready values (no ids of the account beyond symbols)."""
+    return {"at": now.isoformat(), "positions": {s: p.amount for s, p in sorted(state.positions.items())},
+            "wallet_balance": state.wallet_balance, "available_balance": state.available_balance,
+            "open_orders": len(state.open_orders), "open_algo_orders": len(state.open_algo_orders),
+            "changes": changes}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _describe(config: SessionConfig) -> dict[str, Any]:
