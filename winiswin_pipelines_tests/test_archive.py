@@ -68,7 +68,7 @@ def _seed_day(conn, day: dt.date, n: int) -> None:
                   {"confidence": 0.7, "levels": [1, 2], "note": "ünïcode"} if h else None) for h in range(2)]
     copy_upsert(conn, "trading_decisions", decision_cols, decisions, conflict_columns=["decision_uid"])
     trade_cols = ["trade_uid", "symbol", "side", "status", "is_virtual", "entry_time", "entry_price", "exit_time",
-                  "exit_price", "quantity", "pnl", "pnl_pct", "exit_reason", "confidence", "features", "source", "raw"]
+                  "exit_price", "quantity", "pnl", "pnl_pct", "exit_reason", "confidence", "features", "source", "origin"]
     trades = [
         (f"closed-{day}", "BTCUSDT", "LONG", "CLOSED", True, _at(day, 1), 28000.0, _at(day, 5), 28100.0, 0.01, 1.0,
          0.0035714285714285713, "take_profit", 0.8, {"rsi": 55.5}, "test", {"line": n}),

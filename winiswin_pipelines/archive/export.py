@@ -11,10 +11,12 @@ element-by-element decoding of the ten-level book arrays.
 
 from __future__ import annotations
 
+import atexit
 import math
 import struct
+import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import adbc_driver_postgresql.dbapi as adbc
 import numpy as np
@@ -43,11 +45,52 @@ def arrow_reader(manager: DatabaseManager, query: str, *, setup: Sequence[str] =
         yield cursor.fetch_record_batch()
 
 
+# Bounded reads (history windows) reuse idle connections: connecting and authenticating costs more
+# than reading an hour of rows, and a backtest reads one window at a time. Closed at exit.
+_idle: dict[str, list[adbc.Connection]] = {}
+_idle_lock = threading.Lock()
+
+
+@contextmanager
+def _idle_connection(uri: str) -> Iterator[tuple[adbc.Connection, bool]]:
+    """An idle connection to `uri` (or a new one), and whether it was used before; it goes back to
+    the idle ones after a success, and is closed after a failure (its state is unknown)."""
+    with _idle_lock:
+        idle = _idle.get(uri)
+        conn = idle.pop() if idle else None
+    reused = conn is not None
+    conn = conn or adbc.connect(uri, autocommit=True)
+    try:
+        yield conn, reused
+    except BaseException:
+        with suppress(Exception):
+            conn.close()
+        raise
+    with _idle_lock:
+        _idle.setdefault(uri, []).append(conn)
+
+
+@atexit.register
+def _close_idle_connections() -> None:
+    with _idle_lock:
+        for conn in (conn for idle in _idle.values() for conn in idle):
+            with suppress(Exception):
+                conn.close()
+        _idle.clear()
+
+
 def read_arrow(manager: DatabaseManager, query: str, schema: pa.Schema) -> pa.Table:
     """All rows of `query` as one table cast to `schema` (for bounded reads such as a history window)."""
-    with arrow_reader(manager, query) as reader:
-        batches = [batch.select(schema.names).cast(schema) for batch in reader]
-    return pa.Table.from_batches(batches, schema)
+    reused = False
+    try:
+        with _idle_connection(libpq_uri(manager.url)) as (conn, reused), conn.cursor() as cursor:
+            cursor.execute(query)
+            table = cursor.fetch_arrow_table()
+    except adbc.OperationalError:
+        if not reused:
+            raise
+        return read_arrow(manager, query, schema)  # the idle connection had gone stale: once more, anew
+    return table.select(schema.names).cast(schema)
 
 
 # `array_send(float8[])`: ndim, has-null flag, element type, (length, lower bound) per dimension,

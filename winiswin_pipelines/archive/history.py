@@ -52,6 +52,13 @@ def _with_key(table: ArchivedTable, columns: Sequence[str] | None) -> list[str] 
     return list(dict.fromkeys([*table.natural_key, table.day_column, *columns]))
 
 
+def archived_days(manager: DatabaseManager, table: str, start: dt.datetime, end: dt.datetime) -> list[dt.date]:
+    """The days of `table` in [start, end) whose rows are in cold storage."""
+    start, end = _time_range(start, end)
+    last_day = (end - dt.timedelta(microseconds=1)).date()
+    return [entry.day for entry in repository.manifest_entries(manager, table, start.date(), last_day, {repository.ARCHIVED})]
+
+
 def read_cold(
     manager: DatabaseManager, store: ColdStore, table: ArchivedTable, start: dt.datetime, end: dt.datetime,
     symbols: Sequence[str] | None = None, columns: Sequence[str] | None = None,

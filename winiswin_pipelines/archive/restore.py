@@ -22,7 +22,7 @@ import pyarrow as pa
 from winiswin_pipelines.archive import repository
 from winiswin_pipelines.archive.parquet import iter_file_batches
 from winiswin_pipelines.archive.repository import ManifestEntry
-from winiswin_pipelines.archive.tables import ArchivedTable, archived_table
+from winiswin_pipelines.archive.tables import ArchivedTable
 from winiswin_pipelines.coldstore import ColdStore, sha256_file
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.errors import describe

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from winiswin_pipelines.archive import read_history
+from winiswin_pipelines.archive.history import archived_days
 from winiswin_pipelines.coldstore import ColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.factories import cold_store
@@ -97,10 +98,12 @@ def backtest_day(manager: DatabaseManager, day: dt.date, config: SessionConfig, 
         warmup = interval_timedelta(interval) * config.strategy.indicators.history_bars
         session_config = replace(config, interval=interval, trade_from=start, flatten_on_end=True,
                                  resume_open_positions=False, max_events=None, max_duration=None)
+        # A replay of hot days only keeps to the plain SQL reads, the cheapest per window.
+        archived = any(archived_days(manager, table, start - warmup, end) for table in ("klines", "book_snapshots"))
         result = run_session(
             manager, session_id=session_id_for(day, interval), mode=SOURCE, symbols=symbols,
             feed=StoredFeed(manager, symbols, start - warmup, end, interval=interval,
-                            read_window=history_window(manager, cold)),
+                            read_window=history_window(manager, cold) if archived else None),
             config=session_config, run_id=run_id,
         )
         results.append(DayBacktest(day, interval, symbols, result))
