@@ -4,6 +4,10 @@ The book comes from the real capture of 2023-04-04 23:58:20 -> 2023-04-05 00:06:
 """
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -27,6 +31,7 @@ from winiswin_pipelines.marketdata.orderbook import BOOK_SNAPSHOT_COLUMNS, rebui
 from winiswin_pipelines.marketdata.repository import snapshot_days
 from winiswin_pipelines.marketdata.samples import CAPTURE_BTCUSDT_20230404, CAPTURE_BTCUSDT_20230405
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
+from winiswin_pipelines.settings import PROJECT_DIR
 
 FIRST, SECOND = "2023-04-04", "2023-04-05"
 MIDNIGHT = pd.Timestamp(SECOND, tz="UTC")
@@ -363,11 +368,13 @@ def test_features_and_labels_see_the_same_gaps():
     assert feature_days.FEATURE_READ_WARMUP == FEATURES.vol_window + FEATURES.gap_tolerance
 
 
-def test_an_archived_day_recomputed_and_archived_again_keeps_every_row_and_column(db, resources, dagster_instance):
-    """Archive both days (book snapshots and training features), re-materialize the second one: it is
-    computed from the rows it had (its warm-up from the archived day before), and the history reader
-    returns what it returned before archival, in every column, labels and computation times included;
-    archiving again keeps it so."""
+def test_an_archived_day_recomputed_and_archived_again_keeps_every_row_and_column(
+    db, database_url, resources, dagster_instance, postgres_dagster_home
+):
+    """Archive both days (book snapshots and training features), re-materialize the second one with
+    the `dagster asset materialize` CLI: it is computed from the rows it had, read in place (its
+    warm-up from the archived day before), and the history reader returns what it returned before
+    archival, in every column, labels and computation times included; archiving again keeps it so."""
     days = [dt.date.fromisoformat(FIRST), dt.date.fromisoformat(SECOND)]
     run([training.microstructure_features, training.triple_barrier_labels], resources, dagster_instance,
          days=(FIRST, SECOND))
@@ -382,9 +389,16 @@ def test_an_archived_day_recomputed_and_archived_again_keeps_every_row_and_colum
     archive_old_data(30, manager=db, store=cold, as_of=as_of, tables=["book_snapshots", "training_features"])
     assert stored(db, "mid").empty  # nothing hot any more
     pd.testing.assert_frame_equal(history(), before)
-    again = run([training.microstructure_features, training.triple_barrier_labels], resources, dagster_instance,
-                SECOND)
-    assert again.asset_materializations_for_node("microstructure_features")[0].metadata["unchanged"].value == len(before)
+    env = {**os.environ, "COLD_STORAGE_DIR": resources["cold_storage"].local_dir}
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "winiswin_pipelines.definitions",
+         "--select", "microstructure_features,triple_barrier_labels", "--partition", SECOND,
+         "--config-json", '{"execution": {"config": {"in_process": {}}}}'],  # one process: a faster test
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert f"features {SECOND}: UpsertResult(staged={len(before)}, inserted=0, updated=0, unchanged={len(before)}" \
+        in completed.stderr
     pd.testing.assert_frame_equal(history(), before)
     with db.engine.connect() as conn:  # read in place: nothing was restored, nothing rewritten
         assert conn.execute(text("SELECT count(*) FROM book_snapshots")).scalar_one() == 0
