@@ -27,7 +27,10 @@ It serves
   request weight: the IP's weight in the last `weight_window` seconds is returned in
   `X-MBX-USED-WEIGHT-1M`, and beyond `weight_limit` requests are refused with 429 and Retry-After;
 - websocket: /stream?streams=<sym>@kline_<iv>/<sym>@bookTicker/<sym>@depth@100ms with messages
-  {"stream": ..., "data": ...} in Binance's field layout.
+  {"stream": ..., "data": ...} in Binance's field layout; and the user-data stream at /ws/<listenKey>
+  (listenKey from POST /fapi/v1/listenKey, kept alive by PUT, -1125 once it is gone), pushing
+  ORDER_TRADE_UPDATE, ACCOUNT_UPDATE (ORDER, FUNDING_FEE), ALGO_UPDATE and listenKeyExpired as
+  Binance does; `expire_listen_key`, `charge_funding` and `liquidate` drive it from tests.
 On demand it drops every websocket connection (optionally refusing new ones for a while) and
 injects a depth-sequence gap (one diff is applied to its book but not sent). Simulating, it
 remembers the top of its book after every update id, so a test can check a client's rebuilt book.
@@ -592,7 +595,7 @@ class _Account:
             order["algoStatus"] = "EXPIRED"
             self._algo_event(order, now_ms)
             return order
-        order.update(algoStatus="TRIGGERED")
+        order.update(algoStatus="TRIGGERING")
         self._algo_event(order, now_ms)
         quantity = abs(position.amount) if order["closePosition"] else min(float(order["quantity"]),
                                                                            abs(position.amount))
@@ -825,6 +828,12 @@ class LocalBinanceServer:
         self.dropped_diffs = 0
         self._refuse_until = 0.0
         self._connections: dict[ServerConnection, dict[str, list[str]]] = {}  # -> stream key -> names subscribed
+        self._user_connections: set[ServerConnection] = set()
+        self.listen_key: str | None = None  # the account's active listenKey
+        self.listen_keys_created = 0
+        self.keepalives = 0
+        self.user_connections_opened = 0
+        self.account.emit = self._emit_user_event
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._client_connected: asyncio.Event | None = None
@@ -871,7 +880,7 @@ class LocalBinanceServer:
                 self.replay.forget_recorded()
 
         def abort() -> int:
-            for connection in list(self._connections):
+            for connection in [*self._connections, *self._user_connections]:
                 connection.transport.abort()
             return len(self._connections)
 
@@ -935,11 +944,19 @@ class LocalBinanceServer:
     def _check_request(self, connection: ServerConnection, request):
         if time.monotonic() < self._refuse_until:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "refusing connections for a while\n")
-        if urlsplit(request.path).path != "/stream":
+        path = urlsplit(request.path).path
+        if path.startswith(("/ws/", "/private/ws/")):
+            if path.rsplit("/", 1)[1] != self.listen_key:
+                return connection.respond(HTTPStatus.BAD_REQUEST, "invalid listenKey\n")
+            return None
+        if path != "/stream":
             return connection.respond(HTTPStatus.NOT_FOUND, "only the combined stream /stream is served\n")
         return None
 
     async def _on_connection(self, connection: ServerConnection) -> None:
+        if urlsplit(connection.request.path).path != "/stream":
+            await self._on_user_connection(connection)
+            return
         query = dict(parse_qsl(urlsplit(connection.request.path).query))
         routes: dict[str, list[str]] = {}
         for name in filter(None, query.get("streams", "").split("/")):
@@ -953,6 +970,46 @@ class LocalBinanceServer:
             await connection.wait_closed()
         finally:
             self._connections.pop(connection, None)
+
+    async def _on_user_connection(self, connection: ServerConnection) -> None:
+        self._user_connections.add(connection)
+        self.user_connections_opened += 1
+        try:
+            await connection.wait_closed()
+        finally:
+            self._user_connections.discard(connection)
+
+    def _emit_user_event(self, event: dict[str, Any]) -> None:
+        """Push an account event to the user-data stream (called with the lock held, so in order)."""
+        payload = orjson.dumps(event).decode()
+        self._loop.call_soon_threadsafe(lambda: broadcast(self._user_connections, payload))
+
+    def _listen_key(self, method: str, params: dict) -> dict[str, Any]:
+        with self._lock:
+            if method == "POST":  # the active key (its validity extended), or a new one
+                if self.listen_key is None:
+                    self.listen_keys_created += 1
+                    self.listen_key = hashlib.sha256(f"{self.api_key}:{time.time_ns()}".encode()).hexdigest()
+                return {"listenKey": self.listen_key}
+            if self.listen_key is None:
+                raise _Refused(400, -1125, "This listenKey does not exist.")
+            if method == "PUT":
+                self.keepalives += 1
+                return {"listenKey": self.listen_key}
+            self.listen_key = None
+            return {}
+
+    def expire_listen_key(self) -> None:
+        """The listenKey expires: a listenKeyExpired event, then its connections close."""
+        with self._lock:
+            key, self.listen_key = self.listen_key, None
+            self._emit_user_event({"e": "listenKeyExpired", "E": self._server_time(), "listenKey": key})
+
+        def close() -> None:
+            for connection in list(self._user_connections):
+                self._loop.create_task(connection.close())
+
+        self._loop.call_soon_threadsafe(close)
 
     def _publish(self, outgoing: list[tuple[str, dict[str, Any]]]) -> None:
         for key, data in outgoing:
@@ -1012,6 +1069,9 @@ class LocalBinanceServer:
 
             def do_DELETE(self) -> None:
                 self._dispatch("DELETE")
+
+            def do_PUT(self) -> None:
+                self._dispatch("PUT")
 
             def log_message(self, *_: object) -> None:
                 pass
@@ -1083,6 +1143,15 @@ class LocalBinanceServer:
                   ("GET", "/fapi/v1/positionSide/dual"): lambda: self._on_account("position_mode", params),
                   ("GET", "/fapi/v1/multiAssetsMargin"): lambda: self._on_account("multi_assets_mode", params),
                   ("GET", "/fapi/v1/commissionRate"): lambda: self._on_account("commission_rate", params)}
+        keyed = {(verb, "/fapi/v1/listenKey"): lambda verb=verb: self._listen_key(verb, params)
+                 for verb in ("POST", "PUT", "DELETE")}  # USER_STREAM: the API key, no signature
+        if (method, path) in keyed:
+            if headers.get("X-MBX-APIKEY") != self.api_key:
+                return 401, {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}
+            try:
+                return 200, keyed[(method, path)]()
+            except _Refused as refused:
+                return refused.status, {"code": refused.code, "msg": refused.message}
         if (method, path) not in public and (method, path) not in signed:
             return 404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"}
         if banned := self._banned(out_headers):

@@ -105,6 +105,7 @@ def trading_session(context: dg.OpExecutionContext, config: TradingSessionConfig
     result = run_session_in_thread(
         postgres.manager, session_id=session_id, mode=config.mode, feed=config.build_feed(),
         config=session_config, symbols=config.symbols, run_id=context.run_id, rest_url=config.rest_url,
+        ws_url=config.ws_url if config.mode == "live" else None,
     )
     performance = summarize(result.closed, result.starting_equity)
     context.log.info(

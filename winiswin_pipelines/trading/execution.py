@@ -141,6 +141,8 @@ class Executor(Protocol):
 
     async def real_fill(self, symbol: str, fill: Fill) -> Fill: ...
 
+    async def exit_reason(self, position: Position, order_ids: set[str]) -> tuple[str, bool]: ...
+
     async def shutdown(self) -> None: ...
 
 
@@ -181,6 +183,9 @@ class PaperExecutor:
 
     async def real_fill(self, symbol: str, fill: Fill) -> Fill:
         return fill
+
+    async def exit_reason(self, position: Position, order_ids: set[str]) -> tuple[str, bool]:
+        return "manual", False
 
     async def shutdown(self) -> None:
         """Nothing to release."""
@@ -265,6 +270,10 @@ class LiveExecutor:
         for symbol in symbols:
             self.filters(symbol)  # unknown symbols fail here, before any order
 
+    @property
+    def client(self) -> BinanceRestClient:
+        return self._client
+
     def filters(self, symbol: str) -> SymbolFilters:
         if symbol not in self._filters:
             self._filters[symbol] = symbol_filters(self._info, symbol)
@@ -327,12 +336,13 @@ class LiveExecutor:
         fills = _up_to(fills, position.quantity)
         if not fills:
             return None
-        reason, liquidated = await self._exit_reason(position, {str(t["orderId"]) for t in fills}, since)
+        reason, liquidated = await self.exit_reason(position, {str(t["orderId"]) for t in fills})
         return _fill_of_trades(fills, reason, liquidated)
 
-    async def _exit_reason(self, position: Position, order_ids: set[str], since: int) -> tuple[str, bool]:
-        """Why the orders `order_ids` closed `position`: its stop loss or take profit, a liquidation, the
-        session's own close, or by hand."""
+    async def exit_reason(self, position: Position, order_ids: set[str]) -> tuple[str, bool]:
+        """Why the orders `order_ids` closed `position` (and whether it was liquidated): its stop loss or
+        take profit, a liquidation, the session's own close, or by hand."""
+        since = int(position.entry_time.timestamp() * 1000)
         for role, _ in PROTECTION:
             algo = await self._lookup_algo(position.symbol, client_order_id(position.trade_uid, role))
             if algo is not None and str(algo.get("actualOrderId") or "") in order_ids:

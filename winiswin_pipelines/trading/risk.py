@@ -40,6 +40,7 @@ class Position:
     stop_loss: float
     take_profit: float
     entry_fees: float = 0.0
+    funding: float = 0.0  # funding fees received (> 0) or paid (< 0) while held, USDT
 
 
 def direction(side: str) -> int:

@@ -17,7 +17,14 @@ from winiswin_pipelines import settings
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST
 from winiswin_pipelines.marketdata.feed import MarketFeed
-from winiswin_pipelines.trading.execution import Executor, PaperExecutor, check_live_permission, live_executor
+from winiswin_pipelines.marketdata.user_stream import UserDataStream
+from winiswin_pipelines.trading.execution import (
+    Executor,
+    LiveExecutor,
+    PaperExecutor,
+    check_live_permission,
+    live_executor,
+)
 from winiswin_pipelines.trading.journal import OrderIntents, SessionJournal
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.session import SessionConfig, SessionResult, TradingSession
@@ -44,10 +51,11 @@ async def _executor(mode: str, symbols: list[str], rest_url: str) -> Executor:
 async def run_session_async(
     manager: DatabaseManager, *, session_id: str, mode: str, feed: MarketFeed, config: SessionConfig,
     symbols: list[str], run_id: str | None = None, stop: threading.Event | None = None,
-    rest_url: str = BINANCE_FUTURES_REST,
+    rest_url: str = BINANCE_FUTURES_REST, ws_url: str | None = None,
 ) -> SessionResult:
     """One session of `mode` ("paper", "live", "backtest"); trades are recorded with that source. Live
-    entries are committed to `order_intents` before they are sent."""
+    entries are committed to `order_intents` before they are sent; with `ws_url`, a live session follows
+    the account's user-data stream there."""
     check_mode(mode)
     try:
         executor = await _executor(mode, symbols, rest_url)
@@ -56,6 +64,8 @@ async def run_session_async(
             recorder=UnifiedTradeRecorder(manager, source=mode),
             journal=SessionJournal(manager, session_id, mode, run_id), config=config, stop=stop,
             intents=OrderIntents(manager, mode, session_id),
+            user_stream=UserDataStream(executor.client, ws_url) if ws_url and isinstance(executor, LiveExecutor)
+            else None,
         )
         return await session.run()
     finally:

@@ -29,6 +29,12 @@ orders. A position no trade explains is adopted (an OPEN trade, strategy `adopte
 exchange's entry price, protected at the default stop distances); a position the session holds and
 the exchange no longer does is closed with its real exit fills (`/fapi/v1/userTrades`) and reason
 (stop loss, take profit, liquidation, manual). Each change is a `reconcile` or `adopt` decision.
+With a user-data stream (live), the account's events drive what the session did not do itself:
+a fill that reduces a position (a stop loss or take profit that fired, a liquidation, a close by
+hand) closes it, or records a partial exit (`record_partial_exit`), with Binance's commission (`n`)
+and realised PnL (`rp`); `ALGO_UPDATE` says which protective order fired or expired;
+`ACCOUNT_UPDATE` keeps the wallet balance and records funding fees (`FUNDING_FEE`) on the position.
+After the stream reconnects (events may have been missed) the session reconciles at once.
 A feed with a history (BinanceFeed's REST warm-up) first fills the indicators' warm-up, so a live
 session can trade from its first closed bar instead of waiting `min_bars` bars.
 
@@ -50,6 +56,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -58,7 +65,9 @@ from sqlalchemy.exc import DBAPIError
 
 from winiswin_pipelines.db.models import TradeStatus
 from winiswin_pipelines.marketdata.feed import BookEvent, KlineEvent, MarketFeed
-from winiswin_pipelines.trading.events import TradeClosed, TradeOpened
+from winiswin_pipelines.marketdata.user_stream import CONNECTED
+from winiswin_pipelines.times import from_epoch_ms
+from winiswin_pipelines.trading.events import TradeClosed, TradeOpened, TradePartiallyClosed
 from winiswin_pipelines.trading.execution import (
     WOULD_TRIGGER_NOW,
     AccountState,
@@ -68,7 +77,7 @@ from winiswin_pipelines.trading.execution import (
     OrderRejected,
 )
 from winiswin_pipelines.trading.journal import Decision, OrderIntents, SessionJournal
-from winiswin_pipelines.trading.orders import client_order_id
+from winiswin_pipelines.trading.orders import ROLES, client_order_id, is_ours
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.risk import (
     Position,
@@ -83,6 +92,14 @@ from winiswin_pipelines.trading.risk import (
 from winiswin_pipelines.trading.strategy import STRATEGY_NAME, StrategyConfig, evaluate
 
 ADOPTED_STRATEGY = "adopted"
+PROTECTION_ROLES = {f"wn{ROLES[role]}": role for role in ("stop_loss", "take_profit")}  # client id prefix -> role
+
+
+@runtime_checkable
+class UserStream(Protocol):
+    """The account's events (`marketdata.user_stream.UserDataStream`)."""
+
+    def events(self) -> AsyncIterator[dict[str, Any]]: ...
 
 log = logging.getLogger(__name__)
 BAR_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
@@ -162,7 +179,8 @@ def kline_end(event: KlineEvent) -> dt.datetime:
 class TradingSession:
     def __init__(self, *, session_id: str, feed: MarketFeed, executor: Executor, recorder: UnifiedTradeRecorder,
                  journal: SessionJournal, config: SessionConfig = SessionConfig(),
-                 stop: threading.Event | None = None, intents: OrderIntents | None = None):
+                 stop: threading.Event | None = None, intents: OrderIntents | None = None,
+                 user_stream: UserStream | None = None):
         self.session_id = session_id
         self.feed = feed
         self.executor = executor
@@ -171,6 +189,11 @@ class TradingSession:
         self.config = config
         self.stop = stop or threading.Event()
         self.intents = intents if executor.protects_on_exchange else None
+        self.user_stream = user_stream
+        self._user_events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._fired: dict[str, str] = {}  # order id an algo order placed -> stop_loss / take_profit
+        self._stream_connections = 0
+        self.wallet_balance: float | None = None  # live: the exchange's, from reconciliation and the stream
         self._entry_blocks: dict[str, tuple[dt.datetime, str]] = {}  # symbol -> (until, why)
         self._close_retry: dict[str, tuple[float, float]] = {}  # symbol -> (monotonic time of next try, pause)
         self.positions: dict[str, Position] = {}
@@ -208,7 +231,8 @@ class TradingSession:
                 await self._restore_protection()
             if isinstance(self.feed, WarmUpFeed):
                 await self._warm_up(self.feed)
-            status = await self._consume(started)
+            async with self._following_user_stream():
+                status = await self._consume(started)
             if status == "completed" and self.config.flatten_on_end:
                 await self._flatten("end_of_data")
         except asyncio.CancelledError:
@@ -251,8 +275,30 @@ class TradingSession:
                 await self.on_event(event)
                 await self._periodic()
 
+    @contextlib.asynccontextmanager
+    async def _following_user_stream(self):
+        """Read the user-data stream into a queue while the session runs (handled in `_periodic`)."""
+        if self.user_stream is None:
+            yield
+            return
+
+        async def follow() -> None:
+            async with contextlib.aclosing(self.user_stream.events()) as events:
+                async for event in events:
+                    self._user_events.put_nowait(event)
+
+        task = asyncio.create_task(follow(), name=f"user-stream-{self.session_id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def _periodic(self) -> None:
-        """Between events (also while the feed is quiet): the heartbeat, and reconciliation when due."""
+        """Between events (also while the feed is quiet): the account's events, the heartbeat, and
+        reconciliation when due."""
+        while not self._user_events.empty():
+            await self._on_user_event(self._user_events.get_nowait())
         if time.monotonic() - self._last_beat >= self.config.heartbeat_seconds:
             await self._heartbeat("running")
             self._last_beat = time.monotonic()
@@ -483,10 +529,10 @@ class TradingSession:
         await self._finish(position, fill, fill.reason or reason)  # the exchange may have closed it first
 
     async def _finish(self, position: Position, fill: Fill, reason: str) -> None:
-        """Record the close of `position` by `fill` (Binance's realised PnL when it gave one)."""
+        """Record the close of `position` by `fill` (Binance's realised PnL when it gave one), funding included."""
         fees = position.entry_fees + fill.fees
         gross = fill.realized_pnl if fill.realized_pnl is not None else gross_pnl(position, fill.price)
-        pnl = gross - fees
+        pnl = gross - fees + position.funding
         pnl_pct = pnl / (position.entry_price * position.quantity)
         del self.positions[position.symbol]
         self._exit_unknown.discard(position.trade_uid)
@@ -579,6 +625,7 @@ class TradingSession:
         for symbol, held in state.positions.items():
             if symbol not in self.positions:
                 changes += await self._adopt(held, now)
+        self.wallet_balance = state.wallet_balance
         self._reconciliation = _describe_state(state, now, changes)
 
     async def _closed_on_exchange(self, position: Position, now: dt.datetime) -> list[str]:
@@ -600,6 +647,93 @@ class TradingSession:
                                           "realized_pnl": fill.realized_pnl, "order_id": fill.order_id})
         await self._finish(position, fill, fill.reason or "manual")
         return [f"{position.symbol}: closed on the exchange ({fill.reason}) at {fill.price:g}"]
+
+    # -- the user-data stream ---------------------------------------------------------------------
+
+    async def _on_user_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("e")
+        if kind == CONNECTED:
+            self._stream_connections += 1
+            if self._stream_connections > 1:  # events may have been missed while it was away
+                self._last_reconcile = 0.0
+        elif kind == "ORDER_TRADE_UPDATE":
+            await self._on_order_update(event["o"])
+        elif kind == "ALGO_UPDATE":
+            self._on_algo_update(event["o"], from_epoch_ms(int(event["E"])))
+        elif kind == "ACCOUNT_UPDATE":
+            self._on_account_update(event["a"], from_epoch_ms(int(event["E"])))
+
+    async def _on_order_update(self, order: dict[str, Any]) -> None:
+        """A fill the session did not send (its own entries and closes are followed over REST) that reduces
+        one of its positions: a partial exit, or the close."""
+        client_id = order.get("c") or ""
+        position = self.positions.get(order["s"])
+        filled = order.get("x") in ("TRADE", "CALCULATED") and float(order.get("l") or 0) > 0
+        if not filled or is_ours(client_id) or position is None:
+            return
+        if order["S"] != ("SELL" if position.side == "LONG" else "BUY"):
+            return  # added to by someone else: the next reconciliation notes the quantity
+        order_id = str(order["i"])
+        liquidated = order.get("o") == "LIQUIDATION" or client_id.startswith("autoclose-")
+        reason = "liquidation" if liquidated else "adl" if client_id.startswith("adl_autoclose") else None
+        fill = Fill(float(order["L"]), float(order["l"]), float(order.get("n") or 0), from_epoch_ms(int(order["T"])),
+                    order_id, reason, float(order.get("rp") or 0), liquidated)
+        if position.quantity - fill.quantity > 1e-9:
+            await self._partial_exit(position, fill, str(order.get("t")))
+            return
+        reason = reason or self._fired.get(order_id)
+        if reason is None:  # the algo update may come later, or it was done by hand: ask the exchange
+            reason, _ = await self.executor.exit_reason(position, {order_id})
+        try:
+            await self.executor.cancel_protection(position)  # what is left of its stop and take profit
+        except OrderRejected as rejected:
+            self._rejected(fill.time, position.symbol, "protection", rejected, None, position.trade_uid)
+        await self._finish(position, fill, reason)
+
+    async def _partial_exit(self, position: Position, fill: Fill, trade_id: str) -> None:
+        reason = fill.reason or self._fired.get(fill.order_id) or "manual"
+        pnl = fill.realized_pnl - fill.fees
+        position.quantity = round(position.quantity - fill.quantity, 12)
+        self.equity += pnl
+        await self.recorder.record_partial_exit(TradePartiallyClosed(
+            exit_uid=f"{position.trade_uid}:{fill.order_id}:{trade_id}", trade_uid=position.trade_uid,
+            symbol=position.symbol, exit_time=fill.time, exit_price=fill.price, quantity=fill.quantity, pnl=pnl,
+            pnl_pct=pnl / (position.entry_price * fill.quantity), fees=fill.fees, reason=reason,
+        ))
+        self._decide(fill.time, position.symbol, "partial_exit", reason, fill.price, position.trade_uid,
+                     {"quantity": fill.quantity, "left": position.quantity, "pnl": pnl, "fees": fill.fees})
+
+    def _on_algo_update(self, order: dict[str, Any], now: dt.datetime) -> None:
+        """Which order our stop loss or take profit placed (for the fill's reason), and what became of it."""
+        client_id = order.get("caid") or ""
+        role = PROTECTION_ROLES.get(client_id[:4]) if is_ours(client_id) else None
+        if role is None:
+            return
+        if order.get("ai"):
+            self._fired[str(order["ai"])] = role
+        status = order.get("X")
+        if status in ("TRIGGERED", "FINISHED", "EXPIRED", "REJECTED"):
+            position = self.positions.get(order["s"])
+            mine = position is not None and client_order_id(position.trade_uid, role) == client_id
+            self._decide(now, order["s"], "protect", f"{role} {status.lower()}", float(order.get("tp") or 0) or None,
+                         position.trade_uid if mine else None, {"algo_id": order.get("aid"), "order_id": order.get("ai")})
+
+    def _on_account_update(self, update: dict[str, Any], now: dt.datetime) -> None:
+        """The wallet balance; a funding fee is recorded on the position it was charged to."""
+        usdt = [balance for balance in update.get("B", []) if balance.get("a") == "USDT"]
+        if usdt:
+            self.wallet_balance = float(usdt[0]["wb"])
+        if update.get("m") != "FUNDING_FEE" or not usdt:
+            return
+        amount = float(usdt[0].get("bc") or 0)
+        # Isolated: the position comes with it; cross: only the balance (then it is ours if we hold one).
+        symbols = [p["s"] for p in update.get("P", [])] or (list(self.positions) if len(self.positions) == 1 else [])
+        position = self.positions.get(symbols[0]) if len(symbols) == 1 else None
+        if position is not None:
+            position.funding += amount
+        self._decide(now, symbols[0] if len(symbols) == 1 else "*", "funding", f"funding fee {amount:+.8f} USDT",
+                     None, position.trade_uid if position else None,
+                     {"amount": amount, "wallet_balance": self.wallet_balance})
 
     async def _adopt(self, held: ExchangePosition, now: dt.datetime) -> list[str]:
         """A position no trade explains becomes an OPEN trade of ours, at the exchange's entry, protected."""
