@@ -473,3 +473,16 @@ def test_nothing_erases_archived_data_restore_recompute_rearchive(db: DatabaseMa
     archive_old_data(manager=db, store=store, as_of=AS_OF, tables=["training_features"])
     again = read_history("training_features", day, day + dt.timedelta(days=1), ["BTCUSDT"], manager=db, store=store)
     pd.testing.assert_frame_equal(again, rows)
+
+
+def test_a_copy_written_under_an_earlier_schema_reads_in_the_schema_of_today() -> None:
+    """A column added to the table since the day was archived reads as NULL, a dropped one is left out."""
+    from winiswin_pipelines.archive.parquet import conform
+
+    today = ARCHIVED_TABLES["training_features"].schema
+    earlier = pa.RecordBatch.from_pydict(
+        {"symbol": ["BTCUSDT"], "ts": pa.array([_at(OLD_DAYS[0], 1)], pa.timestamp("us", "UTC")), "mid": [28000.5],
+         "raw": ['{"gone": true}']})
+    batch = conform(earlier, today)
+    assert batch.schema == today and batch.num_rows == 1
+    assert batch.column("mid").to_pylist() == [28000.5] and batch.column("label_cost").to_pylist() == [None]

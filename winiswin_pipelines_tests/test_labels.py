@@ -307,3 +307,38 @@ def test_a_touch_before_the_gap_is_a_label_and_a_pending_path_that_reaches_a_gap
     assert labels_by_second(flat, config).loc[8, "label_barrier"] == "gap"
     later = one_second_bars(*WARM_UP, *[100] * 16, missing=(9,))
     assert labels_by_second(later, config, events=later.index[8:9]).loc[8, "label_barrier"] == "gap"
+
+
+# --- net of costs -------------------------------------------------------------------------------------
+
+def test_a_move_that_does_not_pay_its_costs_is_no_horizontal_label():
+    price = bars(100, 100.08, 100.3, 100.1)
+    vol = flat(price, 0.0005)  # barriers at +/-0.05 %: 100.08 touches the upper one
+    assert first_row(get_triple_barrier_label(price, vol, 3, events=price.index[:1]))[:2] == (1, "upper")
+    # A round trip costing 0.2 % widens both barriers to 0.2 %: 100.08 is not enough, 100.3 is.
+    net = get_triple_barrier_label(price, vol, 3, events=price.index[:1], min_move=0.002)
+    assert first_row(net) == (1, "upper", price.index[2], 0.003)
+    # Per event, aligned with the prices; a cost above every move leaves the vertical barrier.
+    costs = pd.Series([0.004, np.nan, np.nan, np.nan], index=price.index)
+    assert first_row(get_triple_barrier_label(price, vol, 3, events=price.index[:1], min_move=costs))[:2] == \
+        (0, "vertical")
+    with pytest.raises(ValueError, match="min_move"):
+        get_triple_barrier_label(price, vol, 3, min_move=-0.1)
+
+
+def test_label_events_net_of_costs_record_the_round_trip_cost_of_each_event():
+    from winiswin_pipelines.labels.days import RoundTripCost
+
+    mid = one_second_bars(*WARM_UP, 100, 106, 100, 100, 100, 100)
+    spread = pd.Series(0.0002, index=mid.index)  # 2 bp
+    gross = LabelConfig(horizon=pd.Timedelta(seconds=3), vol_span=3, vol_warmup=pd.Timedelta(0))
+    net = LabelConfig(horizon=pd.Timedelta(seconds=3), vol_span=3, vol_warmup=pd.Timedelta(0),
+                      costs=RoundTripCost(taker_fee=0.05, spread_share=0.5))  # 10.01 %: beyond every move
+    gross_labels = label_events(mid, mid.index, gross)
+    net_labels = label_events(mid, mid.index, net, spread=spread)
+    assert gross_labels["label_cost"].isna().all()
+    assert np.allclose(net_labels["label_cost"], 2 * 0.05 + 0.5 * 0.0002)
+    horizontal = gross_labels["label_barrier"].isin(["upper", "lower"])
+    assert horizontal.any() and not net_labels["label_barrier"].isin(["upper", "lower"]).any()
+    with pytest.raises(ValueError, match="spread"):
+        label_events(mid, mid.index, net)

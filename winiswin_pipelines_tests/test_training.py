@@ -120,8 +120,12 @@ def test_crossed_and_one_sided_books_are_skipped_and_counted(db, resources, dags
     assert not set(stored(db, "mid").index) & {crossed, one_sided}
 
 
+def metadata_of(result: dg.ExecuteInProcessResult, node: str) -> dict:
+    return result.asset_materializations_for_node(node)[0].metadata
+
+
 def label_metadata(result: dg.ExecuteInProcessResult) -> dict:
-    return result.asset_materializations_for_node("triple_barrier_labels")[0].metadata
+    return metadata_of(result, "triple_barrier_labels")
 
 
 def label_frame(db) -> pd.DataFrame:
@@ -194,6 +198,35 @@ def test_one_run_over_both_days_gives_the_same_labels_and_the_dataset(db, resour
     assert label_metadata(again)["unchanged"].value == label_metadata(again)["dagster/row_count"].value > 500
     reread = ds.dataset(tmp_path / "training_dataset", format="parquet", partitioning="hive").to_table().to_pandas()
     pd.testing.assert_frame_equal(reread, dataset)
+
+
+def test_labels_net_of_costs_need_a_move_beyond_the_round_trip_and_the_dataset_records_it(
+    db, resources, dagster_instance, tmp_path
+):
+    assets = [training.microstructure_features, training.triple_barrier_labels, training.training_dataset]
+    dataset_config = {"training_dataset": {"config": {"output_dir": str(tmp_path)}}}
+    gross = run(assets, resources, dagster_instance, days=(FIRST, SECOND), run_config={"ops": dataset_config})
+    gross_labels = label_frame(db)
+    assert gross_labels["label_barrier"].isin(["upper", "lower"]).sum() > 200
+    assert metadata_of(gross, "training_dataset")["cost_model"].value == "labels gross of costs"
+    net_config = {"net_of_costs": True, "taker_fee": 0.0005, "spread_share": 0.5}
+    net = run(assets, resources, dagster_instance, days=(FIRST, SECOND),
+              run_config={"ops": {**dataset_config, "triple_barrier_labels": {"config": net_config}}})
+    labels = label_frame(db).dropna(subset=["label"])
+    # BTCUSDT's one-minute moves rarely pay 0.1 % plus half the spread: far fewer horizontal labels.
+    assert labels["label_barrier"].isin(["upper", "lower"]).sum() < gross_labels["label_barrier"].isin(["upper", "lower"]).sum() / 2
+    with db.engine.connect() as conn:
+        costs = pd.read_sql_query(text("SELECT label_cost, best_spread FROM training_features t JOIN LATERAL "
+                                       "(SELECT (best_ask - best_bid) / ((best_ask + best_bid) / 2) AS best_spread "
+                                       "FROM book_snapshots b WHERE b.symbol = t.symbol AND b.exchange_time = t.ts) s "
+                                       "ON true WHERE label IS NOT NULL"), conn)
+    assert np.allclose(costs["label_cost"], 2 * 0.0005 + 0.5 * costs["best_spread"])
+    horizontal = labels[labels["label_barrier"].isin(["upper", "lower"])]
+    assert (horizontal["label_ret"].abs() > 0.001).all()  # every horizontal label paid its fees
+    assert metadata_of(net, "triple_barrier_labels")["cost_model"].value.startswith("2 x taker fee 0.0500%")
+    dataset = ds.dataset(tmp_path / "training_dataset", format="parquet", partitioning="hive").to_table().to_pandas()
+    assert dataset["label_cost"].notna().all()
+    assert metadata_of(net, "training_dataset")["cost_model"].value.startswith(f"{len(dataset):,} of {len(dataset):,} rows")
 
 
 def leaky_features(book, config):

@@ -264,7 +264,17 @@ def combined_fingerprint(fingerprints: Iterable[str]) -> str:
 def iter_file_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     parquet = pq.ParquetFile(path)
     for batch in prefetched(parquet.iter_batches(batch_size=ROW_GROUP_ROWS)):
-        yield batch.cast(schema)
+        yield conform(batch, schema)
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """`batch`, written under an earlier schema of its table, in the table's `schema` now: a column
+    added since is NULL, a column dropped since is left out, every other one cast to its type."""
+    columns = [
+        batch.column(field.name).cast(field.type) if field.name in batch.schema.names else pa.nulls(len(batch), field.type)
+        for field in schema
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 @dataclass(frozen=True)
@@ -277,7 +287,11 @@ class FileContent:
 
 def _row_group_fingerprint(path: Path, group: int, schema: pa.Schema) -> Fingerprint:
     fingerprint = Fingerprint()
-    for batch in pq.ParquetFile(path).read_row_group(group).cast(schema).to_batches():
+    rows = pq.ParquetFile(path).read_row_group(group)
+    # A file written under an earlier schema of its table is checked in its own columns, as it was written.
+    if rows.schema.names == schema.names:
+        rows = rows.cast(schema)
+    for batch in rows.to_batches():
         fingerprint.add(batch)
     return fingerprint
 

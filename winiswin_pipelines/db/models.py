@@ -273,6 +273,7 @@ class TrainingFeature(Base):
     label_ret: Mapped[float | None]
     label_t1: Mapped[dt.datetime | None]
     label_barrier: Mapped[str | None] = mapped_column(String(8))
+    label_cost: Mapped[float | None]  # round-trip cost the horizontal barriers had to exceed; NULL: gross labels
     features_computed_at: Mapped[dt.datetime | None]
     labels_computed_at: Mapped[dt.datetime | None]
 

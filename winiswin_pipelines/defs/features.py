@@ -20,6 +20,7 @@ The work of a day is `winiswin_pipelines.features.training`; the checks' counts 
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,7 +39,7 @@ from winiswin_pipelines.features.training import (
     write_day_labels,
 )
 from winiswin_pipelines.labels import BARRIERS
-from winiswin_pipelines.labels.days import GAP, LABELS
+from winiswin_pipelines.labels.days import GAP, LABELS, RoundTripCost
 from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
 
 # Driven by data, not by the clock: a day is (re)computed when a day it reads lands or changes (the
@@ -125,6 +126,14 @@ def _gap_list(gaps) -> str:
 # --- labels -----------------------------------------------------------------------------------------
 
 
+class LabelsConfig(dg.Config):
+    """Labels gross of costs, or net: a horizontal barrier then counts only beyond the round trip's cost."""
+
+    net_of_costs: bool = Field(default=False, description="require a move beyond the round-trip cost")
+    taker_fee: float = Field(default=0.0005, ge=0, description="taker fee per side (Binance regular tier 0.05%)")
+    spread_share: float = Field(default=0.5, ge=0, description="share of the relative spread counted as cost")
+
+
 @dg.asset(
     **_DAILY,
     **table_asset("training_features"),
@@ -138,12 +147,15 @@ def _gap_list(gaps) -> str:
     "(no label); completes the previous day's pending labels.",
 )
 def triple_barrier_labels(
-    context: dg.AssetExecutionContext, postgres: PostgresResource, cold_storage: ColdStorageResource
+    context: dg.AssetExecutionContext, config: LabelsConfig, postgres: PostgresResource,
+    cold_storage: ColdStorageResource,
 ) -> dg.MaterializeResult:
     cold = cold_storage.store()
+    costs = RoundTripCost(config.taker_fee, config.spread_share) if config.net_of_costs else None
+    settings = replace(LABELS, costs=costs)
     # A day's pending rows are completed by the next day of the same run: the total's are the last day's.
     total = _each_day(
-        context.partition_time_window, lambda day: write_day_labels(postgres.manager, day, cold),
+        context.partition_time_window, lambda day: write_day_labels(postgres.manager, day, cold, settings),
         lambda day, r: context.log.info(f"labels {day:%Y-%m-%d}: {r.labels}, {r.gap} blocked by a gap, "
                                         f"{r.pending} pending, {r.completed_previous_day} of the previous day completed"),
         idle=lambda r: not r.written.rows,
@@ -159,6 +171,7 @@ def triple_barrier_labels(
         "dagster/row_count": total.written.rows, **total.written.counts(),
         "horizon": str(LABELS.horizon), "pt_sl": str(LABELS.pt_sl), "min_ret": LABELS.min_ret,
         "gap_tolerance": str(LABELS.gap_tolerance),
+        "cost_model": costs.describe() if costs else "gross (barriers ignore costs)",
     })
 
 
@@ -201,6 +214,7 @@ def training_dataset(
     )
     return dg.MaterializeResult(metadata={
         "dagster/row_count": total.rows, "rows_waiting_for_labels": total.pending,
+        "cost_model": total.cost_model(),
         "dataset": dg.MetadataValue.path(str(root / "training_dataset")),
         "files": dg.MetadataValue.md("\n".join(f"- `{p.relative_to(root)}`" for p in total.files)),
     })

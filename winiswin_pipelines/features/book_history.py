@@ -1,4 +1,4 @@
-"""Book snapshots and their mids over both tiers: the hot rows through the fast SQL of
+"""Book snapshots and their prices over both tiers: the hot rows through the fast SQL of
 `features.repository`, the archived ones read in place from cold storage (only the symbol's row
 groups of the days in range), combined in time order. A snapshot in both tiers counts once, hot.
 
@@ -22,7 +22,7 @@ from winiswin_pipelines.archive.tables import archived_table
 from winiswin_pipelines.coldstore import ColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.features import repository
-from winiswin_pipelines.features.microstructure import BookArrays, usable_mid
+from winiswin_pipelines.features.microstructure import BookArrays
 
 BOOK = archived_table("book_snapshots")
 _BEST = ("best_bid", "best_bid_qty", "best_ask", "best_ask_qty")
@@ -75,44 +75,42 @@ def _combined(hot: BookArrays, cold: BookArrays) -> BookArrays:
     return BookArrays(ts[keep], *arrays)
 
 
-def read_mids(
+def read_prices(
     manager: DatabaseManager, conn: Connection, store: ColdStore, symbol: str, start: dt.datetime, reach: dt.datetime,
-) -> pd.Series:
-    """Mids of `symbol`'s usable snapshots from `start` up to `reach` (inclusive), and of the first
-    usable one after `reach` however late, hot and archived: the labels' price path."""
-    hot = repository.read_book_mids(conn, symbol, start, reach)
+) -> pd.DataFrame:
+    """Mid and relative spread of `symbol`'s usable snapshots from `start` up to `reach` (inclusive),
+    and of the first usable one after `reach` however late, hot and archived: the labels' price path."""
+    hot = repository.read_book_prices(conn, symbol, start, reach)
     window_end = dt.datetime.combine(reach.date(), dt.time(), dt.UTC) + 2 * _DAY
-    cold = _cold_mids(manager, store, symbol, start, window_end)
-    mids = _union(hot, cold)
-    if not (mids.index > reach).any():  # the prices may go on in a later archived day
-        mids = _union(mids, _first_cold_mid_after(manager, store, symbol, window_end))
-    after = mids.index > reach
-    return mids[~after | (np.cumsum(after) == 1)]
+    prices = _union(hot, _cold_prices(manager, store, symbol, start, window_end))
+    if not (prices.index > reach).any():  # the prices may go on in a later archived day
+        prices = _union(prices, _first_cold_price_after(manager, store, symbol, window_end))
+    after = prices.index > reach
+    return prices[~after | (np.cumsum(after) == 1)]
 
 
-def _cold_mids(manager: DatabaseManager, store: ColdStore, symbol: str, start: dt.datetime, end: dt.datetime) -> pd.Series:
+def _cold_prices(manager: DatabaseManager, store: ColdStore, symbol: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
     table = read_cold(manager, store, BOOK, start, end, [symbol], ["exchange_time", "best_bid", "best_ask"])
-    mid = usable_mid(_floats(table["best_bid"]), _floats(table["best_ask"]))
-    usable = ~np.isnan(mid)
-    index = pd.DatetimeIndex(_nanoseconds(table["exchange_time"])[usable].view("M8[ns]")).tz_localize("UTC")
-    return pd.Series(mid[usable], index=index, name="mid").sort_index(kind="stable")
+    prices = repository.book_prices(_nanoseconds(table["exchange_time"]), _floats(table["best_bid"]),
+                                    _floats(table["best_ask"]))
+    return prices.sort_index(kind="stable")
 
 
-def _first_cold_mid_after(manager: DatabaseManager, store: ColdStore, symbol: str, start: dt.datetime) -> pd.Series:
-    """The first usable archived mid at or after `start`, searching the archived days in order."""
+def _first_cold_price_after(manager: DatabaseManager, store: ColdStore, symbol: str, start: dt.datetime) -> pd.DataFrame:
+    """The first usable archived price at or after `start`, searching the archived days in order."""
     for entry in archive_repository.manifest_entries(manager, BOOK.name, start.date(), dt.date.max,
                                                      {archive_repository.ARCHIVED}):
         day_start = max(start, dt.datetime.combine(entry.day, dt.time(), dt.UTC))
-        mids = _cold_mids(manager, store, symbol, day_start, day_start + _DAY)
-        if len(mids):
-            return mids.iloc[:1]
-    return _NO_MIDS
+        prices = _cold_prices(manager, store, symbol, day_start, day_start + _DAY)
+        if len(prices):
+            return prices.iloc[:1]
+    return NO_PRICES
 
 
-_NO_MIDS = pd.Series([], index=pd.DatetimeIndex([], tz="UTC").as_unit("ns"), dtype=float, name="mid")
+NO_PRICES = pd.DataFrame({"mid": [], "spread": []}, dtype=float, index=pd.DatetimeIndex([], tz="UTC").as_unit("ns"))
 
 
-def _union(first: pd.Series, second: pd.Series) -> pd.Series:
+def _union(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
     if second.empty:
         return first
     if first.empty:

@@ -88,10 +88,10 @@ def _array_values(blob: bytes | None, element: str) -> np.ndarray:
 _USABLE_BOOK = "best_bid > 0 AND best_ask >= best_bid AND best_bid <> 'NaN' AND best_ask <> 'NaN'"
 
 
-def read_book_mids(conn: Connection, symbol: str, start: dt.datetime, reach: dt.datetime) -> pd.Series:
-    """Mids of `symbol`'s usable book snapshots from `start` up to `reach` (inclusive), and of the
-    first usable one after `reach` however late (it shows whether the prices go on after a gap):
-    the labels' price path, the same numbers as the `mid` feature."""
+def read_book_prices(conn: Connection, symbol: str, start: dt.datetime, reach: dt.datetime) -> pd.DataFrame:
+    """Mid and relative spread of `symbol`'s usable book snapshots from `start` up to `reach`
+    (inclusive), and of the first usable one after `reach` however late (it shows whether the prices
+    go on after a gap): the labels' price path (the same numbers as the `mid` feature) and costs."""
     query = (
         "SELECT array_send(array_agg(exchange_time)), array_send(array_agg(coalesce(best_bid, 'NaN'))), "
         "array_send(array_agg(coalesce(best_ask, 'NaN'))) FROM book_snapshots WHERE symbol = %(symbol)s "
@@ -102,10 +102,15 @@ def read_book_mids(conn: Connection, symbol: str, start: dt.datetime, reach: dt.
         times, bids, asks = cur.execute(query, {"symbol": symbol, "start": start, "reach": reach}).fetchone()
     micros = _array_values(times, ">i8") + _PG_EPOCH_MICROS
     order = np.argsort(micros, kind="stable")
-    mid = usable_mid(_array_values(bids, ">f8")[order], _array_values(asks, ">f8")[order])
+    return book_prices(micros[order] * 1000, _array_values(bids, ">f8")[order], _array_values(asks, ">f8")[order])
+
+
+def book_prices(nanoseconds: np.ndarray, bid: np.ndarray, ask: np.ndarray) -> pd.DataFrame:
+    """`mid` and relative `spread` of the usable books among these, indexed by their UTC times."""
+    mid = usable_mid(bid, ask)
     usable = ~np.isnan(mid)
-    index = pd.DatetimeIndex((micros[order][usable] * 1000).view("M8[ns]")).tz_localize("UTC")
-    return pd.Series(mid[usable], index=index, name="mid")
+    index = pd.DatetimeIndex(nanoseconds[usable].view("M8[ns]")).tz_localize("UTC")
+    return pd.DataFrame({"mid": mid[usable], "spread": (ask[usable] - bid[usable]) / mid[usable]}, index=index)
 
 
 def last_usable_snapshot(conn: Connection, symbol: str, before: dt.datetime) -> dt.datetime | None:

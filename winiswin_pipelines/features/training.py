@@ -37,7 +37,7 @@ from winiswin_pipelines.features.days import (
 )
 from winiswin_pipelines.features.microstructure import BOOK_STATES, FEATURE_COLUMNS, BookArrays
 from winiswin_pipelines.labels import BARRIERS
-from winiswin_pipelines.labels.days import GAP, LABEL_COLUMNS, LABELS, label_events
+from winiswin_pipelines.labels.days import GAP, LABEL_COLUMNS, LABELS, LabelConfig, label_events
 
 DAY = dt.timedelta(days=1)
 _USABLE_STATES = ("ok", "locked")
@@ -163,7 +163,9 @@ class LabelResult:
         )
 
 
-def write_day_labels(manager: DatabaseManager, day: dt.datetime, cold: ColdStore | None = None) -> LabelResult:
+def write_day_labels(
+    manager: DatabaseManager, day: dt.datetime, cold: ColdStore | None = None, config: LabelConfig = LABELS
+) -> LabelResult:
     """Label every usable book snapshot of `day`, and the rows of the day before that were still
     waiting for this day's prices.
 
@@ -175,8 +177,8 @@ def write_day_labels(manager: DatabaseManager, day: dt.datetime, cold: ColdStore
     cold = cold or cold_store()
     symbols = book_symbols(manager, cold, day - DAY, day + DAY)
     with manager.engine.connect() as conn:
-        previous = [_day_labels(manager, conn, cold, s, day - DAY, only_unlabelled=True) for s in symbols]
-        current = [_day_labels(manager, conn, cold, s, day) for s in symbols]
+        previous = [_day_labels(manager, conn, cold, config, s, day - DAY, only_unlabelled=True) for s in symbols]
+        current = [_day_labels(manager, conn, cold, config, s, day) for s in symbols]
     if not symbols:
         return LabelResult(EMPTY_RESULT, dict.fromkeys(BARRIERS, 0), 0, 0, 0)
     rows = pd.concat([*previous, *current], ignore_index=True)
@@ -195,8 +197,8 @@ def write_day_labels(manager: DatabaseManager, day: dt.datetime, cold: ColdStore
 
 
 def _day_labels(
-    manager: DatabaseManager, conn: Connection, cold: ColdStore, symbol: str, day: dt.datetime, *,
-    only_unlabelled: bool = False,
+    manager: DatabaseManager, conn: Connection, cold: ColdStore, config: LabelConfig, symbol: str, day: dt.datetime,
+    *, only_unlabelled: bool = False,
 ) -> pd.DataFrame:
     """Labels of `symbol`'s usable book snapshots on `day` (or only of its rows without a label that
     may still get one), NULL where still pending, skipped or blocked by a gap.
@@ -206,19 +208,17 @@ def _day_labels(
     """
     waiting = _unlabelled_times(manager, cold, symbol, day) if only_unlabelled else None
     if waiting is not None and not len(waiting):
-        mid = _NO_PRICES  # nothing to read
+        prices = book_history.NO_PRICES  # nothing to read
     else:
-        reach = day + DAY + LABELS.horizon + LABELS.gap_tolerance  # every path ends by then, but across a gap
-        mid = book_history.read_mids(manager, conn, cold, symbol, day - LABELS.vol_warmup, reach)
-    events = mid.index[(mid.index >= day) & (mid.index < day + DAY)]
+        reach = day + DAY + config.horizon + config.gap_tolerance  # every path ends by then, but across a gap
+        prices = book_history.read_prices(manager, conn, cold, symbol, day - config.vol_warmup, reach)
+    events = prices.index[(prices.index >= day) & (prices.index < day + DAY)]
     if waiting is not None:
         events = events.intersection(waiting)
-    labels = label_events(mid, events, LABELS)
+    labels = label_events(prices["mid"], events, config, spread=prices["spread"])
     labels.insert(0, "symbol", symbol)
     return labels
 
-
-_NO_PRICES = pd.Series([], index=pd.DatetimeIndex([], tz="UTC").as_unit("ns"), dtype=float, name="mid")
 
 
 def _unlabelled_times(manager: DatabaseManager, cold: ColdStore, symbol: str, day: dt.datetime) -> pd.DatetimeIndex:
@@ -235,14 +235,25 @@ def _unlabelled_times(manager: DatabaseManager, cold: ColdStore, symbol: str, da
 
 @dataclass(frozen=True)
 class DatasetResult:
-    """Files written (a day without labelled rows has none), their rows, and the rows without a label."""
+    """Files written (a day without labelled rows has none), their rows, the rows without a label, and
+    the rows labelled net of costs with the sum of their round-trip costs (the cost model in use)."""
 
     files: tuple[Path, ...]
     rows: int
     pending: int
+    net_of_costs: int = 0
+    cost_sum: float = 0.0
 
     def __add__(self, other: DatasetResult) -> DatasetResult:
-        return DatasetResult(self.files + other.files, self.rows + other.rows, self.pending + other.pending)
+        return DatasetResult(self.files + other.files, self.rows + other.rows, self.pending + other.pending,
+                             self.net_of_costs + other.net_of_costs, self.cost_sum + other.cost_sum)
+
+    def cost_model(self) -> str:
+        if not self.net_of_costs:
+            return "labels gross of costs"
+        mean = self.cost_sum / self.net_of_costs
+        return (f"{self.net_of_costs:,} of {self.rows:,} rows labelled net of a round-trip cost "
+                f"(mean {mean:.4%}; per row in label_cost)")
 
 
 def write_dataset_day(
@@ -257,7 +268,8 @@ def write_dataset_day(
     pending = int((~labelled & (rows["label_barrier"] != GAP)).sum())
     frame = rows.loc[labelled, list(DATASET_COLUMNS)].sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
     path = write_day_file(frame, root, day)
-    return DatasetResult((path,) if len(frame) else (), len(frame), pending)
+    costs = frame["label_cost"].dropna()
+    return DatasetResult((path,) if len(frame) else (), len(frame), pending, len(costs), float(costs.sum()))
 
 
 # --- look-ahead check -------------------------------------------------------------------------------

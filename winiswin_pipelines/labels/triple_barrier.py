@@ -12,6 +12,9 @@ Semantics (AFML snippets 3.2-3.4 and the mlfinlab/mlfinpy lineage):
   return is strictly above the upper (strictly below the lower) barrier; the first touch wins. A
   horizontal touch on the vertical bar itself counts as the horizontal barrier.
 - Labels say which barrier fired: 1 upper, -1 lower, 0 vertical. `ret` is the return at the touch.
+- Net of costs: with `min_move` (per event, e.g. its round-trip cost as a fraction), each horizontal
+  barrier lies at least that far: a move that would not pay its costs is not a profit or a loss
+  worth a label of its own, and the event goes on to a wider barrier or the vertical one.
 - Events whose `vol` is not above `min_ret` (or is NaN) are skipped. An event whose vertical barrier
   lies beyond the data and that touched no barrier yet gets no label: it is left out of the result
   until later data arrives.
@@ -51,12 +54,15 @@ def get_triple_barrier_label(
     min_ret: float = 0.0,
     events: pd.DatetimeIndex | Sequence | None = None,
     side: pd.Series | None = None,
+    min_move: pd.Series | float | None = None,
 ) -> pd.DataFrame:
     """Label `events` (default: every bar of `price`) by the first barrier their path touches.
 
     `price`: closes on a tz-aware UTC DatetimeIndex, strictly increasing, finite and positive.
     `vol`: the volatility target as a fraction, indexed like `price` (missing bars are skipped).
     `horizon`: bars (int >= 1) or a positive Timedelta. `side`: +1/-1 per event (meta-labelling).
+    `min_move`: the least width of a horizontal barrier, as a fraction, per event (a Series indexed
+    like `price`) or for all; NaN or None: no floor.
     Returns a DataFrame indexed by event time (`t0`) with `label`, `ret`, `t1` and `barrier`.
     """
     index = check_price_series(price)
@@ -69,13 +75,14 @@ def get_triple_barrier_label(
     keep = target > min_ret
     start, target = start[keep], target[keep]
     sides = _event_sides(side, index[start])
+    floor = _event_floor(min_move, index[start])
     vertical = _vertical_positions(index, start, horizon)
     end = np.minimum(vertical, len(values) - 1)
 
     first_beyond = _touch_search(values, len(start), int((end - start).max(initial=0)) + 1)
     p0 = values[start]
-    upper = first_beyond(start, end, p0, sides, pt * target) if pt > 0 else end + 1
-    lower = first_beyond(start, end, p0, -sides, sl * target) if sl > 0 else end + 1
+    upper = first_beyond(start, end, p0, sides, np.fmax(pt * target, floor)) if pt > 0 else end + 1
+    lower = first_beyond(start, end, p0, -sides, np.fmax(sl * target, floor)) if sl > 0 else end + 1
     touched = np.minimum(upper, lower)
     has_label = (touched <= end) | (vertical < len(values))
     barrier = np.where(touched > end, 2, np.where(upper < lower, 0, 1))[has_label]
@@ -194,6 +201,19 @@ def _event_sides(side: pd.Series | None, times: pd.DatetimeIndex) -> np.ndarray:
     if bad.any():
         raise ValueError(f"side must be +1 or -1 for every event: {int(bad.sum())} are not, first at {times[bad][0]}")
     return sides
+
+
+def _event_floor(min_move: pd.Series | float | None, times: pd.DatetimeIndex) -> np.ndarray:
+    """The least barrier width of each event (NaN: none)."""
+    if min_move is None:
+        return np.full(len(times), np.nan)
+    if isinstance(min_move, pd.Series):
+        floor = _aligned(min_move, times, "min_move").to_numpy(dtype=float)
+    else:
+        floor = np.full(len(times), float(min_move))
+    if (floor < 0).any():
+        raise ValueError("min_move must be >= 0")
+    return floor
 
 
 def _vertical_positions(index: pd.DatetimeIndex, start: np.ndarray, horizon: int | pd.Timedelta) -> np.ndarray:
