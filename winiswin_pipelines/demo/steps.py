@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -19,6 +20,7 @@ from winiswin_pipelines.defs.partitions import daily_partitions, day_runs, range
 from winiswin_pipelines.defs.trading import TradingSessionConfig
 from winiswin_pipelines.demo.runner import DemoRunner, checks_verdict, materialization
 from winiswin_pipelines.legacy.sniff import discover_stores
+from winiswin_pipelines.legacy.sources import all_sources
 from winiswin_pipelines.marketdata.feed import DEFAULT_CAPTURES
 from winiswin_pipelines.marketdata.repository import read_capture_row, snapshot_days
 from winiswin_pipelines.resources import LegacyFolderResource
@@ -100,6 +102,8 @@ def legacy_migration(runner: DemoRunner) -> list[str]:
     m = materialization(result, "legacy_trades")
     lines = [f"{folder}: {len(keys)} trade stores", *m["summary"].splitlines()]
     lines += [f"skipped {file.relpath}: {file.reason}" for file in skipped]
+    lines += [f"original {Path(row.path).name} ({row.size:,} B, sha256 {row.sha256[:12]}...) kept in cold storage: "
+              f"{row.cold_uri}" for row in all_sources(runner.manager)]
     evaluations = result.get_asset_check_evaluations()
     lines.append(f"accounting check: {'passed' if evaluations and all(e.passed for e in evaluations) else 'FAILED'}")
     return lines
