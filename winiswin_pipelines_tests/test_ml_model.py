@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from winiswin_pipelines.defs import models
 from winiswin_pipelines.features.dataset import DATASET_COLUMNS, write_day_file
+from winiswin_pipelines.features.microstructure import FEATURE_COLUMNS
 from winiswin_pipelines.ml import PurgedKFold, registry, report, walk_forward_split
 from winiswin_pipelines.ml.dataset import dataset_days, read_dataset, window_days
 from winiswin_pipelines.ml.metrics import prior_log_loss
@@ -87,7 +88,7 @@ def synthetic_day(day: dt.date, seed: int, *, signal: bool = True, rows: int = 4
     for symbol, price in (("BTCUSDT", 60_000.0), ("ETHUSDT", 3_000.0)):
         ts = pd.date_range(pd.Timestamp(day, tz="UTC"), periods=rows, freq="10s")
         frame = pd.DataFrame({"symbol": symbol, "ts": ts})
-        for column in DATASET_COLUMNS[2:-4]:
+        for column in FEATURE_COLUMNS:
             frame[column] = rng.normal(size=rows)
         frame["mid"], frame["microprice"] = price, price * 1.0001
         latent = (frame["obi"] if signal else rng.normal(size=rows)) + rng.normal(scale=0.7, size=rows)
@@ -96,7 +97,8 @@ def synthetic_day(day: dt.date, seed: int, *, signal: bool = True, rows: int = 4
         frame["label_t1"] = ts + pd.to_timedelta(rng.integers(10, 120, rows), unit="s")
         frame["label_barrier"] = np.select([frame["label"] == 1, frame["label"] == -1], ["upper", "lower"], "vertical")
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True)[list(DATASET_COLUMNS)]
+    # Any other dataset column (e.g. a cost the labels record) is written empty: training reads none of them.
+    return pd.concat(frames, ignore_index=True).reindex(columns=list(DATASET_COLUMNS))
 
 
 def write_dataset(root: Path, *, signal: bool = True, seed: int = 0) -> Path:
@@ -194,6 +196,7 @@ def test_register_then_load_by_version_and_by_alias_in_one_call(registry_resourc
     from mlflow.telemetry.client import get_telemetry_client
 
     assert get_telemetry_client() is None
+    assert all(address.startswith(("('127.0.0.1'", "('::1'")) for address in loopback_only), loopback_only
     with pytest.raises(registry.RegistryError, match="signal_model"):
         registry.load_model(location.tracking_uri, "signal_model", alias="nobody")
 

@@ -20,8 +20,13 @@ from winiswin_pipelines.catalog import OWNER
 from winiswin_pipelines.features.microstructure import FEATURE_COLUMNS
 from winiswin_pipelines.ml import report
 from winiswin_pipelines.ml.dataset import dataset_days, read_dataset, window_days
-from winiswin_pipelines.ml.model import CLASSES
-from winiswin_pipelines.ml.training import ModelParams, TrainingConfig, train_signal_model, training_data
+from winiswin_pipelines.ml.training import (
+    ModelParams,
+    TrainingConfig,
+    TrainingResult,
+    train_signal_model,
+    training_data,
+)
 from winiswin_pipelines.model_registry import ModelRegistryResource, build_model_registry
 
 MODEL_NAME = "signal_model"
@@ -83,21 +88,44 @@ def signal_model(
     context.log.info(f"training on {len(data):,} labelled rows of {len(days)} days ({days[0]}..{days[-1]})")
     training = config.training()
     result = train_signal_model(data, training)
-    code_version = _code_version()
     version = model_registry.register(
-        MODEL_NAME, result.model, params={**training.params.lightgbm(), "n_splits": training.n_splits,
-                                          "pct_embargo": training.pct_embargo,
-                                          "test_fraction": training.test_fraction, "days": f"{days[0]}..{days[-1]}"},
-        metrics=result.metrics(), documents={"report.md": report.full_report(result)},
-        tags={"code_version": code_version, "training_window": str(result.window), "dagster_run_id": context.run.run_id},
+        MODEL_NAME, result.model, params=_params(training, days), metrics=result.metrics(),
+        documents={"report.md": report.full_report(result)}, tags=_tags(result, context.run.run_id),
     )
     model_registry.set_alias(MODEL_NAME, CANDIDATE, version.version)
     context.log.info(f"registered {MODEL_NAME} version {version.version}: out-of-sample log loss "
                      f"{result.oos.log_loss:.4f} vs class prior {result.baseline_log_loss:.4f}")
     return dg.MaterializeResult(metadata={
+        **_metrics_metadata(result),
+        "days": f"{days[0]}..{days[-1]} ({len(days)} days with data)",
+        "features": ", ".join(MODEL_FEATURES),
+        "params": dg.MetadataValue.json(training.params.lightgbm()),
+        "code_version": _code_version(),
+        "model_name": MODEL_NAME, "model_version": version.version,
+        "model_uri": f"models:/{MODEL_NAME}/{version.version}",
+        "artifacts": version.source,
+    })
+
+
+def _params(training: TrainingConfig, days: list[dt.date]) -> dict[str, object]:
+    return {**training.params.lightgbm(), "n_splits": training.n_splits, "pct_embargo": training.pct_embargo,
+            "test_fraction": training.test_fraction, "days": f"{days[0]}..{days[-1]}"}
+
+
+def _tags(result: TrainingResult, run_id: str) -> dict[str, str]:
+    """What a user of the version must know: the code, and the time its training data covers (a backtest
+    must replay days after `training_end`, the latest label end)."""
+    return {"code_version": _code_version(), "training_start": result.window.start.isoformat(),
+            "training_end": result.window.last_label_end.isoformat(), "training_rows": str(result.window.rows),
+            "dagster_run_id": run_id}
+
+
+def _metrics_metadata(result: TrainingResult) -> dict[str, object]:
+    """The scores as numbers (the check reads them) and as Markdown tables."""
+    return {
         "dagster/row_count": result.window.rows,
         "training_window": str(result.window),
-        "days": f"{days[0]}..{days[-1]} ({len(days)} days with data)",
+        "training_end": result.window.last_label_end.isoformat(),
         "oos_log_loss": result.oos.log_loss, "baseline_log_loss": result.baseline_log_loss,
         "cv_log_loss": result.cv.log_loss, "oos_accuracy": result.oos.accuracy, "cv_accuracy": result.cv.accuracy,
         "beats_baseline": result.beats_baseline,
@@ -108,13 +136,7 @@ def signal_model(
         "feature_importance": dg.MetadataValue.md(report.importance_table(result.importance)),
         "label_balance": dg.MetadataValue.md(report.label_balance_table(result.label_balance)),
         "windows": dg.MetadataValue.md(report.windows_table(result)),
-        "features": ", ".join(MODEL_FEATURES),
-        "params": dg.MetadataValue.json(training.params.lightgbm()),
-        "code_version": code_version,
-        "model_name": MODEL_NAME, "model_version": version.version,
-        "model_uri": f"models:/{MODEL_NAME}/{version.version}",
-        "artifacts": version.source,
-    })
+    }
 
 
 @dg.asset_check(asset=signal_model, blocking=True)
@@ -134,7 +156,6 @@ def signal_model_beats_class_prior(
     return dg.AssetCheckResult(passed=passed, metadata={
         "oos_log_loss": model_loss, "baseline_log_loss": prior_loss, "improvement": prior_loss - model_loss,
         "model_version": version, "champion_version": champion if champion is not None else "none",
-        "classes": ", ".join(map(str, CLASSES)),
     })
 
 

@@ -67,10 +67,10 @@ def label_balance_table(balance: dict[int, int]) -> str:
 
 def windows_table(result: TrainingResult) -> str:
     """The label starts each part of the protocol covers."""
-    lines = ["| part | first label start | last label start | rows |", "|---|---|---|---:|"]
+    lines = ["| part | first label start | last label start | last label end | rows |", "|---|---|---|---|---:|"]
     for name, window in (("kept model (every row)", result.window), ("development (CV)", result.development),
                          ("out of sample", result.out_of_sample)):
-        lines.append(f"| {name} | {window.start} | {window.end} | {window.rows:,} |")
+        lines.append(f"| {name} | {window.start} | {window.end} | {window.last_label_end} | {window.rows:,} |")
     return "\n".join(lines)
 
 

@@ -156,15 +156,17 @@ def out_of_fold_log_loss(
 
 @dataclass(frozen=True)
 class Window:
-    """First and last label start of some rows (UTC), and how many rows."""
+    """First and last label start of some rows (UTC), how many rows, and the latest label end: the
+    prices the labels saw reach that far (a backtest must start after it)."""
 
     start: pd.Timestamp
     end: pd.Timestamp
     rows: int
+    last_label_end: pd.Timestamp
 
     @classmethod
     def of(cls, data: TrainingData) -> Window:
-        return cls(data.t1.index[0], data.t1.index[-1], len(data))
+        return cls(data.t1.index[0], data.t1.index[-1], len(data), data.t1.max())
 
     def __str__(self) -> str:
         return f"{self.start} .. {self.end} ({self.rows:,} rows)"
