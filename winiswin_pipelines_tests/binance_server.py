@@ -1171,7 +1171,7 @@ class LocalBinanceServer:
             if refused:
                 return refused
             reply = signed[(method, path)]()
-            if method == "POST" and self._take_drop():
+            if method == "POST" and path in ("/fapi/v1/order", "/fapi/v1/algoOrder") and self._take_drop():
                 return _DROP, None
             return 200, reply
         except KeyError as missing:
@@ -1353,7 +1353,8 @@ class LocalBinanceServer:
             self.account.reject_next[symbol] = (code, message)
 
     def drop_next_reply(self) -> None:
-        """The next POST is executed, then the connection is dropped without a reply."""
+        """The next order (POST /fapi/v1/order or /algoOrder) is executed, then the connection is dropped
+        without a reply."""
         with self._lock:
             self.account.drop_next_reply = True
 

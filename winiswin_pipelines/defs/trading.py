@@ -47,7 +47,11 @@ class TradingParameters(dg.Config):
     starting_equity: float = Field(default=RiskConfig.starting_equity, description="paper account, USDT")
     risk_per_trade: float = Field(default=RiskConfig.risk_per_trade, description="equity fraction lost at the stop")
     max_open_positions: int = Field(default=RiskConfig.max_open_positions)
-    max_leverage: float = Field(default=RiskConfig.max_leverage)
+    max_leverage: float = Field(default=RiskConfig.max_leverage, description="live: the leverage set per symbol")
+    max_symbol_notional: float | None = Field(default=None, description="USDT per position; empty: no cap")
+    max_total_notional: float | None = Field(default=None, description="USDT over all positions; empty: no cap")
+    daily_loss_limit: float | None = Field(default=None, description="USDT lost since 00:00 UTC after which no "
+                                           "entry (counted from the trades in PostgreSQL: survives restarts)")
     time_stop_minutes: float = Field(default=RiskConfig.time_stop.total_seconds() / 60,
                                      description="close any position held this long")
     strategy_profile: Literal["default", "short_horizon"] = Field(
@@ -59,7 +63,9 @@ class TradingParameters(dg.Config):
     def session_config(self, **overrides) -> SessionConfig:
         risk = RiskConfig(starting_equity=self.starting_equity, risk_per_trade=self.risk_per_trade,
                           max_open_positions=self.max_open_positions, max_leverage=self.max_leverage,
-                          time_stop=dt.timedelta(minutes=self.time_stop_minutes))
+                          time_stop=dt.timedelta(minutes=self.time_stop_minutes),
+                          max_symbol_notional=self.max_symbol_notional, max_total_notional=self.max_total_notional,
+                          daily_loss_limit=self.daily_loss_limit)
         strategy = PROFILES[self.strategy_profile]()
         changes = {"min_confidence": self.min_confidence, "adx_min": self.adx_min}
         strategy = replace(strategy, **{name: value for name, value in changes.items() if value is not None})

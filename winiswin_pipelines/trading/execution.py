@@ -30,8 +30,13 @@ prefix are left alone.
 order of its stop loss or take profit (the algo order's `actualOrderId`), a liquidation
 (`/fapi/v1/forceOrders`), the session's own close, or else by hand ("manual").
 
+Before the first entry on a symbol, its margin type (ISOLATED by default; -4046 "no need to
+change" is success) and leverage are set (`/fapi/v1/marginType`, `/fapi/v1/leverage`).
+
 `LiveExecutor` exists only through `live_executor(...)`, which refuses to build it unless both API
-keys are set and live trading was explicitly enabled (`WINISWIN_LIVE_TRADING=1`). Keys are never
+keys are set and live trading was explicitly enabled (`WINISWIN_LIVE_TRADING=1`), and refuses an
+account in hedge mode (`dualSidePosition`) or multi-assets mode before any order: the session
+trades one-way positions margined in USDT. Keys are never
 put in messages. A refused order raises `OrderRejected` with Binance's code and message.
 """
 
@@ -60,12 +65,17 @@ TAKER_FEE_RATE = 0.0004  # Binance USDT-M default taker fee
 REDUCE_ONLY_REJECTED = -2022  # nothing left to reduce
 WOULD_TRIGGER_NOW = -2021  # a conditional order already on the wrong side of the mark price
 DUPLICATED_CLIENT_ID = -4116
+NO_NEED_TO_CHANGE_MARGIN_TYPE = -4046
 PROTECTION = (("stop_loss", "STOP_MARKET"), ("take_profit", "TAKE_PROFIT_MARKET"))
 _OPEN = ("NEW", "PARTIALLY_FILLED")
 
 
 class LiveTradingRefused(RuntimeError):
     """Live execution was asked for without both API keys and the explicit opt-in."""
+
+
+class AccountRefused(LiveTradingRefused):
+    """The account is set up in a way the session does not trade on (hedge mode, multi-assets mode)."""
 
 
 class OrderRejected(RuntimeError):
@@ -261,8 +271,10 @@ class LiveExecutor:
     protects_on_exchange = True
 
     def __init__(self, client: BinanceRestClient, exchange_info: dict[str, Any], symbols: Sequence[str] = (), *,
-                 fill_timeout: float = 5.0, lookups: int = 3):
+                 fill_timeout: float = 5.0, lookups: int = 3, leverage: int = 5, margin_type: str = "ISOLATED"):
         self._client = client
+        self.leverage, self.margin_type = leverage, margin_type
+        self._prepared: set[str] = set()  # symbols whose margin type and leverage are set
         self._info = exchange_info
         self._filters: dict[str, SymbolFilters] = {}
         self.symbols = list(symbols)
@@ -284,7 +296,23 @@ class LiveExecutor:
     async def open(self, symbol: str, side: str, quantity: float, reference_price: float, time: dt.datetime,
                    client_id: str = "") -> Fill:
         order_side = "BUY" if direction(side) > 0 else "SELL"
+        await self._prepare(symbol)
         return await self._market(symbol, order_side, quantity, reference_price, client_id, reduce_only=False)
+
+    async def _prepare(self, symbol: str) -> None:
+        """Margin type and leverage of `symbol`, once, before its first entry."""
+        if symbol in self._prepared:
+            return
+        try:
+            try:
+                await self._client.set_margin_type(symbol, self.margin_type)
+            except BinanceAPIError as error:
+                if error.code != NO_NEED_TO_CHANGE_MARGIN_TYPE:
+                    raise
+            await self._client.set_leverage(symbol, self.leverage)
+        except BinanceAPIError as error:
+            raise OrderRejected(symbol, f"margin type / leverage not set: {error.message}", error.code) from None
+        self._prepared.add(symbol)
 
     async def close(self, position: Position, reference_price: float, time: dt.datetime) -> Fill:
         """Cancel the position's protection, then close it reduce-only; when Binance holds nothing to
@@ -556,13 +584,25 @@ def _fill_of_trades(trades: list[dict[str, Any]], reason: str | None = None, liq
                 sum(float(t["realizedPnl"]) for t in trades), liquidated)
 
 
+async def check_account(client: BinanceRestClient) -> None:
+    """Refuse an account in hedge mode or multi-assets mode (`AccountRefused`), before any order."""
+    if await client.hedge_mode():
+        raise AccountRefused("live trading refused: the account is in hedge mode (dualSidePosition=true); this "
+                             "session trades one-way positions only. Switch the account to one-way mode "
+                             "(POST /fapi/v1/positionSide/dual dualSidePosition=false). No order was sent.")
+    if await client.multi_assets_mode():
+        raise AccountRefused("live trading refused: the account is in multi-assets mode (multiAssetsMargin=true); "
+                             "this session trades USDT-margined isolated positions only. No order was sent.")
+
+
 async def live_executor(base_url: str, symbols: list[str], *, opt_in: bool, api_key: str | None,
-                        api_secret: str | None) -> LiveExecutor:
-    """The live executor, after the permission check, with the symbols' filters from exchangeInfo."""
+                        api_secret: str | None, leverage: int = 5, margin_type: str = "ISOLATED") -> LiveExecutor:
+    """The live executor, after the permission and account checks, with the symbols' filters from exchangeInfo."""
     check_live_permission(opt_in, api_key, api_secret)
     client = BinanceRestClient(base_url, api_key, api_secret)
     try:
-        return LiveExecutor(client, await client.exchange_info(), symbols)
+        await check_account(client)
+        return LiveExecutor(client, await client.exchange_info(), symbols, leverage=leverage, margin_type=margin_type)
     except BaseException:
         await client.close()
         raise

@@ -67,6 +67,11 @@ class SessionJournal:
         """The status of those of `trade_uids` PostgreSQL holds (OPEN, CLOSED, ...)."""
         return repository.trade_statuses(self.manager, trade_uids)
 
+    def realised_today(self, source: str) -> float:
+        """PnL of `source`'s trades closed since 00:00 UTC (the daily loss limit survives restarts)."""
+        midnight = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return repository.realised_pnl_since(self.manager, source, midnight)
+
     def open_positions(self, source: str) -> list[Position]:
         """OPEN trades of `source`, timed from position_entry_times (the fill time kept across restarts)."""
         return repository.open_positions(self.manager, source)

@@ -270,6 +270,14 @@ def open_positions(manager: DatabaseManager, source: str) -> list[Position]:
     ]
 
 
+def realised_pnl_since(manager: DatabaseManager, source: str, since: dt.datetime) -> float:
+    """Sum of the PnL of `source`'s trades closed since `since` (USDT)."""
+    query = select(func.coalesce(func.sum(Trade.pnl), 0.0)).where(
+        Trade.source == source, Trade.status != TradeStatus.OPEN, Trade.exit_time >= since)
+    with manager.engine.connect() as conn:
+        return float(conn.execute(query).scalar_one())
+
+
 def trade_statuses(manager: DatabaseManager, trade_uids: Sequence[str]) -> dict[str, str]:
     """trade_uid -> status of those of `trade_uids` PostgreSQL holds."""
     if not trade_uids:

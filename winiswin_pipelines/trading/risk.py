@@ -25,6 +25,9 @@ class RiskConfig:
     reward_risk: float = 1.5  # take-profit distance / stop distance
     time_stop: dt.timedelta = dt.timedelta(hours=2)
     min_notional: float = 5.0
+    max_symbol_notional: float | None = None  # USDT per position; None: no cap beyond leverage
+    max_total_notional: float | None = None  # USDT over all open positions
+    daily_loss_limit: float | None = None  # USDT lost since 00:00 UTC (closed trades) after which no entry
 
 
 @dataclass
@@ -93,6 +96,25 @@ def gross_pnl(position: Position, exit_price: float, quantity: float | None = No
     """PnL in USDT before fees of closing `quantity` (default: all) at `exit_price`."""
     size = position.quantity if quantity is None else quantity
     return direction(position.side) * (exit_price - position.entry_price) * size
+
+
+def capped_quantity(quantity: float, price: float, open_positions: dict[str, Position], config: RiskConfig) -> float:
+    """`quantity` within the per-position and total notional caps (0 when what is left is too small)."""
+    caps = [quantity * price]
+    if config.max_symbol_notional is not None:
+        caps.append(config.max_symbol_notional)
+    if config.max_total_notional is not None:
+        held = sum(p.quantity * p.entry_price for p in open_positions.values())
+        caps.append(config.max_total_notional - held)
+    notional = min(caps)
+    return notional / price if notional >= config.min_notional else 0.0
+
+
+def daily_loss_reached(realised_today: float, config: RiskConfig) -> str | None:
+    """Why no entry is allowed after today's realised PnL (USDT, since 00:00 UTC), or None."""
+    if config.daily_loss_limit is not None and -realised_today >= config.daily_loss_limit:
+        return f"daily loss limit reached: {-realised_today:.2f} USDT lost today (limit {config.daily_loss_limit:g})"
+    return None
 
 
 def can_open(symbol: str, open_positions: dict[str, Position], config: RiskConfig) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import threading
 
 from winiswin_pipelines import settings
@@ -41,11 +42,12 @@ def check_mode(mode: str) -> None:
         check_live_permission(settings.live_trading_opt_in(), settings.binance_api_key(), settings.binance_api_secret())
 
 
-async def _executor(mode: str, symbols: list[str], rest_url: str) -> Executor:
+async def _executor(mode: str, symbols: list[str], rest_url: str, leverage: int) -> Executor:
     if mode != "live":
         return PaperExecutor()
     return await live_executor(rest_url, symbols, opt_in=settings.live_trading_opt_in(),
-                               api_key=settings.binance_api_key(), api_secret=settings.binance_api_secret())
+                               api_key=settings.binance_api_key(), api_secret=settings.binance_api_secret(),
+                               leverage=leverage)
 
 
 async def run_session_async(
@@ -58,7 +60,7 @@ async def run_session_async(
     the account's user-data stream there."""
     check_mode(mode)
     try:
-        executor = await _executor(mode, symbols, rest_url)
+        executor = await _executor(mode, symbols, rest_url, math.ceil(config.risk.max_leverage))
         session = TradingSession(
             session_id=session_id, feed=feed, executor=executor,
             recorder=UnifiedTradeRecorder(manager, source=mode),

@@ -83,6 +83,8 @@ from winiswin_pipelines.trading.risk import (
     Position,
     RiskConfig,
     can_open,
+    capped_quantity,
+    daily_loss_reached,
     gross_pnl,
     position_size,
     price_exit,
@@ -194,6 +196,7 @@ class TradingSession:
         self._fired: dict[str, str] = {}  # order id an algo order placed -> stop_loss / take_profit
         self._stream_connections = 0
         self.wallet_balance: float | None = None  # live: the exchange's, from reconciliation and the stream
+        self._realised_today = 0.0  # PnL closed since 00:00 UTC, from PostgreSQL at start, then the session's
         self._entry_blocks: dict[str, tuple[dt.datetime, str]] = {}  # symbol -> (until, why)
         self._close_retry: dict[str, tuple[float, float]] = {}  # symbol -> (monotonic time of next try, pause)
         self.positions: dict[str, Position] = {}
@@ -225,6 +228,8 @@ class TradingSession:
             await asyncio.to_thread(self.journal.start, details)
             if self.config.resume_open_positions:
                 await self._resume()
+            if self.config.risk.daily_loss_limit is not None:
+                self._realised_today = await asyncio.to_thread(self.journal.realised_today, self.recorder.source)
             if self.executor.protects_on_exchange:
                 await self._recover_pending_entries()
                 await self._reconcile()
@@ -392,12 +397,16 @@ class TradingSession:
         if refusal := can_open(symbol, self.positions, self.config.risk) or self._entry_blocked(symbol, now):
             self._decide(now, symbol, "skip", refusal, signal.price, details=verdict.features)
             return
+        if refusal := self._account_refusal():
+            self._decide(now, symbol, "skip", refusal, signal.price, details=verdict.features)
+            return
         reference = self._reference_price(symbol, signal.side, now, opening=True)
         stop_loss, take_profit = stop_levels(signal.side, reference, signal.atr, self.config.risk)
-        quantity = position_size(self.equity, reference, stop_loss, self.config.risk)
+        quantity = position_size(self._sizing_equity(), reference, stop_loss, self.config.risk)
+        quantity = capped_quantity(quantity, reference, self.positions, self.config.risk)
         if quantity <= 0:
-            self._decide(now, symbol, "skip", "position below the minimum notional", reference,
-                         details=verdict.features)
+            self._decide(now, symbol, "skip", "position below the minimum notional (or beyond the notional caps)",
+                         reference, details=verdict.features)
             return
         self._entries += 1
         trade_uid = f"{self.session_id}-{symbol}-{self._entries:04d}"
@@ -436,6 +445,17 @@ class TradingSession:
         except DBAPIError as error:
             log.warning("session %s: intent %s not settled as %s (%s)", self.session_id, trade_uid, status,
                         type(error.orig).__name__)
+
+    def _sizing_equity(self) -> float:
+        """Live: the exchange's wallet balance; paper and backtest: the session's own equity."""
+        if self.executor.protects_on_exchange and self.wallet_balance is not None:
+            return self.wallet_balance
+        return self.equity
+
+    def _account_refusal(self) -> str | None:
+        if self.executor.protects_on_exchange and self.wallet_balance is None:
+            return "wallet balance unknown (no reconciliation yet): no entry sized from a made-up account"
+        return daily_loss_reached(self._realised_today, self.config.risk)
 
     def _entry_blocked(self, symbol: str, now: dt.datetime) -> str | None:
         until, why = self._entry_blocks.get(symbol, (None, None))
@@ -537,6 +557,7 @@ class TradingSession:
         del self.positions[position.symbol]
         self._exit_unknown.discard(position.trade_uid)
         self.equity += pnl
+        self._realised_today += pnl
         status = TradeStatus.LIQUIDATED if fill.liquidated else TradeStatus.CLOSED
         await self.recorder.record_exit(TradeClosed(
             trade_uid=position.trade_uid, symbol=position.symbol, exit_time=fill.time, exit_price=fill.price,
