@@ -31,7 +31,7 @@ from winiswin_pipelines.ml.training import (
     train_signal_model,
     training_data,
 )
-from winiswin_pipelines.model_registry import ModelRegistryResource
+from winiswin_pipelines.resources import ColdStorageResource, ModelRegistryResource, PostgresResource
 
 # Small, regularised and single-threaded: the tests share two cores.
 SMALL = ModelParams(num_boost_round=50, learning_rate=0.05, min_data_in_leaf=100, num_threads=1)
@@ -146,8 +146,9 @@ def test_training_refuses_a_dataset_without_labels(tmp_path):
 @pytest.fixture
 def registry_resource(database_url: str, tmp_path: Path) -> ModelRegistryResource:
     """The registry in a database of its own on the test server, artifacts in a local cold folder."""
-    return ModelRegistryResource(database_url=database_url, database=f"mlflow_{uuid.uuid4().hex[:10]}",
-                                 local_dir=str(tmp_path / "cold"))
+    return ModelRegistryResource(postgres=PostgresResource(database_url=database_url),
+                                 cold_storage=ColdStorageResource(local_dir=str(tmp_path / "cold")),
+                                 database=f"mlflow_{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture
@@ -179,7 +180,7 @@ def test_register_then_load_by_version_and_by_alias_in_one_call(registry_resourc
                                        documents={"report.md": report.full_report(result)}, tags={"purpose": "test"})
     second = registry_resource.register("signal_model", result.model, params={"n_splits": 3})
     assert (first.version, second.version) == (1, 2)
-    assert first.source.startswith((Path(registry_resource.local_dir) / "mlflow").as_uri())
+    assert first.source.startswith((Path(registry_resource.cold_storage.local_dir) / "mlflow").as_uri())
     registry_resource.set_alias("signal_model", "champion", 1)
 
     location = registry_resource.location()
@@ -212,9 +213,10 @@ def test_registry_errors_do_not_show_the_database_password():
 def test_artifacts_go_to_the_bucket_when_one_is_named(database_url, s3_endpoint, s3_bucket, trained):
     import boto3
 
-    resource = ModelRegistryResource(database_url=database_url, database=f"mlflow_{uuid.uuid4().hex[:10]}",
-                                     bucket_name=s3_bucket, prefix="winiswin", endpoint_url=s3_endpoint,
-                                     aws_access_key_id="testing", aws_secret_access_key="testing")
+    cold = ColdStorageResource(bucket_name=s3_bucket, prefix="winiswin", endpoint_url=s3_endpoint,
+                               aws_access_key_id="testing", aws_secret_access_key="testing")
+    resource = ModelRegistryResource(postgres=PostgresResource(database_url=database_url), cold_storage=cold,
+                                     database=f"mlflow_{uuid.uuid4().hex[:10]}")
     data, result = trained
     version = resource.register("signal_model", result.model)
     assert version.source.startswith(f"s3://{s3_bucket}/winiswin/mlflow/signal_model/")

@@ -1,6 +1,6 @@
 """The signal model: a LightGBM classifier of the triple-barrier label, trained on the training
 dataset's Parquet files over a window of days, scored by purged CV and a walk-forward test, and
-registered in MLflow (`winiswin_pipelines.model_registry`).
+registered in MLflow (`resources.ModelRegistryResource`).
 
 Every new version gets the alias `candidate`; the blocking check promotes it to `champion` only when
 it beats the class prior out of sample, so `load_model("signal_model", alias="champion")` never
@@ -27,7 +27,7 @@ from winiswin_pipelines.ml.training import (
     train_signal_model,
     training_data,
 )
-from winiswin_pipelines.model_registry import ModelRegistryResource, build_model_registry
+from winiswin_pipelines.resources import ModelRegistryResource
 
 MODEL_NAME = "signal_model"
 CANDIDATE, CHAMPION = "candidate", "champion"
@@ -182,15 +182,3 @@ def training_days(config: SignalModelConfig) -> list[dt.date]:
     """The dataset days a run with `config` trains on (for a caller that wants to say which)."""
     end_day = dt.date.fromisoformat(config.end_day) if config.end_day else None
     return window_days(dataset_days(config.root()), config.days, end_day)
-
-
-
-@dg.definitions
-def defs() -> dg.Definitions:
-    """The asset and its check, and the registry resource until `resources.build_resources()` provides
-    `model_registry` itself (two resources under one key would not merge)."""
-    from winiswin_pipelines.resources import build_resources
-
-    provided = "model_registry" in build_resources()
-    return dg.Definitions(assets=[signal_model], asset_checks=[signal_model_beats_class_prior],
-                          resources={} if provided else {"model_registry": build_model_registry()})

@@ -32,11 +32,12 @@ class DemoRunner:
 
     def materialize(
         self, *asset_keys: str, tags: dict[str, str] | None = None, resources: dict[str, Any] | None = None,
-        ops: dict[str, Any] | None = None,
+        ops: dict[str, Any] | None = None, raise_on_error: bool = True,
     ) -> dg.ExecuteInProcessResult:
         """Materialize the assets named (with their checks) as one run of the code location's assets;
-        `ops` is the run config of their ops. Freshness checks are left to their sensors: on sample
-        data of past years, "is yesterday's partition there?" can only fail."""
+        `ops` is the run config of their ops; with `raise_on_error=False` a failed blocking check is
+        reported in the result instead of raised. Freshness checks are left to their sensors: on
+        sample data of past years, "is yesterday's partition there?" can only fail."""
         selection = dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(key) for key in asset_keys))
         freshness = [key for key in self.definitions.resolve_asset_graph().asset_check_keys
                      if key.name == "freshness_check"]
@@ -44,7 +45,7 @@ class DemoRunner:
         return dg.materialize(
             [*self.definitions.assets, *self.definitions.asset_checks], selection=selection,
             instance=self.instance, resources={**self.resources, **(resources or {})}, tags=tags,
-            run_config={"loggers": _QUIET_LOGGERS, "ops": ops or {}},
+            run_config={"loggers": _QUIET_LOGGERS, "ops": ops or {}}, raise_on_error=raise_on_error,
         )
 
     def execute_job(self, name: str, run_config: dg.RunConfig) -> dg.ExecuteInProcessResult:
