@@ -18,7 +18,10 @@ first time after the replay reached it, and afterwards with the book the replay 
 
 It serves
 - REST: /fapi/v1/ping, /time, /exchangeInfo, /depth, /klines (startTime / endTime / limit paging as
-  Binance does, up to 1,500 a page, the bar in progress last), and the signed endpoints of an
+  Binance does, up to 1,500 a page, the bar in progress last), /fundingRate (a deterministic funding
+  event every 8 hours, 00:00/08:00/16:00 UTC, from 2019-09-10 up to the server's clock; startTime /
+  endTime inclusive, up to 1,000 a page from startTime, the latest 200 without either; its own limit
+  of `funding_limit` requests per 5 minutes, 429 beyond), and the signed endpoints of an
   account (`_Account`): /fapi/v1/order (POST, GET, DELETE; conditional types refused with -4120
   since the Algo Order API took them over), /fapi/v1/algoOrder (POST, GET, DELETE),
   /fapi/v1/openAlgoOrders, /fapi/v3/positionRisk and /fapi/v2/balance, checking the API key, the
@@ -83,6 +86,10 @@ START_MS = 1_721_347_200_000  # 2024-07-19 00:00:00 UTC: the simulated exchange 
 HISTORY_DEPTH = 20
 BINANCE_WEIGHT_LIMIT = 2_400  # request weight per minute per IP
 MAX_KLINES_LIMIT = 1_500
+FUNDING_FROM_MS = 1_568_073_600_000  # 2019-09-10 00:00 UTC: the first funding event the server knows
+FUNDING_INTERVAL_MS = 8 * 3_600_000  # 00:00, 08:00, 16:00 UTC
+MAX_FUNDING_LIMIT = 1_000
+FUNDING_LIMIT = 500  # /fapi/v1/fundingRate (with /fundingInfo) requests per 5 minutes per IP
 
 
 def _price(ticks: int) -> str:
@@ -644,6 +651,14 @@ def _history_bar(symbol: str, interval: str, open_ms: int) -> _Bar:
     return bar
 
 
+def funding_event(symbol: str, funding_ms: int) -> dict[str, Any]:
+    """The deterministic funding event of `symbol` at `funding_ms` (a multiple of 8 hours), as Binance lists it."""
+    rng = random.Random(f"{symbol}:funding:{funding_ms}")
+    rate = 0.0001 if rng.random() < 0.6 else rng.uniform(-0.0003, 0.0006)  # mostly the 0.01% interest rate
+    mark = _history_bar(symbol, "8h", funding_ms - FUNDING_INTERVAL_MS).close
+    return {"symbol": symbol, "fundingTime": funding_ms, "fundingRate": f"{rate:.8f}", "markPrice": f"{mark:.8f}"}
+
+
 def _num(value: float) -> str:
     return repr(float(value))
 
@@ -818,6 +833,9 @@ class LocalBinanceServer:
         self.failing: dict[str, tuple[int, int, str]] = {}  # path -> (HTTP status, code, message) it answers
         self.requests: list[tuple[str, str]] = []  # (method, path) of every REST request
         self.klines_requests: list[dict[str, str]] = []  # the parameters of every /fapi/v1/klines request
+        self.funding_requests: list[dict[str, str]] = []  # the parameters of every /fapi/v1/fundingRate request
+        self.funding_limit = FUNDING_LIMIT
+        self._funding_times: deque[float] = deque()  # monotonic times of the funding requests of 5 minutes
         self.replayed = 0  # replay: messages replayed so far
         self.replay_done = threading.Event()
         self.connections_opened = 0
@@ -1124,6 +1142,7 @@ class LocalBinanceServer:
             ("GET", "/fapi/v1/exchangeInfo"): self._exchange_info,
             ("GET", "/fapi/v1/depth"): lambda: self._depth(params),
             ("GET", "/fapi/v1/klines"): lambda: self._klines(params),
+            ("GET", "/fapi/v1/fundingRate"): lambda: self._funding_rates(params, out_headers),
         }
         signed = {("POST", "/fapi/v1/order"): lambda: self._new_order(params),
                   ("GET", "/fapi/v1/order"): lambda: self._on_account("query_order", params),
@@ -1269,6 +1288,43 @@ class LocalBinanceServer:
             rows = [_history_bar(symbol, interval, t).rest_row() for t in range(first, last, step)][:limit]
         rows += [row for row in live if (start is None or row[0] >= start) and (end is None or row[0] <= end)]
         return rows[:limit] if start is not None else rows[-limit:]
+
+    def _funding_rates(self, params: dict, out_headers: dict[str, str]) -> list[dict[str, Any]]:
+        symbol = params.get("symbol")
+        if symbol is not None and symbol not in self.symbols:
+            raise _Refused(400, -1121, "Invalid symbol.")
+        limit = int(params.get("limit", 100))
+        if not 1 <= limit <= MAX_FUNDING_LIMIT:
+            raise _Refused(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        self._spend_funding_request(out_headers)
+        start = int(params["startTime"]) if "startTime" in params else None
+        end = min(int(params["endTime"]) if "endTime" in params else self._server_time(), self._server_time())
+        if start is None and "endTime" not in params:
+            limit = 200  # neither: the most recent 200
+        last = end - (end - FUNDING_FROM_MS) % FUNDING_INTERVAL_MS
+        if start is None:
+            first = max(FUNDING_FROM_MS, last - (limit - 1) * FUNDING_INTERVAL_MS)
+        else:
+            first = max(FUNDING_FROM_MS, FUNDING_FROM_MS - (-(start - FUNDING_FROM_MS) // FUNDING_INTERVAL_MS)
+                        * FUNDING_INTERVAL_MS)
+        with self._lock:
+            self.funding_requests.append(dict(params))
+        times = range(first, last + 1, FUNDING_INTERVAL_MS)[:limit]
+        symbols = [symbol] if symbol else list(self.symbols)
+        return sorted((funding_event(s, t) for t in times for s in symbols), key=lambda e: e["fundingTime"])[:limit]
+
+    def _spend_funding_request(self, out_headers: dict[str, str]) -> None:
+        """Binance's separate limit of the funding endpoints: `funding_limit` requests per 5 minutes."""
+        now = time.monotonic()
+        with self._lock:
+            while self._funding_times and self._funding_times[0] <= now - 300:
+                self._funding_times.popleft()
+            if len(self._funding_times) >= self.funding_limit:
+                self.refused_requests += 1
+                out_headers["Retry-After"] = str(max(1, math.ceil(self._funding_times[0] + 300 - now)))
+                raise _Refused(429, -1003, f"Too many requests; the funding rate limit is {self.funding_limit} "
+                                           "requests per 5 minutes.")
+            self._funding_times.append(now)
 
     def _new_order(self, params: dict) -> dict[str, Any]:
         self._check_symbol(params)

@@ -441,6 +441,18 @@ class MarketDataCapture(Base):
     details: Mapped[dict[str, Any] | None]
 
 
+
+class FundingRate(Base):
+    """A funding event of a USDT-M perpetual (`GET /fapi/v1/fundingRate`): the rate a position open at
+    `funding_time` paid (long, rate > 0) or received, on its notional at `mark_price`."""
+
+    __tablename__ = "funding_rates"
+
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    funding_time: Mapped[dt.datetime] = mapped_column(UtcDateTime, primary_key=True)
+    funding_rate: Mapped[float] = mapped_column(DOUBLE_PRECISION, nullable=False)
+    mark_price: Mapped[float | None]  # empty in Binance's oldest records
+
 # Tables that grow with time, with the column that places a row in a UTC day (for archival).
 TIME_SERIES_TABLES: dict[str, str] = {
     "klines": "open_time",

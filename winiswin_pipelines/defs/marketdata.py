@@ -7,6 +7,8 @@ schedule turns it on, so a day the capture missed is filled from Binance's own b
 source file once. A day's book needs the state left by the day before (the REST snapshot is taken
 once, when recording starts), so the previous day's capture is replayed too and only the day's
 own rows are written.
+`funding_rates` fetches each day's funding events from Binance's `/fapi/v1/fundingRate` (paged,
+within its own request limit): what backtests and paper sessions charge positions held across them.
 """
 
 import datetime as dt
@@ -26,6 +28,7 @@ from winiswin_pipelines.defs.partitions import daily_partitions
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, DEFAULT_WEIGHT_PER_MINUTE, BinanceAPIError
 from winiswin_pipelines.marketdata.capture import CaptureMessage, RejectedLine, read_capture
 from winiswin_pipelines.marketdata.feed import kline_from_stream
+from winiswin_pipelines.marketdata.funding import FUNDING_COLUMNS, fetch_funding_rates, funding_frame
 from winiswin_pipelines.marketdata.kline_backfill import days_without_files, fetch_klines
 from winiswin_pipelines.marketdata.klines import (
     KLINE_COLUMNS,
@@ -46,6 +49,7 @@ from winiswin_pipelines.marketdata.repository import (
 )
 from winiswin_pipelines.marketdata.samples import MARKET_SAMPLES_DIR, CaptureFile, MarketFiles, scan_market_folder
 from winiswin_pipelines.resources import PostgresResource
+from winiswin_pipelines.trading.repository import write_funding_rates
 
 
 class MarketImportConfig(dg.Config):
@@ -297,3 +301,54 @@ market_data_freshness_sensor = dg.build_sensor_for_freshness_checks(
     freshness_checks=market_data_freshness, name="market_data_freshness_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
+
+
+class FundingRatesConfig(dg.Config):
+    symbols: list[str] = Field(default=[], description="symbols fetched; empty: WINISWIN_CAPTURE_SYMBOLS")
+    rest_url: str = Field(default=BINANCE_FUTURES_REST)
+    rest_weight_per_minute: int = Field(default=DEFAULT_WEIGHT_PER_MINUTE,
+                                        description="request weight allowed a minute (Binance: 2400 per IP)")
+
+
+@dg.asset(
+    **table_asset("funding_rates"),
+    group_name="market_data",
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"postgres", "api"},
+    pool="pg_write",
+    description="Funding-rate history of USDT-M perpetuals from Binance's /fapi/v1/fundingRate (paged, within "
+    "its 500-requests-per-5-minutes limit): what backtests and paper sessions charge open positions.",
+)
+def funding_rates(
+    context: dg.AssetExecutionContext, config: FundingRatesConfig, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    start, end = _window(context)
+    symbols = config.symbols or settings.capture_symbols()
+    context.log.info(f"funding rates of {', '.join(symbols)} {start:%Y-%m-%d}..{end:%Y-%m-%d} from {config.rest_url}")
+    try:
+        fetched = fetch_funding_rates(config.rest_url, symbols, start, end,
+                                      weight_per_minute=config.rest_weight_per_minute)
+    except (BinanceAPIError, ValueError) as error:
+        raise dg.Failure(f"funding rates of {', '.join(symbols)} from {config.rest_url} failed: {error}") from None
+    frame = funding_frame(fetched.rates)
+    result = write_funding_rates(postgres.manager, list(frame[list(FUNDING_COLUMNS)].itertuples(index=False, name=None)))
+    context.log.info(f"funding_rates {start:%Y-%m-%d}..{end:%Y-%m-%d}: {result}")
+    return dg.MaterializeResult(metadata={
+        **_upsert_metadata(result),
+        "symbols": ", ".join(symbols),
+        "time_range": _time_range(frame, "funding_time"),
+        "requests": fetched.requests,
+        "rest_wait_seconds": round(fetched.waited_seconds, 1),
+        "rates": dg.MetadataValue.md(_funding_table(frame)),
+    })
+
+
+def _funding_table(frame: pd.DataFrame) -> str:
+    """Per symbol: events, mean and extreme rates (in % per funding)."""
+    if frame.empty:
+        return "no funding events"
+    lines = ["| symbol | events | mean rate | min | max |", "|---|---|---|---|---|"]
+    for symbol, rates in frame.groupby("symbol")["funding_rate"]:
+        lines.append(f"| {symbol} | {len(rates)} | {rates.mean():+.4%} | {rates.min():+.4%} | {rates.max():+.4%} |")
+    return "\n".join(lines)

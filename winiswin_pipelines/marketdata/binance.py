@@ -7,8 +7,10 @@ client order id), conditional orders through the Algo Order API (`/fapi/v1/algoO
 cancel by `clientAlgoId`; `/fapi/v1/openAlgoOrders`), the account's state (`/fapi/v3/positionRisk`,
 `/fapi/v1/openOrders`, `/fapi/v3/balance`), its fills and liquidations (`/fapi/v1/userTrades`,
 `/fapi/v1/forceOrders`), its settings (`/fapi/v1/leverage`, `/fapi/v1/marginType`,
-`/fapi/v1/positionSide/dual`, `/fapi/v1/multiAssetsMargin`, `/fapi/v1/commissionRate`) and the
-user-data stream's listenKey (`/fapi/v1/listenKey`, sent with the API key but unsigned).
+`/fapi/v1/positionSide/dual`, `/fapi/v1/multiAssetsMargin`, `/fapi/v1/commissionRate`), the
+user-data stream's listenKey (`/fapi/v1/listenKey`, sent with the API key but unsigned) and the
+funding-rate history (`/fapi/v1/fundingRate`, public; it has its own limit of 500 requests per 5
+minutes per IP, shared with `/fapi/v1/fundingInfo`, of which this client allows itself half).
 Every request first takes its request weight from a `RateWindow` (by default 1,200 a minute: half
 of Binance's 2,400 per IP), backs off when Binance reports the IP's used weight
 (`X-MBX-USED-WEIGHT-1M`) above that budget, and after a 429 or a 418 (IP ban) holds every request
@@ -69,6 +71,9 @@ DEFAULT_WEIGHT_PER_MINUTE = 1_200
 MAX_STREAMS_PER_CONNECTION = 1_024
 DEFAULT_STREAMS_PER_CONNECTION = 200
 CONNECTIONS_PER_5_MINUTES = 60  # Binance allows 300 per IP
+FUNDING_REQUESTS_PER_5_MINUTES = 250  # Binance allows 500 per IP (fundingRate and fundingInfo together)
+FUNDING_PAGE = 1_000  # the most /fapi/v1/fundingRate returns per request
+_FUNDING_PATHS = ("/fapi/v1/fundingRate", "/fapi/v1/fundingInfo")
 _RETRIES_ON_429 = 3
 
 
@@ -174,6 +179,7 @@ class BinanceRestClient:
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         self._clock_offset_ms: int | None = None  # server time minus local time
         self.weights = weight_limiter or RateWindow(DEFAULT_WEIGHT_PER_MINUTE, 60.0)
+        self.funding_requests = RateWindow(FUNDING_REQUESTS_PER_5_MINUTES, 300.0)  # their own limit
         self.used_weight: int | None = None  # the IP's weight in the current minute, as Binance last said
         self.requests_sent = 0
 
@@ -241,6 +247,14 @@ class BinanceRestClient:
                 break
             start_time = int(chunk[-1][0]) + step
         return rows
+
+    async def funding_rates(self, symbol: str, *, start_time: int | None = None, end_time: int | None = None,
+                            limit: int = FUNDING_PAGE) -> list[dict[str, Any]]:
+        """GET /fapi/v1/fundingRate: `symbol`'s funding events in [start_time, end_time] (epoch ms, both
+        inclusive), oldest first, at most `limit` (1,000) from `start_time` on; each has `fundingTime`,
+        `fundingRate` and `markPrice` (the mark price the fee was charged at; empty in old records)."""
+        params = {"symbol": symbol, "startTime": start_time, "endTime": end_time, "limit": limit}
+        return await self._request("GET", "/fapi/v1/fundingRate", {k: v for k, v in params.items() if v is not None})
 
     # -- signed endpoints --------------------------------------------------------------------------
 
@@ -373,6 +387,8 @@ class BinanceRestClient:
     async def _request(self, method: str, path: str, params: dict[str, Any] | None = None, *,
                        signed: bool = False, keyed: bool = False) -> Any:
         for attempt in range(_RETRIES_ON_429 + 1):
+            if path in _FUNDING_PATHS:
+                await self.funding_requests.acquire()
             await self.weights.acquire(request_weight(path, params, method))
             self.requests_sent += 1
             response = await self._send(method, path, params, signed, keyed)

@@ -7,6 +7,7 @@
 - order intents (`order_intents`): the write-ahead record of live entries, written before the order
   is sent and settled once its outcome is known;
 - backtests: the stored bars per symbol and interval, and removing an earlier run's rows;
+- funding rates (`funding_rates`): the history the `funding_rates` asset stores and sessions charge;
 - reads: the backtest check's counts, a session's decisions and trades.
 
 Each function takes the `DatabaseManager` and runs in a transaction of its own.
@@ -24,10 +25,11 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from winiswin_pipelines.db.bulk import copy_upsert, replace_row
+from winiswin_pipelines.db.bulk import UpsertResult, copy_upsert, replace_row
 from winiswin_pipelines.db.entry_times import async_delete_entry_time, async_upsert_entry_time, get_all_entry_times
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import (
+    FundingRate,
     Kline,
     OrderIntent,
     Trade,
@@ -362,3 +364,25 @@ def count_trades_closed_within(manager: DatabaseManager, *, source: str, start: 
     with manager.engine.connect() as conn:
         total, bad = conn.execute(select(func.count(), func.count().filter(~closed_within)).where(entered)).one()
     return total, bad
+
+
+# -- funding rates -----------------------------------------------------------------------------------
+
+FUNDING_COLUMNS = ("symbol", "funding_time", "funding_rate", "mark_price")
+
+
+def write_funding_rates(manager: DatabaseManager, rows: Sequence[tuple]) -> UpsertResult:
+    """Upsert funding events (rows of FUNDING_COLUMNS) keyed by (symbol, funding_time), in one transaction."""
+    with manager.engine.begin() as conn:
+        return copy_upsert(conn, "funding_rates", FUNDING_COLUMNS, rows, conflict_columns=["symbol", "funding_time"])
+
+
+def read_funding_rates(manager: DatabaseManager, symbols: Sequence[str], start: dt.datetime,
+                       end: dt.datetime) -> list[tuple[str, dt.datetime, float, float | None]]:
+    """(symbol, funding_time, funding_rate, mark_price) of `symbols` in [start, end), in time order."""
+    query = (select(FundingRate.symbol, FundingRate.funding_time, FundingRate.funding_rate, FundingRate.mark_price)
+             .where(FundingRate.symbol.in_(list(symbols)), FundingRate.funding_time >= start,
+                    FundingRate.funding_time < end)
+             .order_by(FundingRate.funding_time, FundingRate.symbol))
+    with manager.engine.connect() as conn:
+        return [(symbol, time.astimezone(dt.UTC), rate, mark) for symbol, time, rate, mark in conn.execute(query)]
