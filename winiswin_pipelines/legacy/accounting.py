@@ -83,6 +83,14 @@ class SourceReport:
         elif type(outcome) is Merged:
             self.merged += 1
 
+    def add_rows(self, variant: str, count: int, first: dt.datetime | None, last: dt.datetime | None) -> None:
+        """`count` records of `variant` normalised into rows together (an A1 block), spanning first..last."""
+        if count:
+            stats = self._variant(variant)
+            stats.read, stats.migrated = stats.read + count, stats.migrated + count
+            self.read, self.migrated = self.read + count, self.migrated + count
+            stats.add_times(first, last)
+
     def add_upsert(self, inserted: int, updated: int, unchanged: int, duplicates: int) -> None:
         self.inserted += inserted
         self.updated += updated

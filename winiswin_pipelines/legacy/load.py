@@ -27,12 +27,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from itertools import islice
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TextIO
 
+import numpy as np
 import orjson
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from psycopg import sql
 from sqlalchemy import Connection, text
 
 from winiswin_pipelines import settings
@@ -44,10 +49,12 @@ from winiswin_pipelines.db.models import TradeStatus, final_trade_sql, open_trad
 from winiswin_pipelines.errors import describe
 from winiswin_pipelines.factories import cold_store
 from winiswin_pipelines.legacy import sources
+from winiswin_pipelines.legacy import variants as v
+from winiswin_pipelines.legacy.a1_blocks import A1Block
 from winiswin_pipelines.legacy.accounting import SourceReport
 from winiswin_pipelines.legacy.links import LinkSummary, PartialExit, choose_trade
 from winiswin_pipelines.legacy.originals import Fingerprint, fingerprint, keep_original
-from winiswin_pipelines.legacy.pipeline import confidence_scale, iter_outcomes
+from winiswin_pipelines.legacy.pipeline import Batch, confidence_scale, iter_batches
 from winiswin_pipelines.legacy.readers import count_records
 from winiswin_pipelines.legacy.records import (
     PARTIAL_EXIT_COLUMNS,
@@ -63,6 +70,7 @@ from winiswin_pipelines.legacy.records import (
 from winiswin_pipelines.legacy.sniff import Store
 
 BATCH_SIZE = 20_000
+READ_AHEAD_BYTES = 256 * 1024 * 1024  # of the file read and normalised while its cold copy is being made
 # Batches written at once, each on its own connection; safe because a batch upserts in key order
 # (no lock-order deadlock) and the update rule below does not depend on which batch lands first.
 WRITERS = 2
@@ -143,6 +151,7 @@ class ArchivedKeys:
 class BatchResult:
     rows: UpsertResult = EMPTY_RESULT
     refused: list[Row] = field(default_factory=list)
+    outcomes: list[Outcome] | None = None  # what an `A1Block` was written as when it went record by record
 
     def __add__(self, other: BatchResult) -> BatchResult:
         return BatchResult(self.rows + other.rows, self.refused + other.refused)
@@ -151,12 +160,13 @@ class BatchResult:
 def migrate_store(
     manager: DatabaseManager | None, store: Store, *, naive_timezone: str = "UTC", dry_run: bool = False,
     batch_size: int = BATCH_SIZE, progress: Progress | None = None, cold: ColdStore | None = None,
-    force: bool = False,
+    force: bool = False, vectorised: bool = True,
 ) -> SourceReport:
     """Migrate one store (or only read and normalise it with `dry_run`); returns its accounting.
 
     `cold` is the cold store that keeps the originals and whose archived trades count as stored
-    (default: the environment's). Bytes already migrated are skipped, unless `force`."""
+    (default: the environment's). Bytes already migrated are skipped, unless `force`.
+    `vectorised=False` reads A1 JSON lines record by record too (same rows, slower)."""
     started = time.perf_counter()
     report = SourceReport(store.source, store.relpath, store.format.value, naive_timezone, dry_run=dry_run)
     original = fingerprint(store.path)
@@ -167,16 +177,24 @@ def migrate_store(
             report.skipped, report.cold_uri = known
             report.seconds = time.perf_counter() - started
             return report
-        # Before any row is written: the original is in cold storage and reads back identical.
-        copy = keep_original(cold, store.path, original)
-        sources.record_cold_copy(manager, store, copy)
-        report.cold_uri = copy.uri
-        report.cold_seconds = time.perf_counter() - started
-    _migrate_records(manager, store, report, original, batch_size, progress, cold)
+    # Before any row is written, the original is in cold storage and reads back identical. The copy is
+    # made on its own thread (SHA-256 and zstd release the GIL) while the first blocks are read.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="legacy-cold-copy") as copier:
+        keeping = None if dry_run else copier.submit(_keep_original, manager, store, cold, original, report, started)
+        _migrate_records(manager, store, report, original, batch_size, progress, cold, vectorised, keeping)
     report.seconds = time.perf_counter() - started
     if not dry_run:
         sources.record_migrated(manager, original.sha256, report)
     return report
+
+
+def _keep_original(
+    manager: DatabaseManager, store: Store, cold: ColdStore, original: Fingerprint, report: SourceReport, started: float,
+) -> None:
+    copy = keep_original(cold, store.path, original)
+    sources.record_cold_copy(manager, store, copy)
+    report.cold_uri = copy.uri
+    report.cold_seconds = time.perf_counter() - started
 
 
 def _already_migrated(manager: DatabaseManager, original: Fingerprint) -> tuple[str, str | None] | None:
@@ -191,40 +209,103 @@ def _already_migrated(manager: DatabaseManager, original: Fingerprint) -> tuple[
 
 def _migrate_records(
     manager: DatabaseManager | None, store: Store, report: SourceReport, original: Fingerprint, batch_size: int,
-    progress: Progress | None, cold: ColdStore | None,
+    progress: Progress | None, cold: ColdStore | None, vectorised: bool, keeping: Future[None] | None,
 ) -> None:
+    """Read, normalise and (unless a dry run) write the store's records; `keeping`: the original's
+    cold copy being made, which has to be kept before the first row is written."""
     dry_run = report.dry_run
     scale = confidence_scale(store)
     report.confidence_scale = scale
-    ledger = None if dry_run else Ledger.for_store(manager, store)
-    previous = ledger.set_previous_aside() if ledger else None
-    archived = None if dry_run else ArchivedKeys.load(manager, cold)
-    known = None if dry_run else KnownKeys.load(manager, archived)
-    quarantined = QuarantineTrack(set() if dry_run else _quarantine_positions(manager, store.source))
-    in_flight: deque[tuple[Future[BatchResult], Sequence[Outcome]]] = deque()
-    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="legacy-writer") as writers:
-        for batch in _batched(iter_outcomes(store, report.naive_timezone, scale, original.sha256), batch_size):
-            for outcome in batch:
-                report.add(outcome)
+    batches = iter_batches(store, batch_size, report.naive_timezone, scale, original.sha256, vectorised=vectorised)
+    if dry_run:
+        for batch in batches:
+            _count(report, batch)
             if progress:
-                progress(len(batch), sum(o.size for o in batch))
-            if dry_run:
-                continue
-            if len(in_flight) == WRITERS:
-                _settle(report, ledger, quarantined, *in_flight.popleft())
-            fresh = known.all_new(batch)
-            in_flight.append((writers.submit(write_batch, manager, store.source, batch, archived, fresh), batch))
-        while in_flight:
-            _settle(report, ledger, quarantined, *in_flight.popleft())
-    if ledger:
-        _settle_quarantine(manager, store.source, quarantined, report)
-        _note_gone_records(manager, previous, ledger, report)
-        ledger.close(report)
+                progress(*_records_and_bytes(batch))
+        return
+    ledger = Ledger.for_store(manager, store)
+    previous = ledger.set_previous_aside()
+    archived = ArchivedKeys.load(manager, cold)
+    quarantined = QuarantineTrack(_quarantine_positions(manager, store.source))
+    with _Writers(manager, store.source, archived, KnownKeys.load(manager, archived), report, ledger, quarantined) as writers:
+        held, held_bytes = [], 0  # read while the cold copy is being made
+        for batch in batches:
+            _count(report, batch)
+            records, size = _records_and_bytes(batch)
+            if progress:
+                progress(records, size)
+            held.append(batch)
+            held_bytes += size
+            if keeping.done() or held_bytes >= READ_AHEAD_BYTES:
+                keeping.result()  # raises when the copy does not give the original back: nothing is written
+                writers.write_all(held)
+                held, held_bytes = [], 0
+        keeping.result()
+        writers.write_all(held)
+    _settle_quarantine(manager, store.source, quarantined, report)
+    _note_gone_records(manager, previous, ledger, report)
+    ledger.close(report)
 
 
-def _batched(items: Iterator[Outcome], size: int) -> Iterator[list[Outcome]]:
-    while batch := list(islice(items, size)):
-        yield batch
+class _Writers:
+    """Batches being written on WRITERS connections at once, settled (accounting, ledger, quarantine
+    track) in read order."""
+
+    def __init__(
+        self, manager: DatabaseManager, source: str, archived: ArchivedKeys, known: KnownKeys, report: SourceReport,
+        ledger: Ledger, quarantined: QuarantineTrack,
+    ):
+        self.manager, self.source, self.archived, self.known = manager, source, archived, known
+        self.report, self.ledger, self.quarantined = report, ledger, quarantined
+        self.in_flight: deque[tuple[Future[BatchResult], Batch]] = deque()
+        self.pool = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="legacy-writer")
+
+    def __enter__(self) -> _Writers:
+        return self
+
+    def __exit__(self, *failure: object) -> None:
+        try:
+            while self.in_flight and failure[0] is None:
+                self._settle_oldest()
+        finally:
+            self.pool.shutdown()
+
+    def write_all(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            if len(self.in_flight) == WRITERS:
+                self._settle_oldest()
+            self.in_flight.append(_submit(self.pool, self.manager, self.source, batch, self.archived, self.known))
+
+    def _settle_oldest(self) -> None:
+        _settle(self.report, self.ledger, self.quarantined, *self.in_flight.popleft())
+
+
+def _count(report: SourceReport, batch: Batch) -> None:
+    if type(batch) is A1Block:
+        report.add_rows(v.A1, batch.rows.num_rows, batch.first_time, batch.last_time)
+        batch = batch.odd
+    for outcome in batch:
+        report.add(outcome)
+
+
+def _records_and_bytes(batch: Batch) -> tuple[int, int]:
+    if type(batch) is A1Block:
+        return batch.records, batch.size
+    return len(batch), sum(o.size for o in batch)
+
+
+def _submit(
+    writers: ThreadPoolExecutor, manager: DatabaseManager, source: str, batch: Batch, archived: ArchivedKeys,
+    known: KnownKeys,
+) -> tuple[Future[BatchResult], Batch]:
+    """Hand `batch` to a writer: a block whose keys are all new goes in by a bare COPY of its rows."""
+    if type(batch) is A1Block:
+        if known.all_new(batch.keys(), distinct=True):
+            return writers.submit(write_block, manager, source, batch, archived), batch
+        batch = batch.outcomes()  # keys stored already, or repeated in the block: the upsert settles them
+        return writers.submit(write_batch, manager, source, batch, archived), batch
+    fresh = known.all_new([o.key for o in batch if type(o) is Row])
+    return writers.submit(write_batch, manager, source, batch, archived, fresh), batch
 
 
 @dataclass
@@ -242,6 +323,11 @@ class QuarantineTrack:
         elif self.earlier:
             self.released.update(p for p in _record_positions(outcome.position) if p in self.earlier)
 
+    def note_rows(self, lines: np.ndarray) -> None:
+        """Rows of a block (`A1Block.row_lines`): records of one line each."""
+        if self.earlier:
+            self.released.update(p for p in (f"line {n}" for n in lines.tolist()) if p in self.earlier)
+
 
 def _record_positions(position: str) -> tuple[str, ...]:
     """The records a row was made of: `line 2+3` is lines 2 and 3."""
@@ -250,14 +336,19 @@ def _record_positions(position: str) -> tuple[str, ...]:
 
 
 def _settle(
-    report: SourceReport, ledger: Ledger, quarantined: QuarantineTrack, future: Future[BatchResult],
-    batch: Sequence[Outcome],
+    report: SourceReport, ledger: Ledger, quarantined: QuarantineTrack, future: Future[BatchResult], batch: Batch,
 ) -> None:
     result = future.result()
+    if result.outcomes is not None:
+        batch = result.outcomes
     refused = {id(row) for row in result.refused}
     for row in result.refused:
         report.refused_by_database(row)
     report.add_upsert(result.rows.inserted, result.rows.updated, result.rows.unchanged, result.rows.duplicates)
+    if type(batch) is A1Block:
+        quarantined.note_rows(batch.row_lines)
+        ledger.write_trade_keys(batch.rows.column("trade_uid"))
+        batch = batch.odd
     for outcome in batch:
         quarantined.note(outcome, id(outcome) in refused)
     ledger.write(batch, refused)
@@ -279,11 +370,11 @@ class KnownKeys:
                 hashes.update(hash(key) for key in conn.execute(statement).scalars())
         return cls(hashes)
 
-    def all_new(self, batch: Sequence[Outcome]) -> bool:
-        """Whether no key of `batch` is known yet; the batch's keys are known from now on."""
-        keys = [hash(o.key) for o in batch if type(o) is Row]
-        fresh = self._hashes.isdisjoint(keys)
-        self._hashes.update(keys)
+    def all_new(self, keys: Sequence[str], *, distinct: bool = False) -> bool:
+        """Whether no key of `keys` is known yet (and with `distinct`, none repeats); they are known from now on."""
+        hashes = [hash(key) for key in keys]
+        fresh = self._hashes.isdisjoint(hashes) and (not distinct or len(set(hashes)) == len(hashes))
+        self._hashes.update(hashes)
         return fresh
 
 
@@ -313,6 +404,44 @@ def write_batch(
     keys = len({(row.table, row.key) for row in settled})
     kept = UpsertResult(len(settled), 0, 0, keys, len(settled) - keys)
     return _write(manager, source, rows, rejected) + BatchResult(kept)
+
+
+def write_block(
+    manager: DatabaseManager, source: str, block: A1Block, archived: ArchivedKeys | None = None,
+) -> BatchResult:
+    """A block none of whose keys is stored: its rows by one CSV COPY, its other lines' outcomes as
+    `_insert_fresh` writes them, in one transaction. Should PostgreSQL refuse it (a key stored
+    meanwhile, a row refused), the block is written record by record through the upsert instead."""
+    try:
+        return _insert_block(manager, source, block)
+    except _REFUSALS:
+        outcomes = block.outcomes()
+        return replace(write_batch(manager, source, outcomes, archived), outcomes=outcomes)
+
+
+def _insert_block(manager: DatabaseManager, source: str, block: A1Block) -> BatchResult:
+    rows = [o for o in block.odd if type(o) is Row]
+    with manager.engine.begin() as conn:
+        conn.execute(text("SET LOCAL synchronous_commit = off"))
+        copy_arrow(conn, TRADES, block.rows)
+        for table, columns in _COLUMNS.items():
+            if values := [r.values for r in rows if r.table == table]:
+                copy_rows(conn, table, columns, values)
+        _upsert_quarantine(conn, source, [o for o in block.odd if type(o) is Rejected])
+    written = block.rows.num_rows + len(rows)
+    return BatchResult(UpsertResult(written, written, 0, 0, 0))
+
+
+def copy_arrow(conn: Connection, table: str, rows: pa.Table) -> None:
+    """A bare COPY of `rows` (columns named as `table`'s) through CSV: no Python object per value."""
+    if not rows.num_rows:
+        return
+    csv = pa.BufferOutputStream()
+    pacsv.write_csv(rows, csv, pacsv.WriteOptions(include_header=False))
+    columns = sql.SQL(", ").join(map(sql.Identifier, rows.column_names))
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(sql.Identifier(table), columns)
+    with conn.connection.driver_connection.cursor() as cur, cur.copy(statement) as copy:
+        copy.write(memoryview(csv.getvalue()))
 
 
 def _insert_fresh(manager: DatabaseManager, source: str, batch: Sequence[Outcome]) -> BatchResult:
@@ -520,10 +649,18 @@ class Ledger:
             self._handle = self.path.open("w", encoding="utf-8")
         self._handle.write(f"{kind.lower()}\t{key.translate(_COPY_TEXT_ESCAPES)}\n")
 
-    def write(self, batch: Sequence[Outcome], refused: set[int]) -> None:
+    def _open(self) -> TextIO:
         if self._handle is None:
             self.report_path.unlink(missing_ok=True)  # a report only ever describes a finished ledger
             self._handle = self.path.open("w", encoding="utf-8")
+        return self._handle
+
+    def write_trade_keys(self, uids: pa.ChunkedArray) -> None:
+        """Trades of a block's rows, whose keys need no escaping (no backslash, tab or newline in them)."""
+        self._open().write("".join(pc.binary_join_element_wise("T\t", uids, "\n", "").to_pylist()))
+
+    def write(self, batch: Sequence[Outcome], refused: set[int]) -> None:
+        self._open()
         lines = []
         for outcome in batch:
             if type(outcome) is Row and id(outcome) not in refused:

@@ -33,10 +33,11 @@ from winiswin_pipelines.legacy.records import (
 
 UTC = dt.UTC
 _parse_iso = dt.datetime.fromisoformat
-_SYMBOL = re.compile(r"^[A-Z0-9]{2,32}$")
-_UID_MAX = 128
+SYMBOL_PATTERN = r"^[A-Z0-9]{2,32}$"  # a Binance symbol as written
+_SYMBOL = re.compile(SYMBOL_PATTERN)
+UID_MAX = 128
 _STRATEGY_MAX = 64
-_SIDES = {"LONG": "LONG", "BUY": "LONG", "SHORT": "SHORT", "SELL": "SHORT", "1": "LONG", "-1": "SHORT"}
+SIDES = {"LONG": "LONG", "BUY": "LONG", "SHORT": "SHORT", "SELL": "SHORT", "1": "LONG", "-1": "SHORT"}
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
 _STATUSES = {**{status.value: status for status in TradeStatus}, "ACTIVE": TradeStatus.OPEN}
@@ -45,6 +46,7 @@ WRITER_UTC = "UTC (the legacy writer stored UTC)"
 # 1.0 means 1 %, so a value is never rescaled on its own.
 FRACTION, PERCENT = "0..1", "0..100"
 _SYMBOLS_SEEN: dict[str, str] = {}
+VIRTUAL_CLOSE_NOTE = "virtual close inferred (pnl == pnl_pct): pnl recomputed as pnl_pct * position_value"
 
 
 class RecordError(ValueError):
@@ -63,6 +65,7 @@ class Normalizer:
         the store's bytes (named in every origin, with the record's place in them)."""
         self.source = source
         self.relpath = relpath
+        self.naive_timezone = naive_timezone
         self.scale = scale
         self.sha256 = sha256
         try:
@@ -70,7 +73,7 @@ class Normalizer:
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone for naive legacy timestamps: {naive_timezone!r}") from exc
         self.assumed = f"{naive_timezone} (assumed)"
-        self._seq = 0
+        self.seq = 0  # the read order of the last record given a handler (origin's `seq`)
         self._handlers: dict[str, Callable[[dict, dict], dict]] = {
             v.A0: self._ml_record, v.A1: self._ml_record, v.B: self._ml_record, v.B_PRIME: self._ml_record,
             v.C: self._ml_record, v.D: self._enhanced_record, v.PENDING: self._pending_entry,
@@ -90,15 +93,21 @@ class Normalizer:
             if handler is None:
                 raise RecordError(f"unknown record variant (keys: {', '.join(sorted(record.data)[:12])})")
             # read order: when a store holds a trade twice, its later record wins
-            self._seq = record.seq or self._seq + 1
+            self.seq = record.seq or self.seq + 1
             origin = self._origin(record, variant)
-            origin["seq"] = self._seq
+            origin["seq"] = self.seq
             if self.scale:
-                origin["confidence_scale"] = f"{self.scale} (decided for the whole store from its values)"
+                origin["confidence_scale"] = scale_note(self.scale)
             fields = handler(record.data, origin)
             return self._trade_row(record, variant, fields, origin)
         except RecordError as exc:
             return Rejected(record.position, str(exc), self._raw_text(record), variant, record.size)
+
+    def fork(self, seq: int) -> Normalizer:
+        """A normaliser of the same store whose read order continues from `seq`."""
+        twin = Normalizer(self.source, self.relpath, self.naive_timezone, self.scale, self.sha256)
+        twin.seq = seq
+        return twin
 
     def _origin(self, record: RawRecord, variant: str) -> dict:
         """Where the record is: file, position, variant, and the pointer into the file's bytes."""
@@ -173,7 +182,7 @@ class Normalizer:
             is_virtual = True
             value = number(r, "position_value")
             pnl = pnl_pct * value if value else None
-            origin["notes"] = ["virtual close inferred (pnl == pnl_pct): pnl recomputed as pnl_pct * position_value"]
+            origin["notes"] = [VIRTUAL_CLOSE_NOTE]
         if trade_id and trade_id.startswith("REBUILT_"):
             origin["rebuilt"] = True
         return {
@@ -347,6 +356,11 @@ class Normalizer:
 # field helpers (raise RecordError with the field name) ------------------------------------------
 
 
+def scale_note(scale: str) -> str:
+    """What `origin` says of a confidence scale decided for the whole store."""
+    return f"{scale} (decided for the whole store from its values)"
+
+
 def to_utc(value: Any, field: str, naive_tz: dt.tzinfo) -> dt.datetime:
     """An ISO string (naive -> `naive_tz`) or epoch seconds/milliseconds, as an aware UTC datetime."""
     if type(value) is str:
@@ -450,9 +464,9 @@ def symbol_of(value: Any) -> str:
 
 def side_of(value: Any) -> str:
     """LONG/SHORT from LONG/SHORT, BUY/SELL (any case) or the ±1 of early feature records."""
-    side = _SIDES.get(value) if type(value) is str else None
+    side = SIDES.get(value) if type(value) is str else None
     if side is None and value is not None:
-        side = _SIDES.get(str(value).strip().upper().removesuffix(".0"))
+        side = SIDES.get(str(value).strip().upper().removesuffix(".0"))
     if side is None:
         raise RecordError(f"direction: {str(value)[:40]!r} is not LONG/SHORT or BUY/SELL")
     return side
@@ -472,7 +486,7 @@ def legacy_uid(identity: str | None) -> str | None:
     if not identity:
         return None
     uid = f"legacy:{identity}"
-    return uid if len(uid) <= _UID_MAX else f"legacy:sha256:{hashlib.sha256(identity.encode()).hexdigest()}"
+    return uid if len(uid) <= UID_MAX else f"legacy:sha256:{hashlib.sha256(identity.encode()).hexdigest()}"
 
 
 def content_uid(kind: str, content: Any) -> str:

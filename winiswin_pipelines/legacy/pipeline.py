@@ -1,14 +1,16 @@
 """One store from file to normalised outcomes: reader, pairing of entry and exit rows (positions CSV,
-sibling trade log), normaliser."""
+sibling trade log), normaliser; in batches, A1 JSON lines a block at a time (`a1_blocks`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from itertools import islice
 
 import orjson
 
 from winiswin_pipelines.legacy import variants as v
-from winiswin_pipelines.legacy.normalize import FRACTION, PERCENT, Normalizer, RecordError, symbol_of
+from winiswin_pipelines.legacy.a1_blocks import A1Block, has_a1_lines, line_blocks, normalize_block
+from winiswin_pipelines.legacy.normalize import FRACTION, PERCENT, UTC, Normalizer, RecordError, symbol_of
 from winiswin_pipelines.legacy.readers import read_records
 from winiswin_pipelines.legacy.records import Merged, Outcome, RawRecord, Rejected, safe_text
 from winiswin_pipelines.legacy.sniff import Store, StoreFormat
@@ -20,6 +22,9 @@ SCALED_FIELDS = ("confidence", "win_probability")
 _SCALE_FROM_VALUES = frozenset({StoreFormat.SQLITE, StoreFormat.POSITIONS_CSV})
 
 
+Batch = list[Outcome] | A1Block
+
+
 def iter_outcomes(
     store: Store, naive_timezone: str = "UTC", scale: str | None = DECIDE, sha256: str | None = None
 ) -> Iterator[Outcome]:
@@ -29,7 +34,33 @@ def iter_outcomes(
     `sha256`: the digest of the store's bytes, which every row's `origin` names with its record's place."""
     if scale == DECIDE:
         scale = confidence_scale(store)
+    yield from _outcomes(store, Normalizer(store.source, store.relpath, naive_timezone, scale, sha256))
+
+
+def iter_batches(
+    store: Store, batch_size: int, naive_timezone: str = "UTC", scale: str | None = DECIDE,
+    sha256: str | None = None, *, vectorised: bool = True,
+) -> Iterator[Batch]:
+    """`iter_outcomes` in batches of at most `batch_size` records. A plain JSON lines store read with
+    naive times as UTC comes a block of lines at a time: an `A1Block` when the block has A1 lines
+    (normalised together, the same outcomes as record by record), else the block's outcomes.
+    `vectorised=False`: record by record only."""
+    if scale == DECIDE:
+        scale = confidence_scale(store)
     normalizer = Normalizer(store.source, store.relpath, naive_timezone, scale, sha256)
+    if not (vectorised and store.format is StoreFormat.JSONL and normalizer.naive_tz is UTC):
+        outcomes = _outcomes(store, normalizer)
+        while batch := list(islice(outcomes, batch_size)):
+            yield batch
+        return
+    for block in line_blocks(store.path, batch_size):
+        if has_a1_lines(block):
+            yield normalize_block(block, normalizer)
+        else:
+            yield [normalizer.normalize(r) if type(r) is RawRecord else r for r in block.records()]
+
+
+def _outcomes(store: Store, normalizer: Normalizer) -> Iterator[Outcome]:
     records: Iterable[RawRecord | Rejected | Merged] = read_records(store)
     if store.format is StoreFormat.POSITIONS_CSV:
         records = pair_position_events(records)

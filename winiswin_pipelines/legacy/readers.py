@@ -88,33 +88,38 @@ def _count_lines(handle: IO[bytes]) -> int:
 
 def _read_jsonl_file(path: Path) -> Iterator[RawRecord | Rejected]:
     with path.open("rb") as handle:
-        yield from _read_jsonl(handle)
+        yield from read_jsonl_lines(handle)
 
 
 def _read_jsonl_gz(path: Path) -> Iterator[RawRecord | Rejected]:
     number = 0
     try:
         with gzip.open(path, "rb") as handle:
-            for record in _read_jsonl(handle):
+            for record in read_jsonl_lines(handle):
                 number += 1
                 yield record
     except (OSError, EOFError, zlib.error) as exc:
         yield Rejected(f"after line {number}", f"damaged gzip stream: {exc}", "")
 
 
-def _read_jsonl(lines: Iterable[bytes]) -> Iterator[RawRecord | Rejected]:
-    offset = 0
-    for number, line in enumerate(lines, 1):
-        pointer = {"line": number, "offset": offset, "length": len(line.removesuffix(b"\n"))}
+def read_jsonl_lines(lines: Iterable[bytes], first_number: int = 1, first_offset: int = 0) -> Iterator[RawRecord | Rejected]:
+    """JSON lines (each with its newline) numbered from `first_number`, the first at byte `first_offset`."""
+    offset = first_offset
+    for number, line in enumerate(lines, first_number):
+        yield jsonl_record(number, offset, line)
         offset += len(line)
-        body = line.strip()
-        flags: tuple[str, ...] = ()
-        if body.startswith(BOM):
-            body, flags = body[3:].lstrip(), ("byte order mark removed",)
-        if not body:
-            yield Rejected(f"line {number}", "empty line", safe_text(line), size=len(line))
-            continue
-        yield _parse_json(f"line {number}", body, flags, len(line), pointer)
+
+
+def jsonl_record(number: int, offset: int, line: bytes) -> RawRecord | Rejected:
+    """Line `number` of a JSON lines file (with its newline), at byte `offset`."""
+    pointer = {"line": number, "offset": offset, "length": len(line.removesuffix(b"\n"))}
+    body = line.strip()
+    flags: tuple[str, ...] = ()
+    if body.startswith(BOM):
+        body, flags = body[3:].lstrip(), ("byte order mark removed",)
+    if not body:
+        return Rejected(f"line {number}", "empty line", safe_text(line), size=len(line))
+    return _parse_json(f"line {number}", body, flags, len(line), pointer)
 
 
 def _parse_json(

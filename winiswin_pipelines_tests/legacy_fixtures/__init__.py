@@ -382,3 +382,76 @@ def _write_sqlite_v2(path: Path) -> None:
             "entry_time, confidence, win_probability, stop_loss_price, take_profit_price) VALUES ('ffee0011aabb2233', "
             "'ETHUSDT', 'SHORT', 3500.0, 0.05, 4, '2025-11-05 09:00:00', 0.71, 0.64, 3560.0, 3410.0)"
         )
+
+
+def mixed_a1_jsonl(path: Path, plain: int = 300) -> Path:
+    """A1 JSON lines as the A1-era recorder wrote them (`plain` of them), with every kind of odd line
+    among them: fields missing or of another type, values out of range, duplicates (in one block and
+    across blocks), lines that do not parse, other variants, and a last line without its newline."""
+    odd = [
+        json.dumps(a1("DUPUSDT_1.0", symbol="ETHUSDT")),  # repeated further down: the later one wins
+        json.dumps(a1("DUPADJ_1.0")) + "\n" + json.dumps(a1("DUPADJ_1.0", pnl=3.0)),  # twice in a row
+        json.dumps(a1("COMPACT_1.0"), separators=(",", ":")),
+        json.dumps({k: v for k, v in a1("NOID").items() if k != "trade_id"}),  # content uid
+        json.dumps({k: v for k, v in a1("NOSYMBOL_1.0").items() if k != "symbol"}),  # quarantined
+        json.dumps({k: v for k, v in a1("NORSI_1.0").items() if k != "rsi_entry"}),  # variant A0
+        json.dumps({k: v for k, v in a1("NOEXIT_1.0").items() if k not in ("exit_timestamp", "exit_price")}),  # OPEN
+        json.dumps(a1("PRICETEXT_1.0", entry_price="67010.5")),  # a number as text: read record by record
+        json.dumps(a1("BOOLLEV_1.0", leverage=True)),  # quarantined: leverage not a number
+        json.dumps(a1(12345.5)),  # a numeric trade id
+        json.dumps(a1("NUMSIDE_1.0", direction=1)),
+        json.dumps(a1("BUY_1.0", direction="BUY", symbol="btc/usdt")),
+        json.dumps(a1("NEGPRICE_1.0", stop_loss=-1.0)),  # quarantined
+        json.dumps(a1("CONF_1.0", confidence_score=1.5)),  # quarantined: outside 0..1
+        json.dumps(a1("BADTIME_1.0", entry_timestamp="yesterday")),  # quarantined
+        json.dumps(a1("FEB30_1.0", exit_timestamp="2025-02-30T10:00:00.000001")),  # quarantined: no such day
+        json.dumps(a1("SHORTFRAC_1.0", entry_timestamp="2025-10-26T08:31:09.637")),  # fromisoformat reads it
+        json.dumps(a1("ZONE_1.0", exit_timestamp="2025-10-26T10:02:11+02:00")),
+        json.dumps(a1("EPOCH_1.0", exit_timestamp=1761472931.12)),
+        json.dumps(a1("EMPTYTIME_1.0", exit_timestamp="")),
+        json.dumps(a1("VIRTUAL_1.0", pnl=0.0075, pnl_pct=0.0075)),  # virtual close inferred
+        json.dumps(a1("VIRTUAL0_1.0", pnl=0.0075, pnl_pct=0.0075, position_value=0)),
+        json.dumps(a1("REBUILT_BTCUSDT_1.0")),
+        json.dumps(a1("NEGLEV_1.0", leverage=-2.5, exit_price=None)),
+        json.dumps(a1("NEGZEROPNL_1.0", pnl=-0.0)),
+        json.dumps({k: v for k, v in a1("VIRTUALNOVALUE_1.0", pnl=-0.01, pnl_pct=-0.01).items() if k != "position_value"}),
+        json.dumps(a1("ZEROSL_1.0", stop_loss=0, take_profit=0.0, exit_price=0)),
+        json.dumps(a1("NOCONFSCORE_1.0", confidence_score=None, confidence=0.4)),
+        json.dumps({**{k: v for k, v in a1("CONFONLY_1.0").items() if k != "confidence_score"}, "confidence": 0.4}),
+        json.dumps(a1("WINPROB_1.0", win_probability=0.61)),
+        json.dumps(a1("X" * 130)),  # a uid too long: hashed
+        json.dumps(a1("REASON_1.0", close_reason="止损 stop", trend_1h="看涨"), ensure_ascii=False),
+        json.dumps(a1("ESCAPED_1.0", close_reason="tab\there \"quoted\"")),
+        json.dumps(a1("EMPTYREASON_1.0", close_reason="")),
+        json.dumps(a1("NULLS_1.0", leverage=None, pnl=None, take_profit=None)),
+        json.dumps(a1("NESTED_1.0", extra={"a": [1, {"b": None}], "c": "d"})),
+        json.dumps(partial_exit()),
+        json.dumps(b()),
+        '{"symbol": "BTCUSDT", "rsi_entry": 1.0, "trade_id": "SPACED_1.0", "direction": "LONG",'
+        ' "entry_timestamp": "2025-10-26T08:31:09"}',
+        json.dumps(a1("NEGZERO_1.0")).replace('"leverage": 5', '"leverage": -0'),
+        json.dumps(a1("BIGINT_1.0", leverage=123456789012345678901234567890)),
+        json.dumps(a1("DUPKEY_1.0")).replace('"symbol": "BTCUSDT"', '"symbol": "BTCUSDT", "symbol": "ETHUSDT"'),
+        json.dumps(a1("NAN_1.0")).replace('"rsi_entry": 58.2', '"rsi_entry": NaN'),  # quarantined (not JSON)
+        json.dumps(a1("INFIGNORED_1.0")).replace('"max_favorable_excursion": 0', '"max_favorable_excursion": Infinity'),
+        json.dumps(a1("NUL_1.0", close_reason="a\u0000b")),  # quarantined: PostgreSQL cannot store \u0000
+        json.dumps(a1("TWO_1.0")) + json.dumps(a1("TWO_2.0")),  # two objects on one line: quarantined
+        json.dumps(a1("TRUNC_1.0"))[:200],  # quarantined: truncated
+        "",  # quarantined: empty line
+        "   ",
+        "\ufeff" + json.dumps(a1("BOM_1.0")),
+        json.dumps(a1("CRLF_1.0")) + "\r",
+        json.dumps(a1("LEAD_1.0")).replace("{", " {", 1),
+        "[1, 2]",
+        json.dumps(a1("DUPUSDT_1.0", symbol="SOLUSDT", pnl=2.5)),
+    ]
+    lines = [json.dumps(a1(f"BTCUSDT_{1761467469 + i}.{i:06d}", pnl=round(0.1 * i - 2, 4)), separators=(",", ":"))
+             for i in range(plain)]
+    mixed = []
+    for i, line in enumerate(odd):  # one odd line every few plain ones, some next to each other
+        mixed += lines[i * plain // len(odd):(i + 1) * plain // len(odd)] + [line]
+    mixed.insert(3, json.dumps(a1("DUPUSDT_1.0", symbol="BNBUSDT", pnl=1.5)))  # a duplicate early in the file
+    content = "\n".join(mixed).encode("utf-8") + b"\n" + json.dumps(a1("LASTLINE_1.0")).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
