@@ -96,7 +96,7 @@ async def recorder_factory(db: DatabaseManager, tmp_path: Path):
     made: list[UnifiedTradeRecorder] = []
 
     def make(**options) -> UnifiedTradeRecorder:
-        options = {"source": "paper", "spool_dir": tmp_path / "spool", "batch_size": 40, "flush_interval": 0.02,
+        options = {"source": "live", "spool_dir": tmp_path / "spool", "batch_size": 40, "flush_interval": 0.02,
                    **options}
         made.append(UnifiedTradeRecorder(db, **options))
         return made[-1]
@@ -114,7 +114,7 @@ async def test_two_positions_on_one_symbol_pair_by_trade_uid_and_keep_entry_time
     for event in events:
         await record(recorder, event)
     await recorder.flush()
-    assert assert_prefix_recorded(db, events, "paper") == len(events)
+    assert assert_prefix_recorded(db, events, "live") == len(events)
     with db.engine.connect() as conn:
         long_pair = conn.execute(text(
             "SELECT t.pnl, t.fees, p.pnl AS partial_pnl FROM trades t JOIN trade_partial_exits p USING (trade_uid) "
@@ -201,7 +201,7 @@ async def test_replayed_spool_changes_nothing(db, recorder_factory, tmp_path):
     with db.engine.connect() as conn:
         after = {t: conn.execute(text(dump.format(t))).scalars().all() for t in before}
     assert after == before
-    assert assert_prefix_recorded(db, events, "paper") == len(events)
+    assert assert_prefix_recorded(db, events, "live") == len(events)
 
 
 async def test_bad_records_are_rejected_with_a_reason_and_the_rest_written(db, recorder_factory, tmp_path):
@@ -247,13 +247,14 @@ async def test_wrong_calls_fail_loudly(recorder_factory):
         await recorder.record_entry(TradeOpened("x", "BTCUSDT", "LONG", T0, 1.0, 1.0))
 
 
-async def test_backtest_source_leaves_entry_times_alone(db, recorder_factory):
-    recorder = recorder_factory(source="backtest")
+@pytest.mark.parametrize("source", ["paper", "backtest"])
+async def test_only_live_writes_entry_times(db, recorder_factory, source):
+    recorder = recorder_factory(source=source)
     await recorder.start()
-    await recorder.record_entry(TradeOpened("bt-1", "BTCUSDT", "LONG", T0, 100.0, 1.0))
+    await recorder.record_entry(TradeOpened("sim-1", "BTCUSDT", "LONG", T0, 100.0, 1.0))
     await recorder.close()
     with db.engine.connect() as conn:
-        assert conn.execute(text("SELECT source FROM trades")).scalar() == "backtest"
+        assert conn.execute(text("SELECT source, entry_time FROM trades")).one() == (source, T0)  # kept on the trade
         assert conn.execute(text("SELECT count(*) FROM position_entry_times")).scalar() == 0
 
 

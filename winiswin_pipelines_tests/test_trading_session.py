@@ -103,33 +103,31 @@ def test_time_stop_fires_after_restart(db, capture_events):
                         config=replace(REPLAY, flatten_on_end=False), symbols=SYMBOLS)
     assert first.status == "completed" and {p.symbol for p in first.open_positions} == set(SYMBOLS)
     fills = {p.symbol: p for p in first.open_positions}
+    live_fill = fills["BTCUSDT"].entry_time - dt.timedelta(minutes=30)
     with db.engine.begin() as conn:
-        assert get_all_entry_times(conn) == {s: p.entry_time for s, p in fills.items()}
-        # The stop counts from position_entry_times: move BTC's fill 30 minutes earlier there only.
-        upsert_entry_time(conn, "BTCUSDT", fills["BTCUSDT"].entry_time - dt.timedelta(minutes=30))
+        assert get_all_entry_times(conn) == {}  # paper keeps its fill times on its own trades
+        upsert_entry_time(conn, "BTCUSDT", live_fill)  # a live position's: the paper stop must not follow it
     assert {t.status for t in _trades(db, "before-restart-")} == {TradeStatus.OPEN}
-
-    fill_time = fills["ETHUSDT"].entry_time
 
     def book(symbol: str, after: dt.timedelta) -> BookEvent:
         price = fills[symbol].entry_price  # between the stop loss and the take profit
-        return BookEvent(symbol, fill_time + after, None, 1, price, 1.0, price, 1.0, [price], [1.0], [price], [1.0])
+        return BookEvent(symbol, fills[symbol].entry_time + after, None, 1, price, 1.0, price, 1.0, [price], [1.0],
+                         [price], [1.0])
 
-    later = [book("BTCUSDT", dt.timedelta(hours=1, minutes=29)), book("ETHUSDT", dt.timedelta(hours=1, minutes=31)),
-             book("BTCUSDT", dt.timedelta(hours=1, minutes=31)), book("ETHUSDT", dt.timedelta(hours=1, minutes=59)),
-             book("ETHUSDT", dt.timedelta(hours=2, seconds=1))]
+    later = sorted([book("BTCUSDT", dt.timedelta(hours=1, minutes=31)), book("ETHUSDT", dt.timedelta(hours=1, minutes=59)),
+                    book("BTCUSDT", dt.timedelta(hours=2, seconds=1)), book("ETHUSDT", dt.timedelta(hours=2, seconds=1))],
+                   key=lambda event: event.exchange_time)
     second = run_session(db, session_id="after-restart", mode="paper", feed=ListFeed(later),
                          config=replace(REPLAY, flatten_on_end=False), symbols=SYMBOLS)
-    assert [(d.action, d.symbol) for d in second.decisions] == [
-        ("resume", "BTCUSDT"), ("resume", "ETHUSDT"), ("exit", "BTCUSDT"), ("exit", "ETHUSDT")]
-    assert [(c.symbol, c.exit_reason, c.exit_time - fill_time) for c in second.closed] == [
-        ("BTCUSDT", "time_stop", dt.timedelta(hours=1, minutes=31)),
+    assert [d.action for d in second.decisions] == ["resume", "resume", "exit", "exit"]
+    assert sorted((c.symbol, c.exit_reason, c.exit_time - fills[c.symbol].entry_time) for c in second.closed) == [
+        ("BTCUSDT", "time_stop", dt.timedelta(hours=2, seconds=1)),
         ("ETHUSDT", "time_stop", dt.timedelta(hours=2, seconds=1)),
     ]
     trades = _trades(db, "before-restart-")
     assert [(t.status, t.exit_reason) for t in trades] == [(TradeStatus.CLOSED, "time_stop")] * 2
     with db.engine.connect() as conn:
-        assert get_all_entry_times(conn) == {}
+        assert get_all_entry_times(conn) == {"BTCUSDT": live_fill}  # the live row untouched
 
 
 @pytest.fixture
@@ -156,7 +154,7 @@ def test_terminate_flushes_and_leaves_positions_recorded(db, capture_events, pyt
     trades = _trades(db, "terminated-")
     assert [(t.symbol, t.status) for t in trades] == [("BTCUSDT", TradeStatus.OPEN), ("ETHUSDT", TradeStatus.OPEN)]
     with db.engine.connect() as conn:
-        assert get_all_entry_times(conn) == {t.symbol: t.entry_time for t in trades}
+        assert get_all_entry_times(conn) == {}  # paper: the fill times are on the trades only
 
 
 def test_live_refuses_without_keys_and_opt_in(db, capture_events, monkeypatch):

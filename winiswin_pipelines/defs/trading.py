@@ -12,6 +12,7 @@ crashed session comes back under a new key). It is stopped by default: turn it o
 import datetime as dt
 import json
 from dataclasses import replace
+from functools import partial
 from typing import Literal
 
 import dagster as dg
@@ -27,8 +28,9 @@ from winiswin_pipelines.supervision import ATTEMPT_TAG, LANE_TAG, run_in_flight
 from winiswin_pipelines.trading import repository
 from winiswin_pipelines.trading.backtest import SOURCE as BACKTEST_SOURCE
 from winiswin_pipelines.trading.backtest import backtest_day
-from winiswin_pipelines.trading.execution import LiveTradingRefused
-from winiswin_pipelines.trading.performance import summarize
+from winiswin_pipelines.trading.execution import MAKER_FEE_RATE, TAKER_FEE_RATE, LiveTradingRefused, PaperExecutor
+from winiswin_pipelines.trading.funding import FundingSchedule
+from winiswin_pipelines.trading.performance import Performance, summarize
 from winiswin_pipelines.trading.risk import RiskConfig
 from winiswin_pipelines.trading.runner import check_mode, run_session_in_thread
 from winiswin_pipelines.trading.session import SessionConfig
@@ -72,7 +74,32 @@ class TradingParameters(dg.Config):
         return SessionConfig(strategy=strategy, risk=risk, **overrides)
 
 
-class TradingSessionConfig(TradingParameters):
+class SimulatedCosts(dg.Config):
+    """What paper sessions and backtests pay (live pays the exchange's real fees and funding)."""
+
+    taker_fee: float = Field(default=TAKER_FEE_RATE, ge=0, description="per fill (market orders), as a fraction; "
+                             f"Binance's regular tier: taker {TAKER_FEE_RATE:.2%}, maker {MAKER_FEE_RATE:.2%}")
+    slippage_bps: float = Field(default=1.0, ge=0, description="a fill's distance from the price where no stored "
+                                "book can be walked (and beyond the book's levels)")
+    assumed_funding_rate: float | None = Field(
+        default=0.0001, description="charged at funding times the funding_rates table holds no rate for "
+        "(0.01%: Binance's baseline in a calm market); empty: such times are not charged, only counted")
+
+    def paper_executor(self) -> PaperExecutor:
+        return PaperExecutor(fee_rate=self.taker_fee, slippage_bps=self.slippage_bps)
+
+    def funding_schedule(self, postgres: PostgresResource) -> FundingSchedule:
+        return FundingSchedule(partial(repository.read_funding_rates, postgres.manager), self.assumed_funding_rate)
+
+
+def costs_line(performance: Performance, funding_times: dict[str, int]) -> str:
+    """Fees, funding and slippage apart (all already in the PnL), and how the funding times were charged."""
+    return (f"fees {performance.fees:,.2f} USDT, funding {performance.funding:+,.2f} USDT "
+            f"({funding_times.get('charged', 0)} funding times from history, {funding_times.get('assumed', 0)} "
+            f"at the assumed rate, {funding_times.get('unknown', 0)} unknown), slippage {performance.slippage:,.2f} USDT")
+
+
+class TradingSessionConfig(TradingParameters, SimulatedCosts):
     session_id: str = Field(default="", description="empty: manual-<run id>")
     mode: Literal["paper", "live"] = Field(
         default="paper", description="live needs BINANCE_API_KEY, BINANCE_API_SECRET and WINISWIN_LIVE_TRADING=1"
@@ -112,12 +139,13 @@ def trading_session(context: dg.OpExecutionContext, config: TradingSessionConfig
         postgres.manager, session_id=session_id, mode=config.mode, feed=config.build_feed(),
         config=session_config, symbols=config.symbols, run_id=context.run_id, rest_url=config.rest_url,
         ws_url=config.ws_url if config.mode == "live" else None,
+        paper=config.paper_executor(), funding=config.funding_schedule(postgres),
     )
     performance = summarize(result.closed, result.starting_equity)
     context.log.info(
         f"session {session_id} {result.status}: {result.events:,} events in {result.wall_seconds:.1f} s, "
         f"{performance.trades} closed trades, PnL {performance.pnl:+.2f} USDT, "
-        f"{len(result.open_positions)} positions left open"
+        f"{len(result.open_positions)} positions left open; costs: {costs_line(performance, result.funding_times)}"
     )
     if result.reconciliation:  # live: what the exchange held at the last reconciliation, and what it changed
         reconciled = result.reconciliation
@@ -182,8 +210,8 @@ def trading_session_supervisor(context: dg.SensorEvaluationContext) -> dg.Sensor
     )
 
 
-class BacktestConfig(TradingParameters):
-    """Backtest parameters (the same as a session's)."""
+class BacktestConfig(TradingParameters, SimulatedCosts):
+    """Backtest parameters (the same as a paper session's)."""
 
 
 @dg.asset(
@@ -191,10 +219,11 @@ class BacktestConfig(TradingParameters):
     group_name="trading",
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=["klines", "book_snapshots"],
+    deps=["klines", "book_snapshots", "funding_rates"],
     kinds={"python", "postgres"},
     description="A day of stored klines and book snapshots replayed through the trading session "
-    "(same strategy, risk, paper execution and recorder as live; trades recorded with source 'backtest').",
+    "(same strategy, risk, paper execution and recorder as live; trades recorded with source 'backtest'), "
+    "paying the taker fee, funding and slippage (fills walk the stored book where snapshots exist).",
 )
 def backtest(
     context: dg.AssetExecutionContext, config: BacktestConfig, postgres: PostgresResource,
@@ -204,14 +233,18 @@ def backtest(
     cold = cold_storage.store()
     session_config = config.session_config()
     closed, rows, symbols, intervals = [], [], set(), set()
+    funding_times = {"charged": 0, "assumed": 0, "unknown": 0}
     for day in days:
-        for run in backtest_day(postgres.manager, day, session_config, run_id=context.run.run_id, cold=cold):
+        for run in backtest_day(postgres.manager, day, session_config, run_id=context.run.run_id, cold=cold,
+                                paper=config.paper_executor(), assumed_funding_rate=config.assumed_funding_rate):
             day_performance = summarize(run.result.closed, run.result.starting_equity)
             closed += run.result.closed
             symbols.update(run.symbols)
             intervals.add(run.interval)
+            funding_times = {k: n + run.result.funding_times.get(k, 0) for k, n in funding_times.items()}
             rows.append(f"| {day} | {run.interval} | {', '.join(run.symbols)} | {run.result.bars:,} | "
-                        f"{day_performance.trades} | {day_performance.pnl:+.2f} |")
+                        f"{day_performance.trades} | {day_performance.pnl:+.2f} | {day_performance.fees:.2f} | "
+                        f"{day_performance.funding:+.2f} | {day_performance.slippage:.2f} |")
         context.log.info(f"backtest {day}: done ({len(closed)} trades so far)")
     performance = summarize(closed, session_config.risk.starting_equity)
     return dg.MaterializeResult(metadata={
@@ -224,11 +257,18 @@ def backtest(
         "max_drawdown_pct": dg.MetadataValue.float(round(performance.max_drawdown_pct, 6)),
         "return_pct": dg.MetadataValue.float(round(performance.return_pct, 6)),
         "fees": dg.MetadataValue.float(round(performance.fees, 2)),
+        "funding": dg.MetadataValue.float(round(performance.funding, 2)),
+        "slippage": dg.MetadataValue.float(round(performance.slippage, 2)),
+        "funding_times": dg.MetadataValue.json(funding_times),
+        "costs": costs_line(performance, funding_times),
+        "cost_model": f"taker fee {config.taker_fee:.3%}; fills walk the stored book, else {config.slippage_bps:g} bps; "
+                      "entries at the next event after the signal; funding from funding_rates"
+                      + (f", else {config.assumed_funding_rate:.4%}" if config.assumed_funding_rate is not None else ""),
         "exit_reasons": dg.MetadataValue.json(performance.exit_reasons),
         "symbols": ", ".join(sorted(symbols)) or "no stored klines",
         "intervals": ", ".join(sorted(intervals)) or "none",
-        "days": dg.MetadataValue.md("| day | interval | symbols | bars | trades | PnL (USDT) |\n"
-                                    "|---|---|---|---|---|---|\n" + "\n".join(rows)),
+        "days": dg.MetadataValue.md("| day | interval | symbols | bars | trades | PnL (USDT) | fees | funding | "
+                                    "slippage |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)),
     })
 
 

@@ -133,7 +133,9 @@ def backtest(runner: DemoRunner) -> list[str]:
         f"{m['symbols']} on {m['intervals']} bars, {first}..{last}; {checks_verdict(result)}",
         f"{m['trades']} trades, win rate {win_rate}",
         f"PnL {m['pnl']:+,.2f} USDT ({m['return_pct']:+.2%} of the paper account), "
-        f"max drawdown {m['max_drawdown']:,.2f} USDT, fees {m['fees']:,.2f} USDT",
+        f"max drawdown {m['max_drawdown']:,.2f} USDT",
+        f"costs (in the PnL): {m['costs']}",
+        f"cost model: {m['cost_model']}",
         f"exits: {m['exit_reasons']}",
     ]
 

@@ -5,6 +5,9 @@ feed (StoredFeed) and the source ("backtest") differ. Each symbol is traded on t
 the most stored bars of that day (5m for the bundled April 2023 klines); the bars before the day
 (`history_bars` of them) only warm up the indicators. Positions still open at the end of the day
 are closed at the last price ("end_of_data"), so every trade of the day is realised.
+Costs are those of a paper session: the taker fee, fills walking the stored book where snapshots
+exist (else `slippage_bps` from the price), entries at the first event after the signal, and
+funding from the `funding_rates` table (at `assumed_funding_rate` where it holds no rate).
 Session ids and trade uids are derived from the day, and a re-run first removes the previous
 run's rows of that day, so re-materialising a day gives the same rows, not more. The replay reads
 klines and snapshots from both storage tiers, so an archived day replays as it did while hot.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import pandas as pd
 
@@ -26,6 +30,8 @@ from winiswin_pipelines.factories import cold_store
 from winiswin_pipelines.marketdata.feed import StoredFeed, WindowReader
 from winiswin_pipelines.technical.resample import interval_timedelta
 from winiswin_pipelines.trading import repository
+from winiswin_pipelines.trading.execution import PaperExecutor
+from winiswin_pipelines.trading.funding import FundingSchedule
 from winiswin_pipelines.trading.runner import run_session
 from winiswin_pipelines.trading.session import SessionConfig, SessionResult
 
@@ -86,7 +92,8 @@ def clear_previous_run(manager: DatabaseManager, day: dt.date) -> None:
 
 
 def backtest_day(manager: DatabaseManager, day: dt.date, config: SessionConfig, *,
-                 run_id: str | None = None, cold: ColdStore | None = None) -> list[DayBacktest]:
+                 run_id: str | None = None, cold: ColdStore | None = None, paper: PaperExecutor | None = None,
+                 assumed_funding_rate: float | None = None) -> list[DayBacktest]:
     """Backtest every stored symbol on `day`, one session per traded interval. The archived days it
     replays (the day and its indicators' warm-up) are read in place from `cold`."""
     start = dt.datetime.combine(day, dt.time(), dt.UTC)
@@ -104,7 +111,8 @@ def backtest_day(manager: DatabaseManager, day: dt.date, config: SessionConfig, 
             manager, session_id=session_id_for(day, interval), mode=SOURCE, symbols=symbols,
             feed=StoredFeed(manager, symbols, start - warmup, end, interval=interval,
                             read_window=history_window(manager, cold) if archived else None),
-            config=session_config, run_id=run_id,
+            config=session_config, run_id=run_id, paper=paper,
+            funding=FundingSchedule(partial(repository.read_funding_rates, manager), assumed_funding_rate),
         )
         results.append(DayBacktest(day, interval, symbols, result))
     return results

@@ -1,8 +1,13 @@
 """Order execution: paper fills by default; live Binance orders only with keys AND an explicit opt-in.
 
-`PaperExecutor` fills market orders at the reference price (best ask to buy, best bid to sell when
-the book is known, else the last close) moved against the trade by `slippage_bps`, and charges the
-taker fee: deterministic, so a replay gives the same trades every time.
+`PaperExecutor` goes through the same exchange filters as live (`SymbolFilters`: quantities rounded
+down to the step size, the minimum and MARKET maximum quantity, the minimum notional except on
+reduce-only closes, prices on the tick grid), from the exchange's `exchangeInfo` or, offline,
+`PAPER_EXCHANGE_INFO`. It fills a market order by walking the book's levels when the session hands
+it a fresh book (what the levels shown cannot fill goes at the last level moved by `slippage_bps`),
+otherwise at the reference price (the last close) moved against the trade by `slippage_bps`; the
+fill's `slippage` is its cost against the reference price, in USDT. It charges the taker fee
+(Binance's regular tier, 0.05%, unless configured): deterministic, so a replay gives the same trades.
 
 `LiveExecutor` sends signed MARKET orders through `BinanceRestClient`, with quantities rounded down
 to the symbol's step size and checked against its minimum quantity and minimum notional
@@ -31,7 +36,9 @@ order of its stop loss or take profit (the algo order's `actualOrderId`), a liqu
 (`/fapi/v1/forceOrders`), the session's own close, or else by hand ("manual").
 
 Before the first entry on a symbol, its margin type (ISOLATED by default; -4046 "no need to
-change" is success) and leverage are set (`/fapi/v1/marginType`, `/fapi/v1/leverage`).
+change" is success) and leverage are set (`/fapi/v1/marginType`, `/fapi/v1/leverage`), and the
+account's commission on it is read (`/fapi/v1/commissionRate`): the fee of a fill is estimated at the
+account's taker rate until the real commission is known.
 
 `LiveExecutor` exists only through `live_executor(...)`, which refuses to build it unless both API
 keys are set and live trading was explicitly enabled (`WINISWIN_LIVE_TRADING=1`), and refuses an
@@ -48,7 +55,7 @@ import logging
 import time as clock
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
 
 from winiswin_pipelines.marketdata.binance import BinanceAPIError, BinanceRestClient
@@ -61,7 +68,8 @@ log = logging.getLogger(__name__)
 LIVE_OPT_IN_VAR = "WINISWIN_LIVE_TRADING"
 API_KEY_VAR = "BINANCE_API_KEY"
 API_SECRET_VAR = "BINANCE_API_SECRET"
-TAKER_FEE_RATE = 0.0004  # Binance USDT-M default taker fee
+TAKER_FEE_RATE = 0.0005  # Binance USDT-M regular tier (VIP 0): taker 0.05%
+MAKER_FEE_RATE = 0.0002  # and maker 0.02%
 REDUCE_ONLY_REJECTED = -2022  # nothing left to reduce
 WOULD_TRIGGER_NOW = -2021  # a conditional order already on the wrong side of the mark price
 DUPLICATED_CLIENT_ID = -4116
@@ -102,6 +110,15 @@ class Fill:
     reason: str | None = None  # set when the exchange closed the position itself (stop_loss, take_profit, ...)
     realized_pnl: float | None = None  # Binance's realised PnL of a closing fill (before fees)
     liquidated: bool = False
+    slippage: float = 0.0  # paper: the fill's cost against the reference price, USDT (> 0: worse)
+
+
+@dataclass(frozen=True)
+class BookSide:
+    """The levels of one side of a book a market order would take (asks to buy, bids to sell), best first."""
+
+    prices: Sequence[float]
+    sizes: Sequence[float]
 
 
 @dataclass(frozen=True)
@@ -135,9 +152,10 @@ class Executor(Protocol):
     protects_on_exchange: bool
 
     async def open(self, symbol: str, side: str, quantity: float, reference_price: float,
-                   time: dt.datetime, client_id: str) -> Fill: ...
+                   time: dt.datetime, client_id: str, book: BookSide | None = None) -> Fill: ...
 
-    async def close(self, position: Position, reference_price: float, time: dt.datetime) -> Fill: ...
+    async def close(self, position: Position, reference_price: float, time: dt.datetime,
+                    book: BookSide | None = None) -> Fill: ...
 
     async def protect(self, position: Position) -> None: ...
 
@@ -160,21 +178,34 @@ class Executor(Protocol):
 class PaperExecutor:
     """Simulated market orders (see module docstring). `side` is the position's side."""
 
-    fee_rate: float = TAKER_FEE_RATE
-    slippage_bps: float = 1.0
+    fee_rate: float = TAKER_FEE_RATE  # market orders pay the taker fee
+    slippage_bps: float = 1.0  # without a book (or beyond its levels): the fill's distance from the price
+    exchange_info: dict[str, Any] | None = None  # None: PAPER_EXCHANGE_INFO
     mode: str = "paper"
     protects_on_exchange: bool = False  # the session's own price checks are the stops
 
-    def _fill(self, order_sign: int, quantity: float, reference_price: float, time: dt.datetime) -> Fill:
-        price = reference_price * (1 + order_sign * self.slippage_bps / 10_000)
-        return Fill(price, quantity, abs(price * quantity) * self.fee_rate, time)
+    def filters(self, symbol: str) -> SymbolFilters:
+        return paper_filters(self.exchange_info, symbol)
+
+    def _fill(self, symbol: str, order_sign: int, quantity: float, reference_price: float, time: dt.datetime,
+              book: BookSide | None, *, reduce_only: bool) -> Fill:
+        filters = self.filters(symbol)
+        size = float(checked_quantity(filters, quantity, reference_price, reduce_only=reduce_only))
+        price = walk_book(book, size, self.slippage_bps) if book is not None else None
+        if price is None:
+            price = reference_price * (1 + order_sign * self.slippage_bps / 10_000)
+        price = float(filters.round_price(price, against=order_sign))
+        slippage = order_sign * (price - reference_price) * size
+        return Fill(price, size, price * size * self.fee_rate, time, slippage=slippage)
 
     async def open(self, symbol: str, side: str, quantity: float, reference_price: float, time: dt.datetime,
-                   client_id: str = "") -> Fill:
-        return self._fill(direction(side), quantity, reference_price, time)
+                   client_id: str = "", book: BookSide | None = None) -> Fill:
+        return self._fill(symbol, direction(side), quantity, reference_price, time, book, reduce_only=False)
 
-    async def close(self, position: Position, reference_price: float, time: dt.datetime) -> Fill:
-        return self._fill(-direction(position.side), position.quantity, reference_price, time)
+    async def close(self, position: Position, reference_price: float, time: dt.datetime,
+                    book: BookSide | None = None) -> Fill:
+        return self._fill(position.symbol, -direction(position.side), position.quantity, reference_price, time,
+                          book, reduce_only=True)
 
     async def protect(self, position: Position) -> None:
         """Paper positions are protected by the session's own price checks."""
@@ -210,22 +241,27 @@ class SymbolFilters:
     min_qty: Decimal
     min_notional: Decimal
     tick_size: Decimal = Decimal("0")  # PRICE_FILTER; 0: prices are not rounded
+    max_qty: Decimal | None = None  # MARKET_LOT_SIZE (else LOT_SIZE) maxQty: the most one MARKET order holds
 
     def round_quantity(self, quantity: float) -> Decimal:
         """Down to the step size (never more than asked)."""
         return (Decimal(repr(quantity)) / self.step_size).to_integral_value(ROUND_DOWN) * self.step_size
 
-    def round_price(self, price: float) -> Decimal:
-        """To the nearest tick (a trigger price must sit on the tick grid)."""
+    def round_price(self, price: float, *, against: int = 0) -> Decimal:
+        """To the nearest tick (a trigger price must sit on the tick grid); with `against` +1 (a buy) up,
+        -1 (a sell) down: a simulated fill never gets a better price from the rounding."""
         if self.tick_size <= 0:
             return Decimal(repr(price))
-        return (Decimal(repr(price)) / self.tick_size).to_integral_value(ROUND_HALF_UP) * self.tick_size
+        rounding = ROUND_CEILING if against > 0 else ROUND_FLOOR if against < 0 else ROUND_HALF_UP
+        return (Decimal(repr(price)) / self.tick_size).to_integral_value(rounding) * self.tick_size
 
     def order_problem(self, quantity: Decimal, price: float, *, reduce_only: bool = False) -> str | None:
         """Why an order of `quantity` at about `price` would be rejected, or None. Binance exempts
         reduce-only orders from the minimum notional (a small position can always be closed)."""
         if quantity < self.min_qty:
             return f"{self.symbol}: quantity {quantity} below the minimum {self.min_qty}"
+        if self.max_qty is not None and quantity > self.max_qty:
+            return f"{self.symbol}: quantity {quantity} above the MARKET maximum {self.max_qty}"
         notional = quantity * Decimal(repr(price))
         if notional < self.min_notional and not reduce_only:
             return f"{self.symbol}: notional {notional:.2f} USDT below the minimum {self.min_notional}"
@@ -244,13 +280,65 @@ def symbol_filters(exchange_info: dict[str, Any], symbol: str) -> SymbolFilters:
         raise ValueError(f"exchangeInfo for {symbol}: missing filters {sorted(missing)}")
     lot = filters.get("MARKET_LOT_SIZE", filters["LOT_SIZE"])
     step = Decimal(lot["stepSize"]) if Decimal(lot["stepSize"]) > 0 else Decimal(filters["LOT_SIZE"]["stepSize"])
+    max_qty = Decimal(lot.get("maxQty") or filters["LOT_SIZE"].get("maxQty") or "0")
     return SymbolFilters(
         symbol=symbol,
         step_size=step,
         min_qty=Decimal(lot["minQty"]),
         min_notional=Decimal(filters["MIN_NOTIONAL"].get("notional") or filters["MIN_NOTIONAL"]["minNotional"]),
         tick_size=Decimal(filters.get("PRICE_FILTER", {}).get("tickSize", "0")),
+        max_qty=max_qty if max_qty > 0 else None,
     )
+
+
+def _paper_symbol(symbol: str, tick: str, max_qty: str, min_notional: str) -> dict[str, Any]:
+    return {"symbol": symbol, "filters": [
+        {"filterType": "PRICE_FILTER", "tickSize": tick},
+        {"filterType": "LOT_SIZE", "stepSize": "0.001", "minQty": "0.001", "maxQty": "1000"},
+        {"filterType": "MARKET_LOT_SIZE", "stepSize": "0.001", "minQty": "0.001", "maxQty": max_qty},
+        {"filterType": "MIN_NOTIONAL", "notional": min_notional},
+    ]}
+
+
+# Offline paper trading and backtests: Binance's filters of the bundled symbols (as listed in 2024), and
+# a generic contract for the others.
+PAPER_EXCHANGE_INFO: dict[str, Any] = {"symbols": [
+    _paper_symbol("BTCUSDT", "0.10", "120", "100"), _paper_symbol("ETHUSDT", "0.01", "2000", "20"),
+]}
+_GENERIC_PAPER_SYMBOL = _paper_symbol("*", "0", "1000000", "5")
+
+
+def paper_filters(exchange_info: dict[str, Any] | None, symbol: str) -> SymbolFilters:
+    """`symbol`'s filters from `exchange_info` (None: PAPER_EXCHANGE_INFO), the generic contract's when unlisted."""
+    info = exchange_info if exchange_info is not None else PAPER_EXCHANGE_INFO
+    if not any(entry.get("symbol") == symbol for entry in info.get("symbols", [])):
+        info = {"symbols": [{**_GENERIC_PAPER_SYMBOL, "symbol": symbol}]}
+    return symbol_filters(info, symbol)
+
+
+def checked_quantity(filters: SymbolFilters, quantity: float, price: float, *, reduce_only: bool) -> Decimal:
+    """`quantity` rounded down to the step size, or `OrderRejected` when the exchange would refuse it
+    (live and paper alike: the same check before any order)."""
+    rounded = filters.round_quantity(quantity)
+    if problem := filters.order_problem(rounded, price, reduce_only=reduce_only):
+        raise OrderRejected(filters.symbol, f"order refused before sending: {problem}")
+    return rounded
+
+
+def walk_book(book: BookSide, quantity: float, beyond_bps: float) -> float | None:
+    """The average price of taking `quantity` from `book`'s levels, best first; what they cannot fill goes at
+    the last level moved `beyond_bps` further. None without levels."""
+    levels = [(price, size) for price, size in zip(book.prices, book.sizes, strict=False) if size and size > 0]
+    if not levels:
+        return None
+    left, cost = quantity, 0.0
+    for price, size in levels:
+        take = min(left, size)
+        cost, left = cost + take * price, left - take
+        if left <= 0:
+            return cost / quantity
+    worse = 1 if len(levels) < 2 or levels[1][0] >= levels[0][0] else -1  # asks rise, bids fall
+    return (cost + left * levels[-1][0] * (1 + worse * beyond_bps / 10_000)) / quantity
 
 
 def check_live_permission(opt_in: bool, api_key: str | None, api_secret: str | None) -> None:
@@ -275,6 +363,7 @@ class LiveExecutor:
         self._client = client
         self.leverage, self.margin_type = leverage, margin_type
         self._prepared: set[str] = set()  # symbols whose margin type and leverage are set
+        self.taker_rates: dict[str, float] = {}  # symbol -> the account's taker commission (commissionRate)
         self._info = exchange_info
         self._filters: dict[str, SymbolFilters] = {}
         self.symbols = list(symbols)
@@ -294,7 +383,7 @@ class LiveExecutor:
     # -- MARKET orders -----------------------------------------------------------------------------
 
     async def open(self, symbol: str, side: str, quantity: float, reference_price: float, time: dt.datetime,
-                   client_id: str = "") -> Fill:
+                   client_id: str = "", book: BookSide | None = None) -> Fill:
         order_side = "BUY" if direction(side) > 0 else "SELL"
         await self._prepare(symbol)
         return await self._market(symbol, order_side, quantity, reference_price, client_id, reduce_only=False)
@@ -312,9 +401,22 @@ class LiveExecutor:
             await self._client.set_leverage(symbol, self.leverage)
         except BinanceAPIError as error:
             raise OrderRejected(symbol, f"margin type / leverage not set: {error.message}", error.code) from None
+        await self._read_commission(symbol)
         self._prepared.add(symbol)
 
-    async def close(self, position: Position, reference_price: float, time: dt.datetime) -> Fill:
+    async def _read_commission(self, symbol: str) -> None:
+        """The account's taker rate on `symbol` (fee estimates until the real commission is known)."""
+        try:
+            rates = await self._client.commission_rate(symbol)
+            self.taker_rates[symbol] = float(rates["takerCommissionRate"])
+        except BinanceAPIError as error:  # the estimate stays at the regular tier; real fees come later
+            log.warning("%s: commission rate unknown (%s); fees estimated at %g", symbol, error.message, TAKER_FEE_RATE)
+
+    def taker_rate(self, symbol: str) -> float:
+        return self.taker_rates.get(symbol, TAKER_FEE_RATE)
+
+    async def close(self, position: Position, reference_price: float, time: dt.datetime,
+                    book: BookSide | None = None) -> Fill:
         """Cancel the position's protection, then close it reduce-only; when Binance holds nothing to
         reduce any more, the exit is the fill of the order that closed it."""
         await self.cancel_protection(position)
@@ -334,7 +436,9 @@ class LiveExecutor:
         if order is None:
             return None
         order = await self._until_final(symbol, client_id, order)
-        return await self.real_fill(symbol, _fill_of(order)) if float(order.get("executedQty") or 0) > 0 else None
+        if float(order.get("executedQty") or 0) <= 0:
+            return None
+        return await self.real_fill(symbol, _fill_of(order, self.taker_rate(symbol)))
 
     async def account_state(self) -> AccountState:
         """Positions, USDT balance, open orders and open algo orders, as the exchange holds them now."""
@@ -398,10 +502,7 @@ class LiveExecutor:
 
     async def _market(self, symbol: str, order_side: str, quantity: float, reference_price: float, client_id: str,
                       *, reduce_only: bool) -> Fill:
-        filters = self.filters(symbol)
-        rounded = filters.round_quantity(quantity)
-        if problem := filters.order_problem(rounded, reference_price, reduce_only=reduce_only):
-            raise OrderRejected(symbol, f"order refused before sending: {problem}")
+        rounded = checked_quantity(self.filters(symbol), quantity, reference_price, reduce_only=reduce_only)
 
         def send() -> Awaitable[dict[str, Any]]:
             return self._client.new_order(symbol, order_side, "MARKET", quantity=format(rounded, "f"),
@@ -413,7 +514,8 @@ class LiveExecutor:
         if float(order.get("executedQty") or 0) <= 0:
             raise OrderRejected(symbol, f"order {client_id} ended {order.get('status')} without a fill")
         # A close's real fee and PnL now; an entry's fee is corrected later (protection comes first).
-        return await self.real_fill(symbol, _fill_of(order)) if reduce_only else _fill_of(order)
+        fill = _fill_of(order, self.taker_rate(symbol))
+        return await self.real_fill(symbol, fill) if reduce_only else fill
 
     async def _send_once(self, symbol: str, client_id: str, send: Callable[[], Awaitable[dict[str, Any]]],
                          lookup: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[str, Any]:
@@ -550,11 +652,11 @@ class LiveExecutor:
         await self._client.close()
 
 
-def _fill_of(order: dict[str, Any], reason: str | None = None) -> Fill:
-    """What Binance says filled: `executedQty` at `avgPrice`; the fee estimated at the taker rate
+def _fill_of(order: dict[str, Any], taker_rate: float = TAKER_FEE_RATE, reason: str | None = None) -> Fill:
+    """What Binance says filled: `executedQty` at `avgPrice`; the fee estimated at the account's taker rate
     (the real commission is in the user-data stream and /fapi/v1/userTrades)."""
     price, quantity = float(order["avgPrice"]), float(order["executedQty"])
-    return Fill(price, quantity, price * quantity * TAKER_FEE_RATE, from_epoch_ms(int(order["updateTime"])),
+    return Fill(price, quantity, price * quantity * taker_rate, from_epoch_ms(int(order["updateTime"])),
                 str(order["orderId"]), reason)
 
 

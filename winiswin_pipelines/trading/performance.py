@@ -2,7 +2,8 @@
 
 The equity curve is realised equity: the starting equity plus each trade's net PnL in exit order;
 the maximum drawdown is the largest fall from a running peak of that curve, in USDT and as a
-fraction of the peak.
+fraction of the peak. Costs are reported apart: fees, funding (received > 0, paid < 0) and slippage
+(USDT lost against the reference prices); the PnL already holds all three.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ class ClosedTradeLike(Protocol):
     pnl: float
     fees: float
     exit_reason: str
+    funding: float
+    slippage: float
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class Performance:
     win_rate: float | None  # None without trades
     pnl: float
     fees: float
+    funding: float
+    slippage: float
     return_pct: float
     max_drawdown: float
     max_drawdown_pct: float
@@ -46,7 +51,8 @@ def summarize(closed: Sequence[ClosedTradeLike], starting_equity: float) -> Perf
     pnl = sum(trade.pnl for trade in ordered)
     return Performance(
         trades=len(ordered), wins=wins, win_rate=wins / len(ordered) if ordered else None, pnl=pnl,
-        fees=sum(trade.fees for trade in ordered), return_pct=pnl / starting_equity,
+        fees=sum(trade.fees for trade in ordered), funding=sum(trade.funding for trade in ordered),
+        slippage=sum(trade.slippage for trade in ordered), return_pct=pnl / starting_equity,
         max_drawdown=max_drawdown, max_drawdown_pct=max_drawdown_pct,
         exit_reasons=dict(sorted(Counter(trade.exit_reason for trade in ordered).items())),
     )

@@ -29,8 +29,9 @@ trade and its orphan row removed.
 `position_entry_times` (keyed by symbol) holds, for each symbol this recorder touched, the fill time
 of the earliest OPEN trade of this recorder's source on the symbol: the real fill time on open, the
 row deleted when the last position on the symbol closes or is cancelled. With two positions on one
-symbol, closing one leaves the other's fill time. Backtests (source "backtest") do not touch it by
-default, so replaying history never disturbs a live session's time stop.
+symbol, closing one leaves the other's fill time. Only live trading (source "live") writes it by
+default: paper sessions and backtests keep their fill times on their own trades, so neither a paper
+session nor a replay of history ever moves a live position's time stop.
 
 Data errors (a constraint the database rejects) are isolated record by record; a rejected record is
 appended with its reason to `rejected.jsonl` in the recorder's lane, never dropped.
@@ -202,7 +203,7 @@ class UnifiedTradeRecorder:
         self.spool_dir = Path(spool_dir) if spool_dir is not None else settings.state_dir() / "spool" / source
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self.track_entry_times = source != "backtest" if track_entry_times is None else track_entry_times
+        self.track_entry_times = source == "live" if track_entry_times is None else track_entry_times
         self._queue: collections.deque[TradeEvent] = collections.deque()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()

@@ -40,6 +40,8 @@ from winiswin_pipelines.db.models import (
 )
 from winiswin_pipelines.trading.risk import Position
 
+LIVE_SOURCE = "live"  # the only source whose fill times are kept in position_entry_times
+
 # -- the recorder's writes ---------------------------------------------------------------------------
 
 
@@ -258,12 +260,13 @@ def write_heartbeat(manager: DatabaseManager, session_id: str, *, ticks: int, de
 
 
 def open_positions(manager: DatabaseManager, source: str) -> list[Position]:
-    """OPEN trades of `source`, timed from position_entry_times (the fill time kept across restarts)."""
+    """OPEN trades of `source`; live positions are timed from position_entry_times (the fill time kept
+    across restarts, written by live sessions only), paper and backtest ones from their own trades."""
     query = (select(Trade).where(Trade.status == TradeStatus.OPEN, Trade.source == source)
              .order_by(Trade.entry_time, Trade.trade_uid))
     with manager.session() as session:
         trades = session.scalars(query).all()
-        entry_times = get_all_entry_times(session.connection())
+        entry_times = get_all_entry_times(session.connection()) if source == LIVE_SOURCE else {}
     return [
         Position(trade.trade_uid, trade.symbol, trade.side, trade.quantity, trade.entry_price,
                  entry_times.get(trade.symbol, trade.entry_time).astimezone(dt.UTC), trade.stop_loss,

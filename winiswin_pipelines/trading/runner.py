@@ -26,6 +26,7 @@ from winiswin_pipelines.trading.execution import (
     check_live_permission,
     live_executor,
 )
+from winiswin_pipelines.trading.funding import FundingSchedule
 from winiswin_pipelines.trading.journal import OrderIntents, SessionJournal
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.session import SessionConfig, SessionResult, TradingSession
@@ -42,9 +43,10 @@ def check_mode(mode: str) -> None:
         check_live_permission(settings.live_trading_opt_in(), settings.binance_api_key(), settings.binance_api_secret())
 
 
-async def _executor(mode: str, symbols: list[str], rest_url: str, leverage: int) -> Executor:
+async def _executor(mode: str, symbols: list[str], rest_url: str, leverage: int,
+                    paper: PaperExecutor | None = None) -> Executor:
     if mode != "live":
-        return PaperExecutor()
+        return paper or PaperExecutor()
     return await live_executor(rest_url, symbols, opt_in=settings.live_trading_opt_in(),
                                api_key=settings.binance_api_key(), api_secret=settings.binance_api_secret(),
                                leverage=leverage)
@@ -54,17 +56,20 @@ async def run_session_async(
     manager: DatabaseManager, *, session_id: str, mode: str, feed: MarketFeed, config: SessionConfig,
     symbols: list[str], run_id: str | None = None, stop: threading.Event | None = None,
     rest_url: str = BINANCE_FUTURES_REST, ws_url: str | None = None,
+    paper: PaperExecutor | None = None, funding: FundingSchedule | None = None,
 ) -> SessionResult:
     """One session of `mode` ("paper", "live", "backtest"); trades are recorded with that source. Live
     entries are committed to `order_intents` before they are sent; with `ws_url`, a live session follows
-    the account's user-data stream there."""
+    the account's user-data stream there. Paper and backtest sessions fill through `paper` (default
+    `PaperExecutor()`: the regular-tier taker fee) and are charged funding from `funding`."""
     check_mode(mode)
     try:
-        executor = await _executor(mode, symbols, rest_url, math.ceil(config.risk.max_leverage))
+        executor = await _executor(mode, symbols, rest_url, math.ceil(config.risk.max_leverage), paper)
         session = TradingSession(
             session_id=session_id, feed=feed, executor=executor,
             recorder=UnifiedTradeRecorder(manager, source=mode),
             journal=SessionJournal(manager, session_id, mode, run_id), config=config, stop=stop,
+            funding=funding if mode != "live" else None,  # live: the exchange charges it
             intents=OrderIntents(manager, mode, session_id),
             user_stream=UserDataStream(executor.client, ws_url) if ws_url and isinstance(executor, LiveExecutor)
             else None,

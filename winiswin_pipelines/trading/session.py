@@ -11,8 +11,12 @@ For every event, in exchange-time order:
   through a level fills at the bar's open; a bar touching both levels counts as the stop), is
   appended to the symbol's bar history, and then lets the strategy decide on an entry;
 - every event checks the time stop: a position held `risk.time_stop` (2 h) since its fill is
-  closed, whatever its PnL. Fill times come from `position_entry_times` after a restart, so
-  the stop survives restarts.
+  closed, whatever its PnL. A live position's fill time comes from `position_entry_times` after a
+  restart (paper and backtest keep theirs on their own trades), so the stop survives restarts.
+- simulated sessions (paper, backtest) fill an entry at the first event of its symbol after the
+  signal, never at the signal bar's own close: the next book (walking its levels) or the next
+  bar's open; stops sit around the real fill, as live ones do. They charge funding
+  (`trading.funding`) at each funding time a position is held across.
 Time is the events' exchange time, so replays and backtests behave as live sessions would.
 
 With an executor that protects positions on the exchange (live), an entry's intent is committed
@@ -71,11 +75,13 @@ from winiswin_pipelines.trading.events import TradeClosed, TradeOpened, TradePar
 from winiswin_pipelines.trading.execution import (
     WOULD_TRIGGER_NOW,
     AccountState,
+    BookSide,
     ExchangePosition,
     Executor,
     Fill,
     OrderRejected,
 )
+from winiswin_pipelines.trading.funding import FundingEvent, FundingSchedule, funding_payment
 from winiswin_pipelines.trading.journal import Decision, OrderIntents, SessionJournal
 from winiswin_pipelines.trading.orders import ROLES, client_order_id, is_ours
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
@@ -141,10 +147,12 @@ class ClosedTrade:
     entry_price: float
     exit_price: float
     quantity: float
-    pnl: float  # USDT, after fees
+    pnl: float  # USDT, after fees and funding
     pnl_pct: float  # fraction of the entry notional
     fees: float
     exit_reason: str
+    funding: float = 0.0  # USDT received (> 0) or paid (< 0) while held
+    slippage: float = 0.0  # USDT lost against the reference prices of the entry and exit fills (simulated)
 
 
 @dataclass
@@ -164,6 +172,7 @@ class SessionResult:
     last_event_time: dt.datetime | None = None
     warm_up_bars: int = 0
     reconciliation: dict[str, Any] = field(default_factory=dict)  # the last one: what the exchange held, what changed
+    funding_times: dict[str, int] = field(default_factory=dict)  # simulated: funding times charged, assumed, unknown
 
 
 @dataclass
@@ -171,6 +180,8 @@ class _Book:
     bid: float
     ask: float
     time: dt.datetime
+    asks: BookSide | None = None  # the levels a buy takes
+    bids: BookSide | None = None
 
 
 def kline_end(event: KlineEvent) -> dt.datetime:
@@ -182,7 +193,7 @@ class TradingSession:
     def __init__(self, *, session_id: str, feed: MarketFeed, executor: Executor, recorder: UnifiedTradeRecorder,
                  journal: SessionJournal, config: SessionConfig = SessionConfig(),
                  stop: threading.Event | None = None, intents: OrderIntents | None = None,
-                 user_stream: UserStream | None = None):
+                 user_stream: UserStream | None = None, funding: FundingSchedule | None = None):
         self.session_id = session_id
         self.feed = feed
         self.executor = executor
@@ -213,6 +224,11 @@ class TradingSession:
         self._first_time: dt.datetime | None = None
         self._last_time: dt.datetime | None = None
         self._atr: dict[str, float] = {}  # symbol -> the last ATR the strategy saw (stop distance of an adoption)
+        self.funding = funding  # simulated sessions: the history funding is charged from
+        self._funding_until: dict[str, dt.datetime] = {}  # trade_uid -> funding settled up to then
+        self._funding_times = {"charged": 0, "assumed": 0, "unknown": 0}
+        self._pending: dict[str, tuple[str, dict[str, Any], float]] = {}  # symbol -> entry due at its next event
+        self._entry_slippage: dict[str, float] = {}  # trade_uid -> its entry fill's slippage, USDT
         self._exit_unknown: set[str] = set()  # trades gone from the exchange whose exit fills are not found yet
         self._reconciliation: dict[str, Any] = {}
         self._last_beat = self._last_reconcile = 0.0
@@ -253,6 +269,7 @@ class TradingSession:
             self.session_id, status, self._events, self._bar_count, self.decisions, self.closed,
             list(self.positions.values()), self.config.risk.starting_equity, self.equity, metrics,
             time.monotonic() - started, self._first_time, self._last_time, self._warm_up_bars, self._reconciliation,
+            dict(self._funding_times),
         )
 
     async def _warm_up(self, feed: WarmUpFeed) -> None:
@@ -351,19 +368,27 @@ class TradingSession:
         self._first_time = self._first_time or now
         self._last_time = now
         await self._check_time_stops(now)
+        self._charge_funding(now)
 
     # -- events ---------------------------------------------------------------------------------
 
     async def _on_book(self, event: BookEvent) -> None:
         if event.best_bid is None or event.best_ask is None:
             return
-        self._books[event.symbol] = _Book(event.best_bid, event.best_ask, event.exchange_time)
+        book = _Book(event.best_bid, event.best_ask, event.exchange_time, BookSide(event.ask_prices, event.ask_sizes),
+                     BookSide(event.bid_prices, event.bid_sizes))
+        self._books[event.symbol] = book
+        if event.symbol in self._pending:
+            buying = self._pending[event.symbol][1]["side"] == "LONG"
+            await self._fill_pending(event.symbol, book.ask if buying else book.bid, event.exchange_time,
+                                     book.asks if buying else book.bids)
         position = self.positions.get(event.symbol)
         if position is None:
             return
         exit_price = event.best_bid if position.side == "LONG" else event.best_ask
         if hit := price_exit(position, exit_price, exit_price):
-            await self._close(position, hit[0], exit_price, event.exchange_time)
+            await self._close(position, hit[0], exit_price, event.exchange_time,
+                              book.bids if position.side == "LONG" else book.asks)
 
     def _traded_bar(self, event: KlineEvent) -> bool:
         return event.closed and (self.config.interval is None or event.interval == self.config.interval)
@@ -375,6 +400,8 @@ class TradingSession:
 
     async def _on_bar(self, bar: KlineEvent, now: dt.datetime) -> None:
         self._bar_count += 1
+        if bar.symbol in self._pending:  # the first price after the signal: this bar's open
+            await self._fill_pending(bar.symbol, bar.open, bar.open_time, None)
         position = self.positions.get(bar.symbol)
         if position is not None and (hit := price_exit(position, bar.low, bar.high, bar.open)):
             await self._close(position, hit[0], hit[1], now)
@@ -383,7 +410,7 @@ class TradingSession:
             await self._consider_entry(bar.symbol, now)
 
     async def _consider_entry(self, symbol: str, now: dt.datetime) -> None:
-        if symbol in self.positions:
+        if symbol in self.positions or symbol in self._pending:
             return
         bars = pd.DataFrame(list(self._bars[symbol]), columns=list(BAR_COLUMNS))
         verdict = evaluate(bars, self.config.strategy)
@@ -414,6 +441,9 @@ class TradingSession:
         entry = {"symbol": symbol, "side": signal.side, "stop_loss": stop_loss, "take_profit": take_profit,
                  "reference": reference, "confidence": signal.confidence, "reason": verdict.reason,
                  "features": verdict.features, "client_id": client_id}
+        if not self.executor.protects_on_exchange:  # simulated: it fills at the symbol's next event
+            self._pending[symbol] = (trade_uid, entry, quantity)
+            return
         if self.intents is not None and not await self._write_ahead(now, trade_uid, entry, quantity, reference):
             return
         try:
@@ -475,7 +505,52 @@ class TradingSession:
         for position in list(self.positions.values()):
             if time_stop_due(position.entry_time, now, self.config.risk):
                 price = self._reference_price(position.symbol, position.side, now, opening=False)
-                await self._close(position, "time_stop", price, now)
+                await self._close(position, "time_stop", price, now,
+                                  self._book_side(position.symbol, now, buying=position.side == "SHORT"))
+
+    def _book_side(self, symbol: str, now: dt.datetime, *, buying: bool) -> BookSide | None:
+        """The levels a market order would take now, when the symbol's book is fresh."""
+        book = self._books.get(symbol)
+        if book is None or now - book.time > self.config.book_stale_after:
+            return None
+        return book.asks if buying else book.bids
+
+    async def _fill_pending(self, symbol: str, reference: float, time: dt.datetime, book: BookSide | None) -> None:
+        """A simulated entry fills at the first event of its symbol after the signal."""
+        trade_uid, entry, quantity = self._pending.pop(symbol)
+        try:
+            fill = await self.executor.open(symbol, entry["side"], quantity, reference, time, entry["client_id"],
+                                            book=book)
+        except OrderRejected as rejected:
+            self._rejected(time, symbol, "entry", rejected, reference, trade_uid)
+            return
+        await self._opened(trade_uid, entry, fill)
+
+    def _charge_funding(self, now: dt.datetime) -> None:
+        """Simulated positions pay or receive funding at each funding time they are held across."""
+        if self.funding is None:
+            return
+        for position in self.positions.values():
+            after = self._funding_until.get(position.trade_uid, position.entry_time)
+            if now > after:
+                for event in self.funding.events(position.symbol, after, now):
+                    self._settle_funding(position, event)
+                self._funding_until[position.trade_uid] = now
+
+    def _settle_funding(self, position: Position, event: FundingEvent) -> None:
+        rate, kind = event.rate, "charged"
+        if rate is None:
+            rate, kind = self.funding.assumed_rate, "assumed"
+        self._funding_times[kind if rate is not None else "unknown"] += 1
+        if rate is None:
+            self._decide(event.time, position.symbol, "funding", "funding rate unknown: not charged", None,
+                         position.trade_uid, {"funding_time": event.time.isoformat()})
+            return
+        mark = event.mark_price or self._last_close.get(position.symbol, position.entry_price)
+        amount = funding_payment(1 if position.side == "LONG" else -1, position.quantity, mark, rate)
+        position.funding += amount
+        self._decide(event.time, position.symbol, "funding", f"funding {rate:+.4%} ({kind}) at mark {mark:g}: "
+                     f"{amount:+.4f} USDT", mark, position.trade_uid, {"rate": rate, "amount": amount, "kind": kind})
 
     # -- positions ------------------------------------------------------------------------------
 
@@ -494,9 +569,10 @@ class TradingSession:
     async def _opened(self, trade_uid: str, entry: dict[str, Any], fill: Fill) -> None:
         symbol, side = entry["symbol"], entry["side"]
         stop_loss, take_profit = entry["stop_loss"], entry["take_profit"]
-        if self.executor.protects_on_exchange:  # the exchange's stops must sit around the real fill
-            stop_loss += fill.price - entry["reference"]
-            take_profit += fill.price - entry["reference"]
+        # The stops sit around the real fill (the same distances from it as from the reference price).
+        stop_loss += fill.price - entry["reference"]
+        take_profit += fill.price - entry["reference"]
+        self._entry_slippage[trade_uid] = fill.slippage
         position = Position(trade_uid, symbol, side, fill.quantity, fill.price, fill.time, stop_loss, take_profit,
                             fill.fees)
         self.positions[symbol] = position
@@ -534,12 +610,13 @@ class TradingSession:
         except RuntimeError:
             return position.entry_price
 
-    async def _close(self, position: Position, reason: str, reference: float, now: dt.datetime) -> None:
+    async def _close(self, position: Position, reason: str, reference: float, now: dt.datetime,
+                     book: BookSide | None = None) -> None:
         retry = self._close_retry.get(position.symbol)
         if retry is not None and time.monotonic() < retry[0]:
             return  # the last attempt failed: wait for the back-off
         try:
-            fill = await self.executor.close(position, reference, now)
+            fill = await self.executor.close(position, reference, now, book=book)
         except OrderRejected as rejected:
             pause = min(retry[1] * 2, self.config.close_retry_seconds[1]) if retry else self.config.close_retry_seconds[0]
             self._close_retry[position.symbol] = (time.monotonic() + pause, pause)
@@ -564,9 +641,11 @@ class TradingSession:
             pnl=pnl, pnl_pct=pnl_pct, fees=fees, exit_reason=reason, status=status.value,
         ))
         await self._settle(position.trade_uid, "closed")
+        self._funding_until.pop(position.trade_uid, None)
+        slippage = self._entry_slippage.pop(position.trade_uid, 0.0) + fill.slippage
         self.closed.append(ClosedTrade(position.trade_uid, position.symbol, position.side, position.entry_time,
                                        fill.time, position.entry_price, fill.price, position.quantity, pnl, pnl_pct,
-                                       fees, reason))
+                                       fees, reason, position.funding, slippage))
         self._decide(fill.time, position.symbol, "exit", reason, fill.price, position.trade_uid,
                      {"side": position.side, "pnl": pnl, "pnl_pct": pnl_pct})
 
@@ -801,6 +880,8 @@ class TradingSession:
         return {
             "events": self._events, "bars": self._bar_count, "warm_up_bars": self._warm_up_bars, "equity": self.equity,
             "open_positions": sorted(self.positions), "closed_trades": len(self.closed),
+            "fees": sum(t.fees for t in self.closed), "funding": sum(t.funding for t in self.closed),
+            "slippage": sum(t.slippage for t in self.closed), "funding_times": dict(self._funding_times),
             "last_event_time": self._last_time.isoformat() if self._last_time else None,
             "reconciliation": self._reconciliation or None,
         }
