@@ -181,6 +181,9 @@ def test_backtest_asset_materialises_with_metadata(db, database_url, dagster_ins
     assert figures["win_rate"] == pytest.approx(sum(t.pnl > 0 for t in trades) / len(trades), abs=1e-4)
     assert figures["max_drawdown"] >= 0 and figures["intervals"] == "5m" and figures["symbols"] == "BTCUSDT"
     assert decisions >= 2 * len(trades)
+    # Costs apart: fees at Binance's regular taker tier, funding, slippage, and the model that made them.
+    assert figures["fees"] > 0 and figures["slippage"] >= 0 and "funding" in figures
+    assert "taker fee 0.050%" in figures["cost_model"]
     # The klines it replays archived: the same day backtests to the same figures from cold storage.
     archive_old_data(30, manager=db, store=resources["cold_storage"].store(), tables=["klines", "book_snapshots"],
                      as_of=dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
