@@ -23,24 +23,24 @@ from winiswin_pipelines.catalog import table_asset
 from winiswin_pipelines.defs.partitions import daily_partitions, partition_days
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BINANCE_FUTURES_WS
 from winiswin_pipelines.marketdata.feed import BinanceFeed, MarketFeed, ReplayFeed
-from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
+from winiswin_pipelines.resources import ColdStorageResource, ModelRegistryResource, PostgresResource
 from winiswin_pipelines.supervision import ATTEMPT_TAG, LANE_TAG, run_in_flight
-from winiswin_pipelines.trading import repository
+from winiswin_pipelines.trading import comparison, repository
 from winiswin_pipelines.trading.backtest import SOURCE as BACKTEST_SOURCE
 from winiswin_pipelines.trading.backtest import backtest_day
 from winiswin_pipelines.trading.execution import MAKER_FEE_RATE, TAKER_FEE_RATE, LiveTradingRefused, PaperExecutor
 from winiswin_pipelines.trading.funding import FundingSchedule
+from winiswin_pipelines.trading.model_gate import MODEL_NAME, ModelChoice
 from winiswin_pipelines.trading.performance import Performance, summarize
 from winiswin_pipelines.trading.risk import RiskConfig
 from winiswin_pipelines.trading.runner import check_mode, run_session_in_thread
 from winiswin_pipelines.trading.session import SessionConfig
-from winiswin_pipelines.trading.strategy import StrategyConfig
+from winiswin_pipelines.trading.strategy import PROFILES
 
 SESSION_TAG = "winiswin/session"
 SESSION_MAX_RUNTIME = dt.timedelta(hours=6)
 # The session ends itself a little before Dagster would kill it, so it can stop cleanly.
 SESSION_MAX_DURATION = SESSION_MAX_RUNTIME - dt.timedelta(minutes=5)
-PROFILES = {"default": StrategyConfig, "short_horizon": StrategyConfig.short_horizon}
 
 
 class TradingParameters(dg.Config):
@@ -54,21 +54,31 @@ class TradingParameters(dg.Config):
     max_total_notional: float | None = Field(default=None, description="USDT over all positions; empty: no cap")
     daily_loss_limit: float | None = Field(default=None, description="USDT lost since 00:00 UTC after which no "
                                            "entry (counted from the trades in PostgreSQL: survives restarts)")
-    time_stop_minutes: float = Field(default=RiskConfig.time_stop.total_seconds() / 60,
-                                     description="close any position held this long")
-    strategy_profile: Literal["default", "short_horizon"] = Field(
-        default="default", description="short_horizon: periods of a few bars, for replays of a few minutes"
+    time_stop_minutes: float | None = Field(default=None, description="close any position held this long; "
+                                            "empty: the profile's (default 24 h, scalping 2 h)")
+    strategy_profile: Literal["default", "scalping", "short_horizon"] = Field(
+        default="default", description="default: 1h bars, stops of at least 0.6% (several round trips of fees); "
+        "scalping: the feed's bars, stops from 0.3% (the former default); short_horizon: periods of a few bars, "
+        "for replays of a few minutes"
     )
+    model: str = Field(default="", description="signal_model version ('3') or alias ('champion') gating the "
+                       "entries: its probability of the trade's side is recorded as confidence and win_probability; "
+                       "empty: rules only")
+    min_win_probability: float = Field(default=0.5, ge=0, le=1, description="model-gated entries need the model's "
+                                       "probability of the trade's side to reach this")
     min_confidence: float | None = Field(default=None, description="entry threshold; empty: the profile's (0.6)")
     adx_min: float | None = Field(default=None, description="minimum trend strength; empty: the profile's (20)")
 
     def session_config(self, **overrides) -> SessionConfig:
+        profile = PROFILES[self.strategy_profile]
+        time_stop = profile.time_stop if self.time_stop_minutes is None else dt.timedelta(minutes=self.time_stop_minutes)
         risk = RiskConfig(starting_equity=self.starting_equity, risk_per_trade=self.risk_per_trade,
                           max_open_positions=self.max_open_positions, max_leverage=self.max_leverage,
-                          time_stop=dt.timedelta(minutes=self.time_stop_minutes),
+                          time_stop=time_stop, stop_atr_multiple=profile.stop_atr_multiple,
+                          min_stop_pct=profile.min_stop_pct, reward_risk=profile.reward_risk,
                           max_symbol_notional=self.max_symbol_notional, max_total_notional=self.max_total_notional,
                           daily_loss_limit=self.daily_loss_limit)
-        strategy = PROFILES[self.strategy_profile]()
+        strategy = profile.strategy
         changes = {"min_confidence": self.min_confidence, "adx_min": self.adx_min}
         strategy = replace(strategy, **{name: value for name, value in changes.items() if value is not None})
         return SessionConfig(strategy=strategy, risk=risk, **overrides)
@@ -231,7 +241,10 @@ def backtest(
 ) -> dg.MaterializeResult:
     days = [start.date() for start in partition_days(context.partition_time_window)]
     cold = cold_storage.store()
-    session_config = config.session_config()
+    model = gating_model(ModelRegistryResource(postgres=postgres, cold_storage=cold_storage), config, days)
+    session_config = config.session_config(model=model)
+    # Rules only first: each day's replay replaces the day's rows, so the variant asked for stays recorded.
+    rules_only = _rules_only_trades(context, postgres, cold, config, session_config, days) if model else None
     closed, rows, symbols, intervals = [], [], set(), set()
     funding_times = {"charged": 0, "assumed": 0, "unknown": 0}
     for day in days:
@@ -269,7 +282,63 @@ def backtest(
         "intervals": ", ".join(sorted(intervals)) or "none",
         "days": dg.MetadataValue.md("| day | interval | symbols | bars | trades | PnL (USDT) | fees | funding | "
                                     "slippage |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)),
+        **_comparison_metadata(model, rules_only, closed, session_config.risk.starting_equity, days),
     })
+
+
+# -- the model gate: loading it once, refusing one trained on the replayed days, comparing -------------
+
+
+def gating_model(model_registry: ModelRegistryResource, parameters: TradingParameters,
+                 replayed_days: list[dt.date] | None = None) -> ModelChoice | None:
+    """The registered signal model `parameters.model` names (a version or an alias), loaded once; None
+    for rules only. A model whose training data touches a replayed day is refused: it knows the answers."""
+    if not parameters.model:
+        return None
+    reference = parameters.model.strip()
+    number = int(reference) if reference.isdigit() else None
+    found = model_registry.get_version(MODEL_NAME, version=number, alias=None if number is not None else reference)
+    choice = ModelChoice(reference, found.version, model_registry.load_model(MODEL_NAME, version=found.version),
+                         parameters.min_win_probability, _tag_time(found.tags, "training_start"),
+                         _tag_time(found.tags, "training_end"))
+    if replayed_days and (overlap := choice.overlapping_days(replayed_days)):
+        window = f"{_iso(choice.training_start)}..{_iso(choice.training_end)}"
+        raise dg.Failure(f"{MODEL_NAME} version {found.version} ({reference!r}) was trained on {window}, which "
+                         f"overlaps the replayed days {overlap[0]}..{overlap[-1]}: a backtest on its own training "
+                         "data says nothing. Replay later days, or train a version that ends before them.")
+    return choice
+
+
+def _tag_time(tags: dict[str, str], name: str) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(tags[name]).astimezone(dt.UTC) if tags.get(name) else None
+
+
+def _iso(time: dt.datetime | None) -> str:
+    return time.isoformat() if time is not None else "an unknown window"
+
+
+def _rules_only_trades(context: dg.AssetExecutionContext, postgres: PostgresResource, cold, config: BacktestConfig,
+                       session_config: SessionConfig, days: list[dt.date]) -> list:
+    rules_config = replace(session_config, model=None)
+    closed = []
+    for day in days:
+        for run in backtest_day(postgres.manager, day, rules_config, run_id=context.run.run_id, cold=cold,
+                                paper=config.paper_executor(), assumed_funding_rate=config.assumed_funding_rate):
+            closed += run.result.closed
+    context.log.info(f"backtest, rules only: {len(closed)} trades")
+    return closed
+
+
+def _comparison_metadata(model: ModelChoice | None, rules_only: list | None, gated: list, starting_equity: float,
+                         days: list[dt.date]) -> dict[str, object]:
+    if model is None or rules_only is None:
+        return {"model": "none (rules only)"}
+    variants = [comparison.variant("rules only", rules_only, starting_equity, days),
+                comparison.variant(f"model v{model.version} >= {model.min_win_probability:g}", gated,
+                                   starting_equity, days)]
+    return {"model": f"{MODEL_NAME} version {model.version} ({model.reference!r}), trained on "
+                     f"{_iso(model.training_start)}..{_iso(model.training_end)}",
+            "comparison": dg.MetadataValue.md(comparison.comparison_table(variants))}
 
 
 @dg.asset_check(asset=backtest, partitions_def=daily_partitions, blocking=True)

@@ -124,13 +124,28 @@ def legacy_migration(runner: DemoRunner) -> list[str]:
     return lines
 
 
+_BACKTEST_PROFILES = {
+    "scalping": "the former default: the stored 5m bars, stops from 0.3%",
+    "default": "1h bars made of the stored 5m ones, stops of two ATRs and at least 0.6%",
+}
+
+
 def backtest(runner: DemoRunner) -> list[str]:
+    """Both profiles on the same month: the fee burner first, then the default (whose trades stay recorded)."""
+    lines = []
+    for profile, what in _BACKTEST_PROFILES.items():
+        lines += _backtest_profile(runner, profile, what)
+    return lines
+
+
+def _backtest_profile(runner: DemoRunner, profile: str, what: str) -> list[str]:
     first, last = "2023-04-01", "2023-04-30"
-    result = runner.materialize("backtest", tags=range_tags(first, last))
+    result = runner.materialize("backtest", tags=range_tags(first, last),
+                                ops={"backtest": {"config": {"strategy_profile": profile}}})
     m = materialization(result, "backtest")
     win_rate = f"{m['win_rate']:.1%}" if isinstance(m["win_rate"], float) else "n/a"
     return [
-        f"{m['symbols']} on {m['intervals']} bars, {first}..{last}; {checks_verdict(result)}",
+        f"profile {profile!r} ({what}): {m['symbols']}, {first}..{last}; {checks_verdict(result)}",
         f"{m['trades']} trades, win rate {win_rate}",
         f"PnL {m['pnl']:+,.2f} USDT ({m['return_pct']:+.2%} of the paper account), "
         f"max drawdown {m['max_drawdown']:,.2f} USDT",

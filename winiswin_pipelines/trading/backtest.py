@@ -102,7 +102,7 @@ def backtest_day(manager: DatabaseManager, day: dt.date, config: SessionConfig, 
     clear_previous_run(manager, day)
     results = []
     for interval, symbols in stored_intervals(manager, cold, start, end).items():
-        warmup = interval_timedelta(interval) * config.strategy.indicators.history_bars
+        warmup = interval_timedelta(interval) * config.strategy.history_bars(interval)
         session_config = replace(config, interval=interval, trade_from=start, flatten_on_end=True,
                                  resume_open_positions=False, max_events=None, max_duration=None)
         # A replay of hot days only keeps to the plain SQL reads, the cheapest per window.

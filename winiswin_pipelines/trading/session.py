@@ -61,7 +61,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
@@ -83,6 +83,7 @@ from winiswin_pipelines.trading.execution import (
 )
 from winiswin_pipelines.trading.funding import FundingEvent, FundingSchedule, funding_payment
 from winiswin_pipelines.trading.journal import Decision, OrderIntents, SessionJournal
+from winiswin_pipelines.trading.model_gate import ModelChoice, ModelGate
 from winiswin_pipelines.trading.orders import ROLES, client_order_id, is_ours
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.risk import (
@@ -135,6 +136,7 @@ class SessionConfig:
     reject_cooldown: dt.timedelta = dt.timedelta(minutes=15)  # no new entry on a symbol after a refused order
     close_retry_seconds: tuple[float, float] = (1.0, 60.0)  # back-off between attempts to close a position
     reconcile_seconds: float = 60.0  # live: how often the session compares itself with the exchange
+    model: ModelChoice | None = None  # entries gated by the signal model (`trading.model_gate`); None: rules only
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ class TradingSession:
         self._exit_unknown: set[str] = set()  # trades gone from the exchange whose exit fills are not found yet
         self._reconciliation: dict[str, Any] = {}
         self._last_beat = self._last_reconcile = 0.0
+        self._gate = ModelGate(config.model, config.book_stale_after) if config.model is not None else None
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -274,7 +277,7 @@ class TradingSession:
 
     async def _warm_up(self, feed: WarmUpFeed) -> None:
         """Recent closed bars from the feed's history fill the indicators' warm-up; no trading on them."""
-        for bar in await feed.warm_up(self.config.strategy.indicators.history_bars):
+        for bar in await feed.warm_up(self.config.strategy.history_bars(self.config.interval)):
             if self._traded_bar(bar):
                 self._remember_bar(bar)
                 self._warm_up_bars += 1
@@ -373,6 +376,8 @@ class TradingSession:
     # -- events ---------------------------------------------------------------------------------
 
     async def _on_book(self, event: BookEvent) -> None:
+        if self._gate is not None:
+            self._gate.on_book(event)
         if event.best_bid is None or event.best_ask is None:
             return
         book = _Book(event.best_bid, event.best_ask, event.exchange_time, BookSide(event.ask_prices, event.ask_sizes),
@@ -395,7 +400,7 @@ class TradingSession:
 
     def _remember_bar(self, bar: KlineEvent) -> None:
         self._last_close[bar.symbol] = bar.close
-        history = self._bars.setdefault(bar.symbol, deque(maxlen=self.config.strategy.indicators.history_bars))
+        history = self._bars.setdefault(bar.symbol, deque(maxlen=self.config.strategy.history_bars(bar.interval)))
         history.append((bar.open_time, bar.open, bar.high, bar.low, bar.close, bar.volume))
 
     async def _on_bar(self, bar: KlineEvent, now: dt.datetime) -> None:
@@ -421,6 +426,14 @@ class TradingSession:
         if _finite(atr := verdict.features.get("atr")):
             self._atr[symbol] = float(atr)
         signal = verdict.signal
+        win_probability, reason = None, verdict.reason
+        if self._gate is not None:  # the model's probability of this side replaces the rules' confidence
+            judged = self._gate.judge(symbol, signal.side, now)
+            verdict.features.update(judged.features)
+            if not judged.passed:
+                self._decide(now, symbol, "skip", judged.reason, signal.price, details=verdict.features)
+                return
+            win_probability, reason = judged.probability, f"{reason}; {judged.reason}"
         if refusal := can_open(symbol, self.positions, self.config.risk) or self._entry_blocked(symbol, now):
             self._decide(now, symbol, "skip", refusal, signal.price, details=verdict.features)
             return
@@ -439,8 +452,9 @@ class TradingSession:
         trade_uid = f"{self.session_id}-{symbol}-{self._entries:04d}"
         client_id = client_order_id(trade_uid, "entry")
         entry = {"symbol": symbol, "side": signal.side, "stop_loss": stop_loss, "take_profit": take_profit,
-                 "reference": reference, "confidence": signal.confidence, "reason": verdict.reason,
-                 "features": verdict.features, "client_id": client_id}
+                 "reference": reference, "confidence": signal.confidence if win_probability is None else win_probability,
+                 "win_probability": win_probability, "reason": reason, "features": verdict.features,
+                 "client_id": client_id}
         if not self.executor.protects_on_exchange:  # simulated: it fills at the symbol's next event
             self._pending[symbol] = (trade_uid, entry, quantity)
             return
@@ -580,7 +594,8 @@ class TradingSession:
         await self.recorder.record_entry(TradeOpened(
             trade_uid=trade_uid, symbol=symbol, side=side, entry_time=fill.time, entry_price=fill.price,
             quantity=fill.quantity, leverage=round(leverage, 6), stop_loss=stop_loss, take_profit=take_profit,
-            strategy=STRATEGY_NAME, confidence=entry["confidence"], features=entry["features"],
+            strategy=STRATEGY_NAME, confidence=entry["confidence"], win_probability=entry.get("win_probability"),
+            features=entry["features"],
             is_virtual=self.executor.mode != "live",
         ))
         self._decide(fill.time, symbol, "enter", entry["reason"], fill.price, trade_uid,
@@ -900,8 +915,10 @@ def _finite(value: Any) -> bool:
 
 
 def _describe(config: SessionConfig) -> dict[str, Any]:
-    """The config as JSON-ready values (for the session's row)."""
-    return _json_ready(asdict(config))
+    """The config as JSON-ready values (for the session's row); the model by its version, not its trees."""
+    described = asdict(replace(config, model=None))
+    described["model"] = config.model.describe() if config.model is not None else None
+    return _json_ready(described)
 
 
 def _json_ready(value: Any) -> Any:

@@ -19,10 +19,20 @@ the technical engine's indicators and ICT/SMC detectors, with nothing from the f
 4. Enter when confidence >= `min_confidence` (0.6). Stops and size come from `risk.py`.
 
 Evaluation also returns the features the decision was made on (recorded with the trade).
+
+With `bar_interval` the rules read longer bars than the feed sends: the closed bars are aggregated
+(complete buckets only, aligned to UTC) and a decision is made only when such a bar closes.
+
+Profiles (`PROFILES`) pair the rules with the stop distances that suit their bars. A round trip
+costs about 0.1% of the notional (two taker fills of 0.05%, plus spread and slippage); a stop only
+a few times that pays most of its risk in fees. The default trades 1-hour bars with stops of at
+least 0.6% (two 1-hour ATRs, usually more): fewer, larger moves. "scalping" is the former default
+(the feed's bars, 5-minute in the stored sample, stops from 0.3%): kept to show what fees do to it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +41,7 @@ import pandas as pd
 
 from winiswin_pipelines.technical.ict import IctConfig, detect_ict
 from winiswin_pipelines.technical.indicators import IndicatorConfig, compute_indicators, warmup_bars
+from winiswin_pipelines.technical.resample import interval_timedelta
 
 STRATEGY_NAME = "ict_trend"
 WEIGHTS = {"trend": 0.4, "structure": 0.2, "position": 0.2, "momentum": 0.1, "participation": 0.1}
@@ -51,6 +62,13 @@ class StrategyConfig:
     rsi_oversold: float = 30.0
     min_confidence: float = 0.6
     ict_recent_bars: int = 3
+    bar_interval: str | None = None  # the bars the rules read ("1h"); None: the feed's bars as they come
+
+    def history_bars(self, interval: str | None) -> int:
+        """Bars of `interval` (the feed's) to keep: enough for `indicators.history_bars` of our bars."""
+        if self.bar_interval is None or interval is None:
+            return self.indicators.history_bars
+        return self.indicators.history_bars * _bars_per_bar(self.bar_interval, interval)
 
     @classmethod
     def short_horizon(cls) -> StrategyConfig:
@@ -73,6 +91,56 @@ class StrategyConfig:
         """Bars needed before the first evaluation (the slowest indicator used, without the 200 EMA)."""
         warmup = warmup_bars(self.indicators)
         return 1 + max(value for name, value in warmup.items() if name != "ema_trend")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The rules and the stop distances that suit their bars (the rest of the risk rules are shared)."""
+
+    strategy: StrategyConfig
+    stop_atr_multiple: float
+    min_stop_pct: float
+    reward_risk: float
+    time_stop: dt.timedelta
+
+
+PROFILES: dict[str, Profile] = {
+    # 1-hour bars, stops of two ATRs and at least 0.6% (6 round trips of fees), targets twice as far.
+    "default": Profile(StrategyConfig(bar_interval="1h"), stop_atr_multiple=2.0, min_stop_pct=0.006,
+                       reward_risk=2.0, time_stop=dt.timedelta(hours=24)),
+    # The former default: the feed's bars (5m stored), stops from 0.3%: fees take most of its risk.
+    "scalping": Profile(StrategyConfig(), stop_atr_multiple=2.0, min_stop_pct=0.003, reward_risk=1.5,
+                        time_stop=dt.timedelta(hours=2)),
+    "short_horizon": Profile(StrategyConfig.short_horizon(), stop_atr_multiple=2.0, min_stop_pct=0.003,
+                             reward_risk=1.5, time_stop=dt.timedelta(hours=2)),
+}
+
+
+def _bars_per_bar(coarse: str, fine: str) -> int:
+    ratio, rest = divmod(interval_timedelta(coarse), interval_timedelta(fine))
+    if rest or ratio < 1:
+        raise ValueError(f"bars of {coarse} cannot be made of {fine} bars")
+    return ratio
+
+
+def coarse_bars(bars: pd.DataFrame, interval: str) -> pd.DataFrame | None:
+    """`bars` aggregated to complete bars of `interval`, when the last one closes with the last of
+    `bars`; None when the last of `bars` is inside a longer bar (no decision then)."""
+    step = bars["open_time"].diff().min()
+    length = pd.Timedelta(interval_timedelta(interval))
+    if pd.isna(step) or length % step:
+        return None
+    end = bars["open_time"].iloc[-1] + step
+    if end.floor(length) != end:
+        return None
+    bucket = bars["open_time"].dt.floor(length)
+    grouped = bars.groupby(bucket, sort=True)
+    out = grouped.agg(open=("open", "first"), high=("high", "max"), low=("low", "min"), close=("close", "last"),
+                      volume=("volume", "sum"), count=("close", "size"))
+    out = out[out.pop("count") == length // step]  # a bar with missing parts would pass for a real one
+    if out.empty or out.index[-1] != end - length:  # the bar closing now lacks parts: no decision on it
+        return None
+    return out.rename_axis("open_time").reset_index()
 
 
 @dataclass(frozen=True)
@@ -139,6 +207,11 @@ def analyse(bars: pd.DataFrame, config: StrategyConfig) -> pd.DataFrame:
 
 def evaluate(bars: pd.DataFrame, config: StrategyConfig) -> Evaluation:
     """The decision on the last bar of `bars` (closed bars only)."""
+    if config.bar_interval is not None:
+        coarse = coarse_bars(bars, config.bar_interval)
+        if coarse is None:
+            return Evaluation(None, f"inside a {config.bar_interval} bar", None, {})
+        bars = coarse
     if len(bars) < config.min_bars:
         return Evaluation(None, f"warming up ({len(bars)}/{config.min_bars} bars)", None, {})
     frame = analyse(bars, config)
