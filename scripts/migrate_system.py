@@ -11,7 +11,8 @@ what cannot be migrated goes to `legacy_quarantine` with the reason. Each store 
 against PostgreSQL, and the legacy partial exits are linked to their trades where the data allows
 (the unlinked ones are listed with the reason); the `legacy_sources` rows are printed. Bytes
 migrated before are skipped (`--force` reads them again). `--dry-run` reads and normalises only.
-`--show` prints the exact bytes of a trade's original record, read from cold storage.
+`--show` prints the exact bytes of a trade's original record, read from cold storage; the trade
+(or partial exit) may be in the hot tables or archived to cold storage itself.
 `--retire` deletes the legacy stores (`--retire-to` moves them) only when each one is migrated, its
 accounting check passed and its cold copy reads back with the same SHA-256; otherwise it refuses,
 touches nothing, and names what is not verified.

@@ -3,6 +3,7 @@ skipping bytes migrated before, the schema migration of `raw`, and retiring the 
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import hashlib
 import json
@@ -19,6 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from winiswin_pipelines import settings
+from winiswin_pipelines.archive import archive_old_data
 from winiswin_pipelines.coldstore import LocalColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.legacy import sources
@@ -249,3 +251,24 @@ def test_script_shows_records_and_retires_only_once_verified(db, database_url, t
     assert run_script("--show", "legacy:BTCUSDT_1761467469.637214", env=env).stdout == line.encode() + b"\n"
     missing = run_script("--show", "legacy:nothing", env=env)
     assert missing.returncode == 2 and b"no trade or partial exit" in missing.stderr
+
+
+def test_script_shows_the_record_of_a_trade_archived_to_cold_storage(db, database_url, tmp_path):
+    root = tmp_path / "legacy"
+    root.mkdir()
+    trade, exit_ = json.dumps(a1(), separators=(",", ": ")), json.dumps(partial_exit())
+    (root / "trades.jsonl").write_text(f"{trade}\n{exit_}\n")
+    env = {**os.environ, "DATABASE_URL": database_url, "WINISWIN_STATE_DIR": str(tmp_path / "state"),
+           "COLD_STORAGE_DIR": str(tmp_path / "cold")}
+    env.pop("BUCKET_NAME", None)
+    assert run_script("--legacy-dir", str(root), env=env).returncode == 0
+    ((exit_uid,),) = rows(db, "SELECT exit_uid FROM trade_partial_exits")
+    summary = archive_old_data(0, manager=db, store=LocalColdStore(tmp_path / "cold"),
+                               as_of=dt.datetime(2100, 1, 1, tzinfo=dt.UTC), tables=["trade_partial_exits", "trades"])
+    assert not summary.failed, summary
+    assert rows(db, "SELECT (SELECT count(*) FROM trades) + (SELECT count(*) FROM trade_partial_exits)") == [(0,)]
+    for uid, line in (("legacy:BTCUSDT_1761467469.637214", trade), (exit_uid, exit_)):
+        shown = run_script("--show", uid, env=env)
+        assert shown.returncode == 0 and shown.stdout == line.encode() + b"\n", shown.stderr
+    missing = run_script("--show", "legacy:nothing", env=env)
+    assert missing.returncode == 2 and b"hot or archived" in missing.stderr

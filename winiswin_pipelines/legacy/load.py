@@ -21,7 +21,6 @@ nothing again, and verification finds the record in the tier that holds it.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import time
 from collections import deque
@@ -119,7 +118,7 @@ class ArchivedKeys:
 
     @classmethod
     def load(cls, manager: DatabaseManager, cold: ColdStore) -> ArchivedKeys:
-        everything = (dt.date(1970, 1, 1), dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+        everything = sources.archived_span()
         trades = read_archived(TRADES, *everything, ["trade_uid", "source", "origin"], manager=manager, store=cold)
         exits = read_archived(PARTIAL_EXITS, *everything, ["exit_uid"], manager=manager, store=cold)
         seqs = [_seq(origin) for origin in trades["origin"]]
@@ -436,12 +435,21 @@ def copy_arrow(conn: Connection, table: str, rows: pa.Table) -> None:
     """A bare COPY of `rows` (columns named as `table`'s) through CSV: no Python object per value."""
     if not rows.num_rows:
         return
+    for index, column in enumerate(rows.schema):
+        if pa.types.is_timestamp(column.type) and column.type.tz == "UTC":  # Arrow writes them slowly (~1.5 µs)
+            rows = rows.set_column(index, column.name, _utc_text(rows.column(index)))
     csv = pa.BufferOutputStream()
     pacsv.write_csv(rows, csv, pacsv.WriteOptions(include_header=False))
     columns = sql.SQL(", ").join(map(sql.Identifier, rows.column_names))
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(sql.Identifier(table), columns)
     with conn.connection.driver_connection.cursor() as cur, cur.copy(statement) as copy:
         copy.write(memoryview(csv.getvalue()))
+
+
+def _utc_text(times: pa.ChunkedArray) -> pa.ChunkedArray:
+    """UTC timestamps as PostgreSQL reads them (`2025-10-26 08:31:09.637214+00`), null kept."""
+    naive = pc.cast(times, pa.timestamp(times.type.unit))  # a UTC timestamp's wall time is UTC
+    return pc.binary_join_element_wise(pc.cast(naive, pa.string()), "+00", "")
 
 
 def _insert_fresh(manager: DatabaseManager, source: str, batch: Sequence[Outcome]) -> BatchResult:

@@ -13,9 +13,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 
+from winiswin_pipelines.archive import read_archived
 from winiswin_pipelines.coldstore import ColdStore
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import LegacySource
@@ -94,15 +96,23 @@ def _update(manager: DatabaseManager, sha256: str, **values) -> None:
 
 _ORIGIN = text("SELECT origin FROM trades WHERE trade_uid = :uid "
                "UNION ALL SELECT origin FROM trade_partial_exits WHERE exit_uid = :uid LIMIT 1")
+_KEYS = {"trades": "trade_uid", "trade_partial_exits": "exit_uid"}
+
+
+def archived_span() -> tuple[dt.date, dt.datetime]:
+    """Every day the archive can hold: from the epoch to tomorrow."""
+    return dt.date(1970, 1, 1), dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
 
 
 def show_record(manager: DatabaseManager, cold: ColdStore, uid: str) -> bytes:
-    """The exact bytes of the legacy record behind a trade (or partial exit) uid, read out of the cold
-    copy of its file (the file itself may be gone)."""
+    """The exact bytes of the legacy record behind a trade (or partial exit) uid, hot or archived to
+    cold storage, read out of the cold copy of its file (the file itself may be gone)."""
     with manager.engine.connect() as conn:
         origin = conn.execute(_ORIGIN, {"uid": uid}).scalar_one_or_none()
     if origin is None:
-        raise LookupError(f"no trade or partial exit {uid!r} in the hot tables")
+        origin = archived_origin(manager, cold, uid)
+    if origin is None:
+        raise LookupError(f"no trade or partial exit {uid!r}, hot or archived")
     sha256 = origin.get("sha256")
     known = find(manager, sha256) if sha256 else None
     if known is None:
@@ -111,3 +121,15 @@ def show_record(manager: DatabaseManager, cold: ColdStore, uid: str) -> bytes:
         original = Path(folder) / "original"
         restore_original(cold, sha256, original)
         return record_bytes(original, known.format, origin)
+
+
+def archived_origin(manager: DatabaseManager, cold: ColdStore, uid: str) -> dict | None:
+    """The `origin` of an archived trade (or partial exit): its row read back from the cold tier over
+    the archived days (the uid does not say which day holds it)."""
+    for table, key in _KEYS.items():
+        rows = read_archived(table, *archived_span(), [key, "origin"], manager=manager, store=cold)
+        found = rows.loc[rows[key] == uid, "origin"]
+        if len(found):
+            origin = found.iloc[0]
+            return orjson.loads(origin) if isinstance(origin, str | bytes) else origin
+    return None
