@@ -107,6 +107,19 @@ def signal_model(runner: DemoRunner) -> list[str]:
     ]
 
 
+def model_gated_backtest(runner: DemoRunner) -> list[str]:
+    """The strategy gated by a signal model, against rules only, on days the model never saw: a model
+    trained on the July 2024 days replays the April 2023 days that have book snapshots."""
+    trained = runner.materialize("signal_model", ops={"signal_model": {"config": {"days": 2}}}, raise_on_error=False)
+    model = materialization(trained, "signal_model")
+    first, last = "2023-04-04", "2023-04-05"
+    config = {"model": str(model["model_version"]), "min_win_probability": 0.4}
+    result = runner.materialize("backtest", tags=range_tags(first, last), ops={"backtest": {"config": config}})
+    m = materialization(result, "backtest")
+    return [f"signal_model version {model['model_version']} trained on {model['days']}; replayed {first}..{last}",
+            *m["comparison"].splitlines()]
+
+
 def legacy_migration(runner: DemoRunner) -> list[str]:
     folder = settings.SAMPLE_DATA_DIR / "legacy"
     stores, skipped = discover_stores(folder)
@@ -263,6 +276,8 @@ STEPS: list[tuple[str, Step]] = [
     ("Signal model: LightGBM on the dataset, purged CV, registered in MLflow", signal_model),
     ("Legacy migration: the bundled legacy samples", legacy_migration),
     ("Backtest: April 2023 BTCUSDT klines through the strategy (paper execution, source 'backtest')", backtest),
+    ("Model-gated backtest: the strategy with and without the signal model, on days the model never saw",
+     model_gated_backtest),
     ("Paper trading: a bounded session over the bundled 8-minute BTCUSDT + ETHUSDT capture (ReplayFeed)",
      paper_session),
     ("Archival: the sample days (all older than 30 days) to the local cold folder, read back", archival),

@@ -48,11 +48,11 @@ def summarize(closed: Sequence[ClosedTradeLike], starting_equity: float) -> Perf
         if peak - equity > max_drawdown:
             max_drawdown, max_drawdown_pct = peak - equity, (peak - equity) / peak
     wins = sum(trade.pnl > 0 for trade in ordered)
-    pnl = sum(trade.pnl for trade in ordered)
+    pnl = sum((trade.pnl for trade in ordered), 0.0)  # a float also when there is no trade
     return Performance(
         trades=len(ordered), wins=wins, win_rate=wins / len(ordered) if ordered else None, pnl=pnl,
-        fees=sum(trade.fees for trade in ordered), funding=sum(trade.funding for trade in ordered),
-        slippage=sum(trade.slippage for trade in ordered), return_pct=pnl / starting_equity,
+        fees=sum((trade.fees for trade in ordered), 0.0), funding=sum((trade.funding for trade in ordered), 0.0),
+        slippage=sum((trade.slippage for trade in ordered), 0.0), return_pct=pnl / starting_equity,
         max_drawdown=max_drawdown, max_drawdown_pct=max_drawdown_pct,
         exit_reasons=dict(sorted(Counter(trade.exit_reason for trade in ordered).items())),
     )
