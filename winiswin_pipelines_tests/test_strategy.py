@@ -201,3 +201,13 @@ def test_performance_figures():
     assert performance.exit_reasons == {"stop_loss": 2, "take_profit": 2}
     empty = summarize([], 1000.0)
     assert (empty.trades, empty.win_rate, empty.max_drawdown) == (0, None, 0.0)
+
+
+def test_the_performance_of_no_trade_is_zero_in_floats():
+    """A replay without trades still reports its figures as numbers of one type (Dagster's float metadata)."""
+    from winiswin_pipelines.trading.performance import summarize
+
+    performance = summarize([], 10_000.0)
+    assert performance.trades == 0 and performance.win_rate is None
+    assert all(isinstance(value, float) and value == 0.0 for value in
+               (performance.pnl, performance.fees, performance.funding, performance.slippage, performance.return_pct))
