@@ -4,8 +4,8 @@ Keep the original in cold storage (SHA-256, zstd, read back; on its own thread w
 are read), read and normalise (A1 blocks with Arrow), write (a bare CSV COPY for blocks of new keys)
 and verify against PostgreSQL, timed as one; then, in the same run, a naive row-by-row ORM insert
 (one session.add + commit per record) of a sample of the same records, and the floor: a bare COPY
-of the same normalised rows, rendered beforehand, on 2 connections into an empty `trades` (what
-PostgreSQL alone costs). Targets: >= 100,000 records/s, peak memory < 1 GB, >= 20x the naive insert.
+of the same rows the migration wrote, exported as CSV beforehand, on 2 connections into an empty
+`trades` (what PostgreSQL alone costs). Targets: >= 100,000 records/s, peak memory < 1 GB, >= 20x the naive insert.
 
     .venv/bin/python benchmarks/bench_legacy_migration.py [--records 1000000] [--naive-sample 2000]
 
@@ -27,8 +27,6 @@ from itertools import islice
 from pathlib import Path
 
 import orjson
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 from psycopg import sql
 from sqlalchemy import text
 
@@ -36,9 +34,8 @@ from winiswin_pipelines import settings
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import Trade
 from winiswin_pipelines.db.scratch import scratch_database
-from winiswin_pipelines.legacy.a1_blocks import A1Block
-from winiswin_pipelines.legacy.load import BATCH_SIZE, migrate_store, verify_store
-from winiswin_pipelines.legacy.pipeline import iter_batches, iter_outcomes
+from winiswin_pipelines.legacy.load import migrate_store, verify_store
+from winiswin_pipelines.legacy.pipeline import iter_outcomes
 from winiswin_pipelines.legacy.records import TRADE_COLUMNS, Row
 from winiswin_pipelines.legacy.sniff import Store, StoreFormat
 
@@ -95,17 +92,18 @@ def naive_orm_rate(manager: DatabaseManager, store: Store, sample: int) -> float
     return len(rows) / (time.perf_counter() - started)
 
 
-def render_floor_rows(store: Store, sha256: str, folder: Path, parts: int = 2) -> list[Path]:
-    """The migration's normalised rows of `store` (uids prefixed `floor:`), as the CSV it sends to COPY,
-    in `parts` files of alternate blocks: rendered before the floor is timed."""
+def export_floor_rows(manager: DatabaseManager, folder: Path, parts: int = 2) -> list[Path]:
+    """The rows the migration wrote to `trades`, as COPY CSV in `parts` files (alternate ids), to load
+    them again, untouched, for the floor."""
+    columns = sql.SQL(", ").join(map(sql.Identifier, TRADE_COLUMNS))
     paths = [folder / f"floor_{part}.csv" for part in range(parts)]
-    handles = [path.open("wb") for path in paths]
-    for number, block in enumerate(iter_batches(store, BATCH_SIZE, sha256=sha256)):
-        assert type(block) is A1Block and not block.odd, "the generated records are all plain A1 lines"
-        rows = block.rows.set_column(0, "trade_uid", pc.binary_join_element_wise("floor:", block.rows["trade_uid"], ""))
-        pacsv.write_csv(rows, handles[number % parts], pacsv.WriteOptions(include_header=False))
-    for handle in handles:
-        handle.close()
+    with manager.engine.connect() as conn, conn.connection.driver_connection.cursor() as cur:
+        for part, path in enumerate(paths):
+            query = sql.SQL("COPY (SELECT {} FROM trades WHERE id % {} = {}) TO STDOUT (FORMAT csv)").format(
+                columns, sql.Literal(parts), sql.Literal(part))
+            with cur.copy(query) as copy, path.open("wb") as out:
+                for chunk in copy:
+                    out.write(chunk)
     return paths
 
 
@@ -163,8 +161,8 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             machine_cpu, own_cpu = busy_cpu_seconds() - machine_cpu, time.process_time() - own_cpu
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the samples below
+            parts = export_floor_rows(manager, folder)
             naive = naive_orm_rate(manager, store, args.naive_sample)
-        parts = render_floor_rows(store, report.sha256, folder)
         with scratch_database(folder, settings.database_url()) as manager:
             floor, floor_rows = bare_copy_rate(manager, parts)
     load_after = os.getloadavg()
@@ -183,13 +181,13 @@ def print_results(
     print(report.summary_line())
     print(f"verification: {'passed' if not problems else 'FAILED: ' + '; '.join(problems)}")
     print(f"end to end (cold copy, read, normalise, write, verify): {elapsed:.1f} s (migrate {migrate_seconds:.1f} s, "
-          f"of which fingerprint + cold copy {report.cold_seconds:.1f} s overlapped with reading; "
+          f"of which fingerprint + cold copy {report.cold_seconds:.1f} s, overlapped with reading; "
           f"verify {elapsed - migrate_seconds:.1f} s)")
     print(f"records/s end to end: {rate:>12,.0f}   = {rate / TARGET:.2f}x the target of {TARGET:,}  "
           f"{'OK' if rate >= TARGET else 'MISSED'}")
     print(f"  read + normalise alone (dry run): {python_only.read / python_only.seconds:,.0f} records/s")
-    print(f"floor (PostgreSQL alone): {floor:>8,.0f} rows/s: a bare COPY of the same {floor_rows:,} normalised rows, "
-          f"CSV rendered beforehand, 2 connections, into an empty trades")
+    print(f"floor (PostgreSQL alone): {floor:>8,.0f} rows/s: a bare COPY of the same {floor_rows:,} rows the migration "
+          f"wrote, as CSV rendered beforehand, 2 connections, into an empty trades")
     print(f"end to end / floor:   {rate / floor:>12.2f}x")
     if floor < TARGET:
         print(f"FINDING: the target of {TARGET:,} records/s is above this machine's floor ({floor:,.0f} rows/s = "

@@ -57,7 +57,7 @@ def block_outcomes(block: A1Block) -> list[Outcome]:
     lines, rows = block.lines, []
     for line, values in zip(block.row_lines.tolist(), block.rows.to_pylist(), strict=True):
         index = line - lines.first_line
-        size = int(lines.ends[index] - lines.starts[index]) + (int(lines.ends[index]) < len(lines.data))
+        size = int(lines.ends[index] - lines.starts[index]) + (int(lines.ends[index]) < lines.size)
         first, last = values["entry_time"] or values["exit_time"], values["exit_time"] or values["entry_time"]
         values["origin"] = values["origin"].encode()
         rows.append(Row("trades", values["trade_uid"], tuple(values[c] for c in TRADE_COLUMNS), "A1", f"line {line}",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +80,15 @@ _PARSE = pajson.ParseOptions(explicit_schema=A1_SCHEMA, unexpected_field_behavio
 
 @dataclass(frozen=True)
 class LineBlock:
-    """Whole lines of a JSON lines file: their bytes, the number of the first and its byte offset."""
+    """Whole lines of a JSON lines file: the number of the first, their byte offset and size, where
+    each ends, and their bytes (None once normalised: `read` reads them again from the file)."""
 
-    data: bytes
+    path: Path
     first_line: int
     offset: int
-    ends: np.ndarray  # where each line ends in `data`: its newline, or the end of a last line without one
+    size: int
+    ends: np.ndarray  # where each line ends in the block: its newline, or the end of a last line without one
+    data: bytes | None = None
 
     @property
     def starts(self) -> np.ndarray:
@@ -95,9 +98,16 @@ class LineBlock:
     def lines(self) -> int:
         return len(self.ends)
 
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            return handle.read(self.size)
+
     def records(self) -> Iterator:
         """The block's lines through the per-record reader."""
-        return read_jsonl_lines(io.BytesIO(self.data), self.first_line, self.offset)
+        return read_jsonl_lines(io.BytesIO(self.read()), self.first_line, self.offset)
 
 
 def line_blocks(path: Path, max_lines: int, block_bytes: int = BLOCK_BYTES) -> Iterator[LineBlock]:
@@ -113,11 +123,11 @@ def line_blocks(path: Path, max_lines: int, block_bytes: int = BLOCK_BYTES) -> I
             for first in range(0, len(newlines), max_lines):
                 ends = newlines[first:first + max_lines]
                 end = int(ends[-1]) + 1
-                yield LineBlock(data[start:end], number, offset, ends - start)
+                yield LineBlock(path, number, offset, end - start, ends - start, data[start:end])
                 number, offset, start = number + len(ends), offset + end - start, end
             rest = data[start:]
     if rest:
-        yield LineBlock(rest, number, offset, np.array([len(rest)]))
+        yield LineBlock(path, number, offset, len(rest), np.array([len(rest)]), rest)
 
 
 @dataclass
@@ -140,7 +150,7 @@ class A1Block:
 
     @property
     def size(self) -> int:
-        return len(self.lines.data)
+        return self.lines.size
 
     def keys(self) -> list[str]:
         return self.rows.column("trade_uid").to_pylist() + [o.key for o in self.odd if type(o) is Row]
@@ -152,18 +162,18 @@ class A1Block:
 
 
 def has_a1_lines(block: LineBlock) -> bool:
-    return _A1_KEY in block.data
+    return _A1_KEY in block.read()
 
 
 def normalize_block(block: LineBlock, normalizer: Normalizer) -> A1Block:
     """`block`'s outcomes: its plain A1 lines normalised together, the others record by record.
     The normaliser's read order moves on past the block, as if it had read it record by record."""
-    base, starts, ends = normalizer.seq, block.starts, block.ends
-    table, parsed = _parse(block.data, starts, ends, np.flatnonzero(_plain_lines(block.data, starts, ends)))
+    base, data, starts, ends = normalizer.seq, block.read(), block.starts, block.ends
+    table, parsed = _parse(data, starts, ends, np.flatnonzero(_plain_lines(data, starts, ends)))
     fields = _A1Fields(table)
     fast = np.zeros(block.lines, bool)
     fast[parsed[fields.fit]] = True
-    odd, taken = _per_record(block, fast, normalizer)
+    odd, taken = _per_record(block, data, fast, normalizer)
     seqs = base + np.cumsum(taken)
     normalizer.seq = base + int(taken.sum())
     rows_at = np.flatnonzero(fast)
@@ -171,7 +181,8 @@ def normalize_block(block: LineBlock, normalizer: Normalizer) -> A1Block:
                          seqs[rows_at])
     rows = fields.rows(normalizer, pointers)
     first, last = _time_range(rows)
-    return A1Block(block, base, normalizer, rows, pointers.lines, odd, first, last)
+    kept = replace(block, data=None)  # its bytes are read again only should it go record by record
+    return A1Block(kept, base, normalizer, rows, pointers.lines, odd, first, last)
 
 
 # which lines, and Arrow's reading of them ---------------------------------------------------------
@@ -239,7 +250,9 @@ def _joined(data: bytes, starts: np.ndarray, ends: np.ndarray, lines: np.ndarray
 # the lines the per-record path reads ------------------------------------------------------------
 
 
-def _per_record(block: LineBlock, fast: np.ndarray, normalizer: Normalizer) -> tuple[list[Outcome], np.ndarray]:
+def _per_record(
+    block: LineBlock, data: bytes, fast: np.ndarray, normalizer: Normalizer,
+) -> tuple[list[Outcome], np.ndarray]:
     """The outcomes of the lines not `fast`, from the per-record path, each normalised at the read
     order it has in the file; and per line, 1 when it took a place in that order (each fast line does)."""
     taken = fast.astype(np.int64)
@@ -248,7 +261,7 @@ def _per_record(block: LineBlock, fast: np.ndarray, normalizer: Normalizer) -> t
     for count, index in enumerate(np.flatnonzero(~fast).tolist()):
         normalizer.seq = seq = base + (index - count) + odd_taken  # the fast lines before it took one each
         start = int(starts[index])
-        record = jsonl_record(block.first_line + index, block.offset + start, block.data[start:int(ends[index]) + 1])
+        record = jsonl_record(block.first_line + index, block.offset + start, data[start:int(ends[index]) + 1])
         odd.append(normalizer.normalize(record) if type(record) is RawRecord else record)
         if normalizer.seq != seq:
             taken[index], odd_taken = 1, odd_taken + 1

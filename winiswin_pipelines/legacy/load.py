@@ -1,14 +1,18 @@
 """Write a store's normalised records to PostgreSQL through `copy_upsert`, and prove the result.
 
-Streaming: batches of `batch_size` records; while batches are written (COPY + one INSERT ... ON
-CONFLICT, in worker threads) the next one is read and normalised, so memory stays flat. A batch
-PostgreSQL refuses is split until the refused rows are isolated; they go to quarantine with the
-database's reason and the run goes on.
+Streaming: batches of `batch_size` records; while batches are written (in worker threads, each on
+its own connection, so PostgreSQL works on both cores) the next ones are read and normalised, so
+memory stays flat. A1 JSON lines come as blocks normalised with Arrow (`a1_blocks`); a block none of
+whose keys is stored goes in by one CSV COPY of its rows, no Python object per value. Other batches:
+a bare COPY when all their keys are new, else COPY + one INSERT ... ON CONFLICT. A batch PostgreSQL
+refuses is split until the refused rows are isolated; they go to quarantine with the database's
+reason and the run goes on.
 
 Before any row is written, the file itself goes to cold storage (zstd, content-addressed by the
-SHA-256 of its bytes) and is read back identical; `legacy_sources` records it. Rows keep a pointer
-to their record in those bytes, not a copy. Bytes migrated once are recognised by their SHA-256 and
-skipped at once (unless `force`).
+SHA-256 of its bytes) and is read back identical; `legacy_sources` records it. That copy is made on
+its own thread while the first blocks are read (up to READ_AHEAD_BYTES of the file). Rows keep a
+pointer to their record in those bytes, not a copy. Bytes migrated once are recognised by their
+SHA-256 and skipped at once (unless `force`).
 
 Every migration leaves a ledger (the keys of every record: trade uid, partial-exit uid, quarantine
 position) and its report under the state folder; `verify_store` checks them against the tables.
@@ -69,10 +73,11 @@ from winiswin_pipelines.legacy.records import (
 from winiswin_pipelines.legacy.sniff import Store
 
 BATCH_SIZE = 20_000
-READ_AHEAD_BYTES = 256 * 1024 * 1024  # of the file read and normalised while its cold copy is being made
+READ_AHEAD_BYTES = 512 * 1024 * 1024  # of the file read and normalised (held as ~45 % of it) while its cold copy is made
 # Batches written at once, each on its own connection; safe because a batch upserts in key order
 # (no lock-order deadlock) and the update rule below does not depend on which batch lands first.
 WRITERS = 2
+QUEUED = 2 * WRITERS  # batches handed to the writers at once: each finds the next one ready, not being read
 # A stored trade takes a conflicting record of its own store when that record comes later in the
 # store (so a trade held twice settles on the last record, whatever the batch boundaries, and a
 # re-run changes nothing) and does not reopen it; and a record of any store when it closes a trade
@@ -271,7 +276,7 @@ class _Writers:
 
     def write_all(self, batches: list[Batch]) -> None:
         for batch in batches:
-            if len(self.in_flight) == WRITERS:
+            if len(self.in_flight) == QUEUED:
                 self._settle_oldest()
             self.in_flight.append(_submit(self.pool, self.manager, self.source, batch, self.archived, self.known))
 
