@@ -23,7 +23,8 @@ It serves
   endTime inclusive, up to 1,000 a page from startTime, the latest 200 without either; its own limit
   of `funding_limit` requests per 5 minutes, 429 beyond), and the signed endpoints of an
   account (`_Account`): /fapi/v1/order (POST, GET, DELETE; conditional types refused with -4120
-  since the Algo Order API took them over), /fapi/v1/algoOrder (POST, GET, DELETE),
+  since the Algo Order API took them over; a quantity beyond MARKET_LOT_SIZE / LOT_SIZE maxQty refused
+  with -4005), /fapi/v1/algoOrder (POST, GET, DELETE),
   /fapi/v1/openAlgoOrders, /fapi/v3/positionRisk and /fapi/v2/balance, checking the API key, the
   HMAC-SHA256 signature over the query (+ body) and the timestamp against `recvWindow` as Binance
   does. Every request costs Binance's
@@ -82,6 +83,8 @@ from winiswin_pipelines.marketdata.orderbook import OrderBook
 
 TICK = 0.1  # price grid
 LOT = 0.001  # quantity grid
+LOT_MAX_QTY = 1_000.0  # LOT_SIZE maxQty (LIMIT orders)
+MARKET_MAX_QTY = 120.0  # MARKET_LOT_SIZE maxQty: the most one MARKET order may hold
 START_MS = 1_721_347_200_000  # 2024-07-19 00:00:00 UTC: the simulated exchange clock starts here
 HISTORY_DEPTH = 20
 BINANCE_WEIGHT_LIMIT = 2_400  # request weight per minute per IP
@@ -316,6 +319,9 @@ class _Account:
             code, message = self.reject_next.pop(symbol)
             raise _Refused(400, code, message)
         quantity = float(params["quantity"])
+        limit = MARKET_MAX_QTY if order_type == "MARKET" else LOT_MAX_QTY  # MARKET_LOT_SIZE / LOT_SIZE
+        if quantity > limit and not params.get("_closes_position"):  # a fired closePosition order closes it all
+            raise _Refused(400, -4005, "Quantity greater than max quantity.")
         reduce_only = params.get("reduceOnly") == "true"
         position = self.position(symbol)
         if reduce_only:
@@ -608,7 +614,8 @@ class _Account:
                                                                            abs(position.amount))
         actual = self.new_order({"symbol": order["symbol"], "side": order["side"], "type": "MARKET",
                                  "quantity": f"{quantity:.3f}", "reduceOnly": "true",
-                                 "newClientOrderId": f"algo-{order['algoId']}"}, now_ms)
+                                 "newClientOrderId": f"algo-{order['algoId']}",
+                                 "_closes_position": "true" if order["closePosition"] else ""}, now_ms)
         if actual["status"] != "FILLED":
             self._fill(actual, now_ms, price)
         order.update(algoStatus="FINISHED", actualOrderId=str(actual["orderId"]), actualPrice=actual["avgPrice"],
@@ -1234,8 +1241,9 @@ class LocalBinanceServer:
             "pricePrecision": 1, "quantityPrecision": 3,
             "filters": [
                 {"filterType": "PRICE_FILTER", "minPrice": "0.1", "maxPrice": "1000000", "tickSize": "0.1"},
-                {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"},
-                {"filterType": "MARKET_LOT_SIZE", "minQty": "0.001", "maxQty": "120", "stepSize": "0.001"},
+                {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": f"{LOT_MAX_QTY:g}", "stepSize": "0.001"},
+                {"filterType": "MARKET_LOT_SIZE", "minQty": "0.001", "maxQty": f"{MARKET_MAX_QTY:g}",
+                 "stepSize": "0.001"},
                 {"filterType": "MIN_NOTIONAL", "notional": "5"},
             ],
         } for symbol in self.symbols]
@@ -1403,6 +1411,15 @@ class LocalBinanceServer:
                 self.account.dual_side = hedge_mode
             if multi_assets is not None:
                 self.account.multi_assets = multi_assets
+
+    def expire_algo_order(self, symbol: str, order_type: str, status: str = "EXPIRED") -> dict[str, Any]:
+        """The exchange ends `symbol`'s open conditional order of `order_type` (EXPIRED or REJECTED), as it
+        may on its own; returns it."""
+        with self._lock:
+            [order] = [o for o in self.account.open_algo_orders({"symbol": symbol}) if o["orderType"] == order_type]
+            order.update(algoStatus=status, updateTime=self._server_time())
+            self.account._algo_event(order, self._server_time())
+            return _public(dict(order))
 
     def reject_next_order(self, symbol: str, code: int = -2019, message: str = "Margin is insufficient.") -> None:
         with self._lock:

@@ -391,6 +391,25 @@ class OrderIntent(Base):
     updated_at: Mapped[dt.datetime] = _updated_at()
 
 
+class TradingHalt(Base):
+    """A halt of live trading, kept across restarts: while one is in force no live entry is sent.
+
+    In force from `started_at` until `cleared_at` (NULL: until someone clears it, e.g. `flatten_and_halt`
+    or a max-drawdown halt; a time: it lifts itself then, e.g. the daily loss limit at 00:00 UTC). An
+    open-ended halt also keeps the supervisor sensor from starting live sessions.
+    """
+
+    __tablename__ = "trading_halts"
+    __table_args__ = (Index(None, "cleared_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    reason: Mapped[str] = mapped_column(String(64), nullable=False, comment="max_drawdown, daily_loss_limit, "
+                                        "flatten_and_halt, ...")
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    cleared_at: Mapped[dt.datetime | None]
+    details: Mapped[dict[str, Any] | None]
+
+
 GAP_REASONS = ("restart", "reconnect", "sequence_break", "snapshot_resync")
 
 

@@ -11,6 +11,8 @@ crashed session comes back under a new key). It is stopped by default: turn it o
 
 import datetime as dt
 import json
+import os
+import time
 from dataclasses import replace
 from functools import partial
 from typing import Literal
@@ -18,14 +20,14 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from winiswin_pipelines import settings
+from winiswin_pipelines import factories, settings
 from winiswin_pipelines.catalog import table_asset
 from winiswin_pipelines.defs.partitions import daily_partitions, partition_days
 from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BINANCE_FUTURES_WS
 from winiswin_pipelines.marketdata.feed import BinanceFeed, MarketFeed, ReplayFeed
 from winiswin_pipelines.resources import ColdStorageResource, ModelRegistryResource, PostgresResource
-from winiswin_pipelines.supervision import ATTEMPT_TAG, LANE_TAG, run_in_flight
-from winiswin_pipelines.trading import comparison, repository
+from winiswin_pipelines.supervision import ATTEMPT_TAG, IN_FLIGHT, LANE_TAG, run_in_flight
+from winiswin_pipelines.trading import comparison, halts, monitoring, repository
 from winiswin_pipelines.trading.backtest import SOURCE as BACKTEST_SOURCE
 from winiswin_pipelines.trading.backtest import backtest_day
 from winiswin_pipelines.trading.execution import MAKER_FEE_RATE, TAKER_FEE_RATE, LiveTradingRefused, PaperExecutor
@@ -33,11 +35,14 @@ from winiswin_pipelines.trading.funding import FundingSchedule
 from winiswin_pipelines.trading.model_gate import MODEL_NAME, ModelChoice
 from winiswin_pipelines.trading.performance import Performance, summarize
 from winiswin_pipelines.trading.risk import RiskConfig
-from winiswin_pipelines.trading.runner import check_mode, run_session_in_thread
+from winiswin_pipelines.trading.runner import check_mode, flatten_and_halt, run_session_in_thread
 from winiswin_pipelines.trading.session import SessionConfig
 from winiswin_pipelines.trading.strategy import PROFILES
 
 SESSION_TAG = "winiswin/session"
+# The run queue starts higher priorities first; batch work keeps the default 0.
+LIVE_PRIORITY = {"dagster/priority": "10"}
+SAFETY_PRIORITY = {"dagster/priority": "20"}  # flatten_and_halt and clearing a halt go before everything
 SESSION_MAX_RUNTIME = dt.timedelta(hours=6)
 # The session ends itself a little before Dagster would kill it, so it can stop cleanly.
 SESSION_MAX_DURATION = SESSION_MAX_RUNTIME - dt.timedelta(minutes=5)
@@ -54,6 +59,8 @@ class TradingParameters(dg.Config):
     max_total_notional: float | None = Field(default=None, description="USDT over all positions; empty: no cap")
     daily_loss_limit: float | None = Field(default=None, description="USDT lost since 00:00 UTC after which no "
                                            "entry (counted from the trades in PostgreSQL: survives restarts)")
+    max_drawdown: float | None = Field(default=None, description="live: fraction of the peak equity lost after "
+                                       "which everything is closed and trading halts until the halt is cleared")
     time_stop_minutes: float | None = Field(default=None, description="close any position held this long; "
                                             "empty: the profile's (default 24 h, scalping 2 h)")
     strategy_profile: Literal["default", "scalping", "short_horizon"] = Field(
@@ -77,7 +84,7 @@ class TradingParameters(dg.Config):
                           time_stop=time_stop, stop_atr_multiple=profile.stop_atr_multiple,
                           min_stop_pct=profile.min_stop_pct, reward_risk=profile.reward_risk,
                           max_symbol_notional=self.max_symbol_notional, max_total_notional=self.max_total_notional,
-                          daily_loss_limit=self.daily_loss_limit)
+                          daily_loss_limit=self.daily_loss_limit, max_drawdown=self.max_drawdown)
         strategy = profile.strategy
         changes = {"min_confidence": self.min_confidence, "adx_min": self.adx_min}
         strategy = replace(strategy, **{name: value for name, value in changes.items() if value is not None})
@@ -167,7 +174,8 @@ def trading_session(context: dg.OpExecutionContext, config: TradingSessionConfig
 
 
 @dg.job(
-    tags={LANE_TAG: "live-trading", "dagster/max_runtime": str(int(SESSION_MAX_RUNTIME.total_seconds()))},
+    tags={LANE_TAG: "live-trading", "dagster/max_runtime": str(int(SESSION_MAX_RUNTIME.total_seconds())),
+          **LIVE_PRIORITY},
     executor_def=dg.in_process_executor,
     description="The long-running trading session (one at a time: the live-trading lane is limited to 1 run).",
 )
@@ -206,6 +214,9 @@ def trading_session_supervisor(context: dg.SensorEvaluationContext) -> dg.Sensor
         check_mode(mode)
     except LiveTradingRefused as refused:  # a run would only fail: say why instead, once per tick
         return dg.SkipReason(str(refused))
+    if mode == "live" and (blocking := session_blocking_halts()):
+        return dg.SkipReason("live trading halted: " + "; ".join(halt.describe() for halt in blocking)
+                             + " (run clear_trading_halt to resume)")
     session = f"{mode}-{dt.datetime.now(dt.UTC):%Y-%m-%d}"  # one session per UTC day and mode
     feed = session_feed(mode)
     if feed != "binance" and _session_completed(context.instance, session):
@@ -218,6 +229,166 @@ def trading_session_supervisor(context: dg.SensorEvaluationContext) -> dg.Sensor
                                     tags={SESSION_TAG: session, ATTEMPT_TAG: str(attempt)})],
         cursor=json.dumps({"session": session, "attempt": attempt}),
     )
+
+
+def session_blocking_halts() -> list[halts.Halt]:
+    """The open-ended halts in force. The sensor reads them from DATABASE_URL's server (or the embedded
+    one) itself: it takes no resource, so its tests and ticks need no PostgreSQL outside live mode."""
+    return [halt for halt in halts.halts_in_force(factories.database_manager()) if halt.blocks_sessions]
+
+
+# -- account safety: flatten and halt, clear the halt ------------------------------------------------
+
+
+class FlattenAndHaltConfig(dg.Config):
+    note: str = Field(default="", description="why (kept with the halt)")
+    rest_url: str = Field(default=BINANCE_FUTURES_REST)
+    session_stop_timeout_seconds: float = Field(default=150.0, description="how long to wait for the running "
+                                                "trading session to stop before closing the positions")
+
+
+def _stop_session_run(context: dg.OpExecutionContext, timeout: float) -> None:
+    """Terminate the trading session run in flight (its positions are closed by this run instead) and wait
+    until it has stopped."""
+    run = run_in_flight(context.instance, trading_session_job.name)
+    if run is None:
+        return
+    context.log.info(f"terminating trading session run {run.run_id} first")
+    context.instance.run_coordinator.cancel_run(run.run_id)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = context.instance.get_run_by_id(run.run_id)
+        if current is None or current.status not in IN_FLIGHT:
+            return
+        time.sleep(1.0)
+    raise dg.Failure(f"the trading session run {run.run_id} did not stop within {timeout:g} s; the halt is "
+                     "recorded, no position was closed: run flatten_and_halt again")
+
+
+@dg.op(description="Halt live trading (recorded first, kept across restarts), stop the running session, then "
+       "close every live position after cancelling its protection.")
+def flatten_positions_and_halt(context: dg.OpExecutionContext, config: FlattenAndHaltConfig,
+                               postgres: PostgresResource) -> None:
+    halt = halts.halt_trading(postgres.manager, halts.FLATTEN_AND_HALT,
+                              details={"note": config.note, "run_id": context.run_id})
+    context.log.info(f"live trading halted: {halt.describe()}")
+    _stop_session_run(context, config.session_stop_timeout_seconds)
+    try:
+        _, result = flatten_and_halt(postgres.manager, rest_url=config.rest_url, note=config.note,
+                                     run_id=context.run_id)
+    except LiveTradingRefused as refused:
+        raise dg.Failure(f"the halt is recorded, but no position was closed: {refused}") from None
+    closed = ", ".join(f"{c.symbol} {c.side} at {c.exit_price:g}" for c in result.closed) or "none"
+    context.log.info(f"flatten_and_halt: closed {closed}")
+    if result.open_positions:
+        raise dg.Failure(f"still open after flattening (protected again, retry the job): "
+                         f"{', '.join(p.symbol for p in result.open_positions)}")
+
+
+@dg.job(tags=SAFETY_PRIORITY, executor_def=dg.in_process_executor,
+        description="Close every live position and halt live trading until clear_trading_halt runs.")
+def flatten_and_halt_job():
+    flatten_positions_and_halt()
+
+
+class ClearHaltConfig(dg.Config):
+    reason: str = Field(default="", description="clear only the halts of this reason (max_drawdown, "
+                        "daily_loss_limit, flatten_and_halt); empty: every halt in force")
+
+
+@dg.op(description="Clear the trading halts in force: the supervisor starts live sessions again.")
+def clear_halts(context: dg.OpExecutionContext, config: ClearHaltConfig, postgres: PostgresResource) -> None:
+    cleared = halts.clear_halts(postgres.manager, reason=config.reason or None)
+    context.log.info("cleared: " + ("; ".join(halt.describe() for halt in cleared) or "no halt was in force"))
+
+
+@dg.job(tags=SAFETY_PRIORITY, executor_def=dg.in_process_executor,
+        description="Clear the trading halts (all, or one reason's); live sessions may start again.")
+def clear_trading_halt():
+    clear_halts()
+
+
+# -- what Dagster shows of live trading ---------------------------------------------------------------
+
+live_positions = dg.AssetSpec(
+    "live_positions", group_name="trading", owners=["team:winiswin-data"], kinds={"binance", "postgres"},
+    description="The live account's positions as the session's last reconciliation with the exchange saw them "
+    "(every minute): amount, entry, mark, unrealised PnL, the protective orders on the exchange, and the heartbeat. "
+    "Observed every minute by live_positions_observer.",
+)
+
+
+def _heartbeat_check(view: monitoring.LiveView) -> dg.AssetCheckResult:
+    problem = monitoring.heartbeat_problem(view)
+    age = view.heartbeat_age
+    return dg.AssetCheckResult(
+        passed=problem is None,
+        metadata={"problem": problem or "none", "session_id": view.session_id or "none",
+                  "heartbeat_age_seconds": dg.MetadataValue.float(round(age.total_seconds(), 1)) if age
+                  else dg.MetadataValue.text("no heartbeat"),
+                  "max_silence_seconds": monitoring.HEARTBEAT_MAX_SILENCE.total_seconds()},
+    )
+
+
+@dg.asset_check(asset=live_positions.key, description="The live session's heartbeat is at most 3 minutes old "
+                "whenever a session is marked running or live positions are open.")
+def trading_heartbeat_fresh(postgres: PostgresResource) -> dg.AssetCheckResult:
+    return _heartbeat_check(monitoring.live_view(postgres.manager))
+
+
+def _observation(view: monitoring.LiveView) -> dg.AssetObservation:
+    age = view.heartbeat_age
+    return dg.AssetObservation(asset_key=live_positions.key, metadata={
+        "positions": dg.MetadataValue.md(monitoring.positions_table(view)),
+        "unprotected": ", ".join(monitoring.unprotected(view)) or "none",
+        "unrealised_pnl": dg.MetadataValue.float(round(sum(p["unrealised_pnl"] for p in view.positions.values()), 4)),
+        "open_live_trades": ", ".join(view.open_trades) or "none",
+        "wallet_balance": dg.MetadataValue.float(float(view.reconciliation.get("wallet_balance") or 0.0)),
+        "reconciled_at": view.reconciliation.get("at") or "never",
+        "session_id": view.session_id or "none",
+        "session_status": view.status or "none",
+        "last_heartbeat_at": view.last_heartbeat_at.isoformat() if view.last_heartbeat_at else "never",
+        "heartbeat_age_seconds": dg.MetadataValue.float(round(age.total_seconds(), 1)) if age
+        else dg.MetadataValue.text("no heartbeat"),
+        "halts": "; ".join(view.halts) or "none",
+    })
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Every minute: observes live_positions and evaluates trading_heartbeat_fresh, from PostgreSQL "
+           "(no run is launched, no exchange request made).")
+def live_positions_observer(context: dg.SensorEvaluationContext, postgres: PostgresResource) -> dg.SensorResult:
+    view = monitoring.live_view(postgres.manager)
+    check = _heartbeat_check(view)
+    events: list = [dg.AssetCheckEvaluation(asset_key=live_positions.key, check_name=trading_heartbeat_fresh.check_key.name,
+                                            passed=check.passed, metadata=check.metadata)]
+    if view.session_id is not None or view.open_trades:  # nothing to observe before any live trading
+        events.insert(0, _observation(view))
+    return dg.SensorResult(asset_events=events)
+
+
+# -- alerts -----------------------------------------------------------------------------------------------
+
+
+def failure_text(run: dg.DagsterRun, message: str | None) -> str:
+    """The alert of a failed run: job, run id, what failed (shortened; Dagster's own message)."""
+    what = (message or "no message").strip().splitlines()[0][:400]
+    return f"winiswin: run {run.run_id[:8]} of {run.job_name} failed: {what}"
+
+
+@dg.run_failure_sensor(name="run_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING,
+                       description="Alerts on every failed run: to Slack (dagster-slack) when SLACK_TOKEN is set, "
+                       "to SLACK_CHANNEL (default #winiswin-alerts); otherwise a warning in the sensor's log.")
+def run_failure_alert(context: dg.RunFailureSensorContext) -> None:
+    text = failure_text(context.dagster_run, context.failure_event.message)
+    token = os.environ.get("SLACK_TOKEN")
+    if not token:
+        context.log.warning(text)
+        return
+    from dagster_slack import SlackResource  # only needed once Slack is configured
+
+    channel = os.environ.get("SLACK_CHANNEL") or "#winiswin-alerts"
+    SlackResource(token=token).get_client().chat_postMessage(channel=channel, text=text)
 
 
 class BacktestConfig(TradingParameters, SimulatedCosts):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.trading import repository
+from winiswin_pipelines.trading import halts, repository
 from winiswin_pipelines.trading.risk import Position
 
 
@@ -75,6 +75,16 @@ class SessionJournal:
     def open_positions(self, source: str) -> list[Position]:
         """OPEN trades of `source`, timed from position_entry_times (the fill time kept across restarts)."""
         return repository.open_positions(self.manager, source)
+
+    def halts_in_force(self) -> list[halts.Halt]:
+        return halts.halts_in_force(self.manager)
+
+    def halt(self, reason: str, until: dt.datetime | None, details: dict[str, Any]) -> halts.Halt:
+        return halts.halt_trading(self.manager, reason, until=until, details={"session_id": self.session_id, **details})
+
+    def peak_equity(self) -> float | None:
+        """The live account's peak equity since the last max-drawdown halt was cleared (`halts.peak_equity`)."""
+        return halts.peak_equity(self.manager)
 
 
 class OrderIntents:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 CLIENT_ID_PREFIX = "wn"  # every id this project sends starts with it: the others are left alone
 ROLES = {"entry": "en", "exit": "ex", "stop_loss": "sl", "take_profit": "tp"}
@@ -28,3 +29,14 @@ def client_order_id(trade_uid: str, role: str) -> str:
 
 def is_ours(client_id: str | None) -> bool:
     return bool(client_id) and client_id.startswith(CLIENT_ID_PREFIX) and client_id[2:4] in ROLES.values()
+
+
+def market_max_quantities(exchange_info: dict[str, Any]) -> dict[str, float]:
+    """symbol -> the most one MARKET order may hold (`MARKET_LOT_SIZE` maxQty of an exchangeInfo reply;
+    symbols without that filter are left out)."""
+    limits = {}
+    for entry in exchange_info.get("symbols", []):
+        lot = next((f for f in entry.get("filters", []) if f.get("filterType") == "MARKET_LOT_SIZE"), None)
+        if lot is not None and float(lot.get("maxQty") or 0) > 0:
+            limits[entry["symbol"]] = float(lot["maxQty"])
+    return limits

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,6 +36,7 @@ from winiswin_pipelines.db.models import (
     Trade,
     TradeStatus,
     TradingDecision,
+    TradingHalt,
     TradingSession,
     open_trade_sql,
 )
@@ -334,6 +336,61 @@ def unsettled_order_intents(manager: DatabaseManager, mode: str) -> dict[str, di
                                "side": intent.side, "quantity": intent.quantity, "status": intent.status}
             for intent in session.scalars(query)
         }
+
+
+# -- halts and what Dagster observes of live trading ---------------------------------------------------
+
+
+def add_halt(manager: DatabaseManager, reason: str, *, started_at: dt.datetime, cleared_at: dt.datetime | None,
+             details: dict[str, Any]) -> int:
+    """A new `trading_halts` row; returns its id."""
+    values = {"reason": reason, "started_at": started_at, "cleared_at": cleared_at, "details": _finite(details)}
+    with manager.engine.begin() as conn:
+        return conn.execute(pg_insert(TradingHalt).values(**values).returning(TradingHalt.id)).scalar_one()
+
+
+def halts_in_force(manager: DatabaseManager, now: dt.datetime) -> list[dict[str, Any]]:
+    """The halts started by `now` and not cleared by then, oldest first (as `halts.Halt` fields)."""
+    query = (select(TradingHalt).where(TradingHalt.started_at <= now,
+                                       (TradingHalt.cleared_at.is_(None)) | (TradingHalt.cleared_at > now))
+             .order_by(TradingHalt.started_at, TradingHalt.id))
+    with manager.session() as session:
+        return [{"id": h.id, "reason": h.reason, "started_at": h.started_at, "cleared_at": h.cleared_at,
+                 "details": h.details or {}} for h in session.scalars(query)]
+
+
+def clear_halts(manager: DatabaseManager, halt_ids: Sequence[int], at: dt.datetime) -> None:
+    if halt_ids:
+        with manager.engine.begin() as conn:
+            conn.execute(update(TradingHalt).where(TradingHalt.id.in_(list(halt_ids))).values(cleared_at=at))
+
+
+def peak_live_equity(manager: DatabaseManager, drawdown_reason: str) -> float | None:
+    """The highest `peak_equity` live sessions wrote in their heartbeat since the last halt of
+    `drawdown_reason` was cleared (None: none written)."""
+    last_cleared = (select(func.max(TradingHalt.cleared_at))
+                    .where(TradingHalt.reason == drawdown_reason, TradingHalt.cleared_at <= func.now())
+                    .scalar_subquery())
+    peak = TradingSession.details["peak_equity"].astext.cast(DOUBLE_PRECISION)
+    query = select(func.max(peak)).where(
+        TradingSession.mode == "live",
+        TradingSession.last_heartbeat_at >= func.coalesce(last_cleared, dt.datetime(1970, 1, 1, tzinfo=dt.UTC)))
+    with manager.engine.connect() as conn:
+        value = conn.execute(query).scalar_one()
+    return None if value is None else float(value)
+
+
+def latest_session(manager: DatabaseManager, mode: str) -> TradingSession | None:
+    """The most recently started session of `mode` (its heartbeat and last reconciliation)."""
+    query = select(TradingSession).where(TradingSession.mode == mode).order_by(TradingSession.started_at.desc())
+    with manager.session() as session:
+        return session.scalars(query.limit(1)).first()
+
+
+def open_trade_symbols(manager: DatabaseManager, source: str) -> list[str]:
+    query = select(Trade.symbol).where(Trade.status == TradeStatus.OPEN, Trade.source == source).order_by(Trade.symbol)
+    with manager.engine.connect() as conn:
+        return list(conn.execute(query).scalars())
 
 
 # -- backtests ---------------------------------------------------------------------------------------

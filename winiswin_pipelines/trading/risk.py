@@ -28,6 +28,7 @@ class RiskConfig:
     max_symbol_notional: float | None = None  # USDT per position; None: no cap beyond leverage
     max_total_notional: float | None = None  # USDT over all open positions
     daily_loss_limit: float | None = None  # USDT lost since 00:00 UTC (closed trades) after which no entry
+    max_drawdown: float | None = None  # fraction of the peak equity lost after which live trading halts
 
 
 @dataclass
@@ -114,6 +115,17 @@ def daily_loss_reached(realised_today: float, config: RiskConfig) -> str | None:
     """Why no entry is allowed after today's realised PnL (USDT, since 00:00 UTC), or None."""
     if config.daily_loss_limit is not None and -realised_today >= config.daily_loss_limit:
         return f"daily loss limit reached: {-realised_today:.2f} USDT lost today (limit {config.daily_loss_limit:g})"
+    return None
+
+
+def drawdown_reached(peak_equity: float | None, equity: float, config: RiskConfig) -> str | None:
+    """Why trading halts after equity fell from its peak (USDT), or None."""
+    if config.max_drawdown is None or not peak_equity or peak_equity <= 0:
+        return None
+    drawdown = (peak_equity - equity) / peak_equity
+    if drawdown >= config.max_drawdown:
+        return (f"max drawdown reached: equity {equity:.2f} USDT is {drawdown:.2%} below its peak {peak_equity:.2f} "
+                f"(limit {config.max_drawdown:.2%})")
     return None
 
 

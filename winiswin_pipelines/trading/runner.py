@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime as dt
+import logging
 import math
 import threading
+from collections.abc import AsyncIterator
 
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST
-from winiswin_pipelines.marketdata.feed import MarketFeed
+from winiswin_pipelines.marketdata.binance import BINANCE_FUTURES_REST, BinanceAPIError
+from winiswin_pipelines.marketdata.feed import BookEvent, KlineEvent, MarketFeed
 from winiswin_pipelines.marketdata.user_stream import UserDataStream
+from winiswin_pipelines.trading import halts
 from winiswin_pipelines.trading.execution import (
     Executor,
     LiveExecutor,
@@ -28,11 +32,13 @@ from winiswin_pipelines.trading.execution import (
 )
 from winiswin_pipelines.trading.funding import FundingSchedule
 from winiswin_pipelines.trading.journal import OrderIntents, SessionJournal
+from winiswin_pipelines.trading.orders import market_max_quantities
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.session import SessionConfig, SessionResult, TradingSession
 
 MODES = ("paper", "live", "backtest")
 STOP_GRACE_SECONDS = 120.0
+log = logging.getLogger(__name__)
 
 
 def check_mode(mode: str) -> None:
@@ -50,6 +56,17 @@ async def _executor(mode: str, symbols: list[str], rest_url: str, leverage: int,
     return await live_executor(rest_url, symbols, opt_in=settings.live_trading_opt_in(),
                                api_key=settings.binance_api_key(), api_secret=settings.binance_api_secret(),
                                leverage=leverage)
+
+
+async def _market_max_quantities(executor: Executor) -> dict[str, float]:
+    """Live: each symbol's MARKET_LOT_SIZE maximum (an entry is never larger than one MARKET order may be)."""
+    if not isinstance(executor, LiveExecutor):
+        return {}
+    try:
+        return market_max_quantities(await executor.client.exchange_info())
+    except BinanceAPIError as error:  # the exchange refuses the entry itself then, on its symbol only
+        log.warning("MARKET_LOT_SIZE unknown (%s); entries are not capped by it", error.message)
+        return {}
 
 
 async def run_session_async(
@@ -73,6 +90,7 @@ async def run_session_async(
             intents=OrderIntents(manager, mode, session_id),
             user_stream=UserDataStream(executor.client, ws_url) if ws_url and isinstance(executor, LiveExecutor)
             else None,
+            market_max_quantity=await _market_max_quantities(executor),
         )
         return await session.run()
     finally:
@@ -102,3 +120,27 @@ def run_session_in_thread(manager: DatabaseManager, **kwargs) -> SessionResult:
         raise
     finally:
         pool.shutdown(wait=False)
+
+
+class NoEvents:
+    """A feed with nothing to say: a session on it does its start-up work and, flattening on end, closes."""
+
+    async def events(self) -> AsyncIterator[KlineEvent | BookEvent]:
+        return
+        yield
+
+
+def flatten_and_halt(manager: DatabaseManager, *, rest_url: str = BINANCE_FUTURES_REST, note: str = "",
+                     run_id: str | None = None) -> tuple[halts.Halt, SessionResult]:
+    """Halt live trading (recorded first: no entry and no new live session from now until it is cleared),
+    then close every live position: one live session that resumes and reconciles what the exchange
+    holds (adopting what no trade explains), closes each position reduce-only after cancelling its
+    protection, records the exits (reason `flatten_and_halt`), and ends. Live permission is still needed
+    to close anything (`LiveTradingRefused` after the halt is recorded)."""
+    halt = halts.halt_trading(manager, halts.FLATTEN_AND_HALT, details={"note": note, "run_id": run_id})
+    check_mode("live")
+    session_id = f"flatten-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{(run_id or 'manual')[:8]}"
+    config = SessionConfig(flatten_on_end=True, flatten_reason=halts.FLATTEN_AND_HALT, heartbeat_seconds=1.0)
+    result = run_session(manager, session_id=session_id, mode="live", feed=NoEvents(), config=config, symbols=[],
+                         run_id=run_id, rest_url=rest_url)
+    return halt, result

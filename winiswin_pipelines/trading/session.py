@@ -39,6 +39,13 @@ hand) closes it, or records a partial exit (`record_partial_exit`), with Binance
 and realised PnL (`rp`); `ALGO_UPDATE` says which protective order fired or expired;
 `ACCOUNT_UPDATE` keeps the wallet balance and records funding fees (`FUNDING_FEE`) on the position.
 After the stream reconnects (events may have been missed) the session reconciles at once.
+Protection stays while a position is open: a stop or take profit the exchange expired or rejected
+(`ALGO_UPDATE`), or that a reconciliation finds missing, is placed again, with back-off while that
+fails (`protection_retry_seconds`). Live entries are never larger than one MARKET order may be
+(`MARKET_LOT_SIZE`). Halts (`trading.halts`, in PostgreSQL, read at every heartbeat) stop live entries
+while in force; the daily loss limit records one until 00:00 UTC, and a drawdown of
+`RiskConfig.max_drawdown` from the peak equity records an open-ended one, closes every position and
+ends the session ("halted").
 A feed with a history (BinanceFeed's REST warm-up) first fills the indicators' warm-up, so a live
 session can trade from its first closed bar instead of waiting `min_bars` bars.
 
@@ -82,6 +89,7 @@ from winiswin_pipelines.trading.execution import (
     OrderRejected,
 )
 from winiswin_pipelines.trading.funding import FundingEvent, FundingSchedule, funding_payment
+from winiswin_pipelines.trading.halts import DAILY_LOSS_LIMIT, MAX_DRAWDOWN, Halt, next_utc_midnight
 from winiswin_pipelines.trading.journal import Decision, OrderIntents, SessionJournal
 from winiswin_pipelines.trading.model_gate import ModelChoice, ModelGate
 from winiswin_pipelines.trading.orders import ROLES, client_order_id, is_ours
@@ -92,6 +100,7 @@ from winiswin_pipelines.trading.risk import (
     can_open,
     capped_quantity,
     daily_loss_reached,
+    drawdown_reached,
     gross_pnl,
     position_size,
     price_exit,
@@ -130,12 +139,14 @@ class SessionConfig:
     max_duration: dt.timedelta | None = None
     trade_from: dt.datetime | None = None  # earlier events only warm up the indicators (backtests)
     flatten_on_end: bool = False  # close what is open when the feed ends
+    flatten_reason: str = "end_of_data"  # the exit reason of those closes
     resume_open_positions: bool = True  # take over the OPEN trades of this source left by earlier sessions
     heartbeat_seconds: float = 5.0
     book_stale_after: dt.timedelta = dt.timedelta(seconds=5)
     reject_cooldown: dt.timedelta = dt.timedelta(minutes=15)  # no new entry on a symbol after a refused order
     close_retry_seconds: tuple[float, float] = (1.0, 60.0)  # back-off between attempts to close a position
     reconcile_seconds: float = 60.0  # live: how often the session compares itself with the exchange
+    protection_retry_seconds: tuple[float, float] = (1.0, 60.0)  # back-off between re-placements of lost protection
     model: ModelChoice | None = None  # entries gated by the signal model (`trading.model_gate`); None: rules only
 
 
@@ -195,7 +206,8 @@ class TradingSession:
     def __init__(self, *, session_id: str, feed: MarketFeed, executor: Executor, recorder: UnifiedTradeRecorder,
                  journal: SessionJournal, config: SessionConfig = SessionConfig(),
                  stop: threading.Event | None = None, intents: OrderIntents | None = None,
-                 user_stream: UserStream | None = None, funding: FundingSchedule | None = None):
+                 user_stream: UserStream | None = None, market_max_quantity: dict[str, float] | None = None,
+                 funding: FundingSchedule | None = None):
         self.session_id = session_id
         self.feed = feed
         self.executor = executor
@@ -205,6 +217,12 @@ class TradingSession:
         self.stop = stop or threading.Event()
         self.intents = intents if executor.protects_on_exchange else None
         self.user_stream = user_stream
+        self.market_max_quantity = market_max_quantity or {}  # MARKET_LOT_SIZE maxQty per symbol (live)
+        self._halts: list[Halt] = []  # live: the halts in force (PostgreSQL), read at every heartbeat
+        self._halted = False  # a max-drawdown halt: the session closed everything and ends
+        self._peak_equity: float | None = None  # live: the highest equity seen, kept in the heartbeat
+        self._protection_due: dict[str, tuple[float, float]] = {}  # symbol -> (monotonic time of next try, pause)
+        self._protection_checked = False  # reconciliation checks the protection once start-up has placed it
         self._user_events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._fired: dict[str, str] = {}  # order id an algo order placed -> stop_loss / take_profit
         self._stream_connections = 0
@@ -250,15 +268,19 @@ class TradingSession:
             if self.config.risk.daily_loss_limit is not None:
                 self._realised_today = await asyncio.to_thread(self.journal.realised_today, self.recorder.source)
             if self.executor.protects_on_exchange:
+                await self._read_halts()
+                await self._check_daily_loss()
+                self._peak_equity = await asyncio.to_thread(self.journal.peak_equity)
                 await self._recover_pending_entries()
                 await self._reconcile()
                 await self._restore_protection()
+                self._protection_checked = True
             if isinstance(self.feed, WarmUpFeed):
                 await self._warm_up(self.feed)
             async with self._following_user_stream():
                 status = await self._consume(started)
             if status == "completed" and self.config.flatten_on_end:
-                await self._flatten("end_of_data")
+                await self._flatten(self.config.flatten_reason)
         except asyncio.CancelledError:
             status = "terminated"
             raise
@@ -287,6 +309,8 @@ class TradingSession:
         async with contextlib.aclosing(self.feed.events()) as events:
             self._last_beat = self._last_reconcile = time.monotonic()
             while True:
+                if self._halted:
+                    return "halted"
                 if self.stop.is_set():
                     return "terminated"
                 if self.config.max_events is not None and self._events >= self.config.max_events:
@@ -296,7 +320,7 @@ class TradingSession:
                     return "max_duration"
                 event = await self._next_event(events)
                 if event is None:
-                    return "terminated" if self.stop.is_set() else "completed"
+                    return "halted" if self._halted else "terminated" if self.stop.is_set() else "completed"
                 await self.on_event(event)
                 await self._periodic()
 
@@ -326,11 +350,15 @@ class TradingSession:
             await self._on_user_event(self._user_events.get_nowait())
         if time.monotonic() - self._last_beat >= self.config.heartbeat_seconds:
             await self._heartbeat("running")
+            if self.executor.protects_on_exchange:
+                await self._read_halts()
             self._last_beat = time.monotonic()
         if (self.executor.protects_on_exchange
                 and time.monotonic() - self._last_reconcile >= self.config.reconcile_seconds):
             self._last_reconcile = time.monotonic()
             await self._reconcile()
+        if self._protection_due:
+            await self._repair_protection()
 
     async def _heartbeat(self, status: str) -> None:
         """Heartbeat and pending decisions; while PostgreSQL is away they wait for the next beat
@@ -444,6 +472,7 @@ class TradingSession:
         stop_loss, take_profit = stop_levels(signal.side, reference, signal.atr, self.config.risk)
         quantity = position_size(self._sizing_equity(), reference, stop_loss, self.config.risk)
         quantity = capped_quantity(quantity, reference, self.positions, self.config.risk)
+        quantity = min(quantity, self.market_max_quantity.get(symbol, math.inf))  # one MARKET order's maximum
         if quantity <= 0:
             self._decide(now, symbol, "skip", "position below the minimum notional (or beyond the notional caps)",
                          reference, details=verdict.features)
@@ -497,9 +526,13 @@ class TradingSession:
         return self.equity
 
     def _account_refusal(self) -> str | None:
+        if why := daily_loss_reached(self._realised_today, self.config.risk):
+            return why
+        if self._halts:
+            return "trading halted: " + "; ".join(halt.describe() for halt in self._halts)
         if self.executor.protects_on_exchange and self.wallet_balance is None:
             return "wallet balance unknown (no reconciliation yet): no entry sized from a made-up account"
-        return daily_loss_reached(self._realised_today, self.config.risk)
+        return None
 
     def _entry_blocked(self, symbol: str, now: dt.datetime) -> str | None:
         until, why = self._entry_blocks.get(symbol, (None, None))
@@ -663,12 +696,16 @@ class TradingSession:
                                        fees, reason, position.funding, slippage))
         self._decide(fill.time, position.symbol, "exit", reason, fill.price, position.trade_uid,
                      {"side": position.side, "pnl": pnl, "pnl_pct": pnl_pct})
+        await self._check_daily_loss()
 
     async def _flatten(self, reason: str) -> None:
         for position in list(self.positions.values()):
             when = self._last_time or dt.datetime.now(dt.UTC)
-            await self._close(position, reason, self._reference_price(position.symbol, position.side, when,
-                                                                       opening=False), when)
+            await self._close(position, reason, self._exit_estimate(position, when), when)
+        if self.executor.protects_on_exchange and self.positions:  # a failed close had cancelled its protection
+            for position in self.positions.values():
+                self._protection_lost(position, "its close failed", dt.datetime.now(dt.UTC))
+            await self._repair_protection()
 
     async def _resume(self) -> None:
         for position in await asyncio.to_thread(self.journal.open_positions, self.recorder.source):
@@ -729,10 +766,15 @@ class TradingSession:
         if state is None:
             return
         changes: list[str] = []
+        protected = {order.get("clientAlgoId") for order in state.open_algo_orders}
         for position in list(self.positions.values()):
             held = state.positions.get(position.symbol)
             if held is None or held.side != position.side:
                 changes += await self._closed_on_exchange(position, now)
+                continue
+            if self._protection_checked and (missing := _missing_protection(position, protected)):
+                changes.append(f"{position.symbol}: {', '.join(missing)} missing on the exchange")
+                self._protection_lost(position, f"{' and '.join(missing)} not on the exchange", now)
             elif abs(abs(held.amount) - position.quantity) > 1e-9:
                 changes.append(f"{position.symbol}: the exchange holds {abs(held.amount):g}, the trade {position.quantity:g}")
                 self._decide(now, position.symbol, "reconcile", changes[-1], held.entry_price, position.trade_uid,
@@ -742,6 +784,7 @@ class TradingSession:
                 changes += await self._adopt(held, now)
         self.wallet_balance = state.wallet_balance
         self._reconciliation = _describe_state(state, now, changes)
+        await self._check_drawdown(state, now)
 
     async def _closed_on_exchange(self, position: Position, now: dt.datetime) -> list[str]:
         """`position` is gone from the exchange: record its real exit, or say it is not found yet."""
@@ -832,6 +875,8 @@ class TradingSession:
             mine = position is not None and client_order_id(position.trade_uid, role) == client_id
             self._decide(now, order["s"], "protect", f"{role} {status.lower()}", float(order.get("tp") or 0) or None,
                          position.trade_uid if mine else None, {"algo_id": order.get("aid"), "order_id": order.get("ai")})
+            if mine and status in ("EXPIRED", "REJECTED"):  # the position is open and lost that protection
+                self._protection_lost(position, f"{role} {status.lower()}", now)
 
     def _on_account_update(self, update: dict[str, Any], now: dt.datetime) -> None:
         """The wallet balance; a funding fee is recorded on the position it was charged to."""
@@ -884,6 +929,81 @@ class TradingSession:
             self._decide(now, position.symbol, "protect", "placing the missing protection", None, position.trade_uid)
             await self._protect(position, now)
 
+    # -- protection that stays, halts -------------------------------------------------------------
+
+    def _protection_lost(self, position: Position, why: str, now: dt.datetime) -> None:
+        """Place the position's protection again at the next pass (then with back-off while it fails)."""
+        if position.symbol in self._protection_due:
+            return
+        self._protection_due[position.symbol] = (0.0, self.config.protection_retry_seconds[0])
+        self._decide(now, position.symbol, "protect", f"protection lost ({why}): placing it again", None,
+                     position.trade_uid)
+
+    async def _repair_protection(self) -> None:
+        for symbol, (due, pause) in list(self._protection_due.items()):
+            position = self.positions.get(symbol)
+            if position is None:  # closed meanwhile: nothing to protect
+                del self._protection_due[symbol]
+                continue
+            if time.monotonic() < due:
+                continue
+            now = dt.datetime.now(dt.UTC)
+            try:
+                await self.executor.protect(position)
+            except OrderRejected as rejected:
+                self._rejected(now, symbol, "protection", rejected, None, position.trade_uid)
+                if rejected.code == WOULD_TRIGGER_NOW:  # beyond a level already: that exit is due now
+                    del self._protection_due[symbol]
+                    reason = "take_profit" if rejected.message.startswith("take_profit") else "stop_loss"
+                    await self._close(position, reason, self._exit_estimate(position, now), now)
+                    continue
+                self._protection_due[symbol] = (time.monotonic() + pause,
+                                                min(pause * 2, self.config.protection_retry_seconds[1]))
+                continue
+            del self._protection_due[symbol]
+            self._decide(now, symbol, "protect", "protection placed again", None, position.trade_uid,
+                         {"stop_loss": position.stop_loss, "take_profit": position.take_profit})
+
+    async def _read_halts(self) -> None:
+        """The halts in force; while PostgreSQL is away the last ones read stay in force."""
+        try:
+            self._halts = await asyncio.to_thread(self.journal.halts_in_force)
+        except DBAPIError as error:
+            log.warning("session %s: halts not read (%s); keeping the last known", self.session_id,
+                        type(error.orig).__name__)
+
+    async def _halt(self, reason: str, why: str, *, until: dt.datetime | None, details: dict[str, Any]) -> None:
+        """Record a halt (no entry while it is in force, across restarts) unless one of `reason` is in force."""
+        if any(halt.reason == reason for halt in self._halts):
+            return
+        now = dt.datetime.now(dt.UTC)
+        try:
+            halt = await asyncio.to_thread(self.journal.halt, reason, until, {"why": why, **details})
+        except DBAPIError as error:  # still in force for this session; the next one finds the limit again
+            log.warning("session %s: halt %s not recorded (%s)", self.session_id, reason, type(error.orig).__name__)
+            halt = Halt(0, reason, now, until, details)
+        self._halts.append(halt)
+        self._decide(now, "*", "halt", why, None, None, {"reason": reason, "until": until.isoformat() if until
+                                                           else None, **details})
+
+    async def _check_daily_loss(self) -> None:
+        """Live: once today's closed trades lost the daily limit, a halt until 00:00 UTC (visible, and kept)."""
+        if self.executor.protects_on_exchange and (why := daily_loss_reached(self._realised_today, self.config.risk)):
+            await self._halt(DAILY_LOSS_LIMIT, why, until=next_utc_midnight(dt.datetime.now(dt.UTC)),
+                             details={"realised_today": self._realised_today})
+
+    async def _check_drawdown(self, state: AccountState, now: dt.datetime) -> None:
+        """Equity (wallet + unrealised PnL) against its peak: beyond `max_drawdown`, close everything and end."""
+        equity = state.wallet_balance + sum((p.mark_price - p.entry_price) * p.amount for p in state.positions.values())
+        self._peak_equity = max(self._peak_equity or equity, equity)
+        why = drawdown_reached(self._peak_equity, equity, self.config.risk)
+        if why is None or self._halted:
+            return
+        await self._halt(MAX_DRAWDOWN, why, until=None, details={"equity": equity, "peak_equity": self._peak_equity})
+        self._halted = True
+        self.stop.set()
+        await self._flatten(MAX_DRAWDOWN)
+
     def _decide(self, ts: dt.datetime, symbol: str, action: str, reason: str, price: float | None = None,
                 trade_uid: str | None = None, details: dict[str, Any] | None = None) -> None:
         decision = Decision(ts, symbol, action, reason, None if price is None else float(price), trade_uid,
@@ -899,12 +1019,29 @@ class TradingSession:
             "slippage": sum(t.slippage for t in self.closed), "funding_times": dict(self._funding_times),
             "last_event_time": self._last_time.isoformat() if self._last_time else None,
             "reconciliation": self._reconciliation or None,
+            "peak_equity": self._peak_equity,
+            "halts": [halt.describe() for halt in self._halts],
         }
 
 
+def _missing_protection(position: Position, open_algo_ids: set[str | None]) -> list[str]:
+    return [role for role in ("stop_loss", "take_profit")
+            if client_order_id(position.trade_uid, role) not in open_algo_ids]
+
+
 def _describe_state(state: AccountState, now: dt.datetime, changes: list[str]) -> dict[str, Any]:
-    """A reconciliation as JSON-ready values (no ids of the account beyond symbols)."""
+    """A reconciliation as JSON-ready values (no ids of the account beyond symbols): each position with
+    its unrealised PnL and the conditional orders protecting it on the exchange."""
+    details = {}
+    for symbol, held in sorted(state.positions.items()):
+        protection = [{"type": o.get("orderType"), "trigger_price": float(o.get("triggerPrice") or 0),
+                       "ours": is_ours(o.get("clientAlgoId"))}
+                      for o in state.open_algo_orders if o.get("symbol") == symbol]
+        details[symbol] = {"amount": held.amount, "entry_price": held.entry_price, "mark_price": held.mark_price,
+                           "unrealised_pnl": (held.mark_price - held.entry_price) * held.amount,
+                           "protection": protection}
     return {"at": now.isoformat(), "positions": {s: p.amount for s, p in sorted(state.positions.items())},
+            "position_details": details,
             "wallet_balance": state.wallet_balance, "available_balance": state.available_balance,
             "open_orders": len(state.open_orders), "open_algo_orders": len(state.open_algo_orders),
             "changes": changes}
