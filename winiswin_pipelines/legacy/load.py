@@ -724,20 +724,25 @@ def verify_store(manager: DatabaseManager, store: Store, *, cold: ColdStore | No
     if report is None and (elsewhere := sources.find(manager, fingerprint(store.path).sha256)):
         ledger, source = Ledger.for_path(manager, Path(elsewhere.path)), elsewhere.source
         report = ledger.report()
-    result = Verification(source, report, count_records(store))
     if report is None:
+        result = Verification(source, report, count_records(store))
         result.problems.append(f"{store.relpath} has not been migrated into this database yet (no ledger)")
         return result
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="legacy-count") as counter:
+        counting = counter.submit(count_records, store)  # the file is counted while PostgreSQL checks the keys
+        presence = Verification(source, report, 0)
+        archived = ArchivedKeys.load(manager, cold or cold_store())
+        with manager.engine.begin() as conn:
+            _load_ledger(conn, ledger, archived)
+            _check_presence(conn, source, presence)
+        result = replace(presence, records_in_store=counting.result(), problems=[])
     if result.records_in_store != report.read:
         result.problems.append(
             f"the store holds {result.records_in_store:,} records but the migration read {report.read:,}"
         )
     if not report.balanced:
         result.problems.append(f"read {report.read:,} != accounted {report.accounted:,}")
-    archived = ArchivedKeys.load(manager, cold or cold_store())
-    with manager.engine.begin() as conn:
-        _load_ledger(conn, ledger, archived)
-        _check_presence(conn, source, result)
+    result.problems += presence.problems
     kept = report.gone.get("legacy_quarantine", 0)  # records no longer in the file, left in place
     if result.quarantine_rows != report.quarantined + kept:
         result.problems.append(
