@@ -40,6 +40,7 @@ from winiswin_pipelines.legacy.records import TRADE_COLUMNS, Row
 from winiswin_pipelines.legacy.sniff import Store, StoreFormat
 
 TARGET = 100_000
+FLOOR_RUNS = 2
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "LINKUSDT")
 # Variant A1 (legacy-system.md §2.1), 39 keys, the shape TradeRecorder._create_ml_record wrote.
 A1_LINE = (
@@ -163,8 +164,11 @@ def main() -> None:
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the samples below
             parts = export_floor_rows(manager, folder)
             naive = naive_orm_rate(manager, store, args.naive_sample)
-        with scratch_database(folder, settings.database_url()) as manager:
-            floor, floor_rows = bare_copy_rate(manager, parts)
+        floors = []
+        for _ in range(FLOOR_RUNS):  # the best run: what PostgreSQL can do when the rest of the machine lets it
+            with scratch_database(folder, settings.database_url()) as manager:
+                floors.append(bare_copy_rate(manager, parts))
+        floor, floor_rows = max(floors)
     load_after = os.getloadavg()
     print_results(args, report, python_only, verification.problems, elapsed, migrated_at - started, naive,
                   floor, floor_rows, peak_mb, machine_cpu, own_cpu)
@@ -187,7 +191,7 @@ def print_results(
           f"{'OK' if rate >= TARGET else 'MISSED'}")
     print(f"  read + normalise alone (dry run): {python_only.read / python_only.seconds:,.0f} records/s")
     print(f"floor (PostgreSQL alone): {floor:>8,.0f} rows/s: a bare COPY of the same {floor_rows:,} rows the migration "
-          f"wrote, as CSV rendered beforehand, 2 connections, into an empty trades")
+          f"wrote, as CSV rendered beforehand, 2 connections, into an empty trades (best of {FLOOR_RUNS})")
     print(f"end to end / floor:   {rate / floor:>12.2f}x")
     if floor < TARGET:
         print(f"FINDING: the target of {TARGET:,} records/s is above this machine's floor ({floor:,.0f} rows/s = "
