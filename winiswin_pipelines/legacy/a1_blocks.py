@@ -189,8 +189,8 @@ def normalize_block(block: LineBlock, normalizer: Normalizer) -> A1Block:
 
 
 def _plain_lines(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Lines Arrow may read for the per-record path: one `{...}` each (no blank line, no whitespace or
-    byte order mark around it), of valid UTF-8, without escapes or NUL."""
+    """Lines Arrow may read in place of the per-record path: one `{...}` each (no blank line, no
+    whitespace or byte order mark around it), of valid UTF-8, without escapes or NUL."""
     plain = ends > starts
     if not plain.any():
         return plain
