@@ -136,6 +136,31 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds(manager: DatabaseManager) -> float | None:
+    """CPU seconds the local PostgreSQL server has spent so far: its postmaster, the children still
+    running and those gone (the postmaster's children times); None when the server is not local."""
+    with manager.engine.connect() as conn:
+        backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    try:
+        root = int(_proc_stat(backend)[1])
+        ticks = sum(map(int, _proc_stat(root)[11:15]))  # utime, stime, cutime, cstime
+    except (OSError, IndexError, ValueError):
+        return None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = _proc_stat(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(fields[1]) == root:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name: state, ppid, ..., utime (11), stime (12)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -154,24 +179,27 @@ def main() -> None:
         store = Store(legacy, "trades.jsonl", StoreFormat.JSONL)
         python_only = migrate_store(None, store, dry_run=True)  # the Python side alone: read + normalise
         with scratch_database(folder, settings.database_url()) as manager:
-            machine_cpu, own_cpu = busy_cpu_seconds(), time.process_time()
+            machine_cpu, own_cpu, pg_cpu = busy_cpu_seconds(), time.process_time(), postgres_cpu_seconds(manager)
             started = time.perf_counter()
             report = migrate_store(manager, store)
             migrated_at = time.perf_counter()
             verification = verify_store(manager, store)
             elapsed = time.perf_counter() - started
             machine_cpu, own_cpu = busy_cpu_seconds() - machine_cpu, time.process_time() - own_cpu
+            pg_cpu = _spent(pg_cpu, postgres_cpu_seconds(manager))
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the samples below
             parts = export_floor_rows(manager, folder)
             naive = naive_orm_rate(manager, store, args.naive_sample)
         floors = []
         for _ in range(FLOOR_RUNS):  # the best run: what PostgreSQL can do when the rest of the machine lets it
             with scratch_database(folder, settings.database_url()) as manager:
-                floors.append(bare_copy_rate(manager, parts))
-        floor, floor_rows = max(floors)
+                before = postgres_cpu_seconds(manager)
+                floors.append((*bare_copy_rate(manager, parts), _spent(before, postgres_cpu_seconds(manager))))
+        floor, floor_rows, floor_cpu = max(floors)
     load_after = os.getloadavg()
     print_results(args, report, python_only, verification.problems, elapsed, migrated_at - started, naive,
                   floor, floor_rows, peak_mb, machine_cpu, own_cpu)
+    print_idle_estimate(report.read, own_cpu, pg_cpu, floor_rows, floor_cpu)
     print(f"load average (1, 5, 15 min): {_loads(load_before)} before, {_loads(load_after)} after "
           f"({os.cpu_count()} cores; other work on the machine slows every figure above)")
 
@@ -205,6 +233,23 @@ def print_results(
           f"{own_cpu * per_record:.1f} µs and the rest (PostgreSQL when local, and anything else running) "
           f"{(machine_cpu - own_cpu) * per_record:.1f} µs; {cores} cores fully busy would give at most "
           f"{cores * report.read / machine_cpu:,.0f} records/s")
+
+
+def print_idle_estimate(records: int, own_cpu: float, pg_cpu: float | None, floor_rows: int, floor_cpu: float | None) -> None:
+    """What the CPU the migration and the floor needed would give on cores nobody else uses."""
+    if pg_cpu is None or floor_cpu is None:
+        return
+    cores = os.cpu_count() or 1
+    per_record = (own_cpu + pg_cpu) / records
+    print(f"CPU of the work itself (load-independent): end to end {own_cpu / records * 1e6:.1f} µs a record in this "
+          f"process + {pg_cpu / records * 1e6:.1f} µs in PostgreSQL = {per_record * 1e6:.1f} µs; the floor "
+          f"{floor_cpu / floor_rows * 1e6:.1f} µs a row in PostgreSQL. On {cores} otherwise idle cores: end to end at "
+          f"most {cores / per_record:,.0f} records/s, the floor at most {cores * floor_rows / floor_cpu:,.0f} rows/s "
+          f"(ratio {floor_cpu / floor_rows / per_record:.2f}x)")
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 def _loads(loads: tuple[float, float, float]) -> str:
