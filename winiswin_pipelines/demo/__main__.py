@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import os
 import time
 import warnings
 
@@ -17,7 +17,7 @@ def main() -> None:
     # raised while the definitions load, hence the imports after the filters.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating its tables) are not news
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its INFO lines (creating its tables) are not news
     from winiswin_pipelines.definitions import defs
     from winiswin_pipelines.demo.steps import STEPS
 
