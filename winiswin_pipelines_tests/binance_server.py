@@ -806,6 +806,10 @@ class _Replay:
             state.recorded_served = True
 
 
+class _RestServer(ThreadingHTTPServer):
+    request_queue_size = 128  # clients connecting at once (concurrent orders) are queued, not dropped for a second
+
+
 class LocalBinanceServer:
     """Start with `start()` (or as a context manager); REST at `rest_url`, websocket at `ws_url`."""
 
@@ -814,7 +818,8 @@ class LocalBinanceServer:
                  tick_seconds: float = 0.005, exchange_step_ms: int = 1_000, seed: int = 7,
                  replay: Sequence[str | Path] | None = None, speed: float | None = None,
                  history_from: dt.date | None = None, weight_limit: int = BINANCE_WEIGHT_LIMIT,
-                 weight_window: float = 60.0, host: str = "127.0.0.1", port: int = 0, ws_port: int = 0):
+                 weight_window: float = 60.0, host: str = "127.0.0.1", port: int = 0, ws_port: int = 0,
+                 keep_alive: bool = False, latency: float = 0.0):
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be positive (or None: as fast as the client takes it), got {speed}")
         self.replay = _Replay(replay, intervals) if replay else None
@@ -831,6 +836,10 @@ class LocalBinanceServer:
         self.now_ms = START_MS
         self.time_offset_ms = 0  # added to /fapi/v1/time and the timestamp check: a drifting exchange clock
         self.weight_limit, self.weight_window = weight_limit, weight_window
+        # HTTP/1.1 keep-alive, as Binance does (off: a connection per request, which the tests' clients,
+        # used across event loops, rely on)
+        self.keep_alive = keep_alive
+        self.latency = latency  # seconds each REST reply waits: the network between a client and Binance
         self.max_used_weight = 0
         self.refused_requests = 0  # answered 429
         self.orders: list[dict[str, str]] = []  # the parameters of every POST /fapi/v1/order
@@ -863,7 +872,7 @@ class LocalBinanceServer:
         self._ready = threading.Event()
         self._client_connected: asyncio.Event | None = None
         self._host, self._ws_port_wanted = host, ws_port
-        self._http = ThreadingHTTPServer((host, port), self._rest_handler())
+        self._http = _RestServer((host, port), self._rest_handler())
         self._http.daemon_threads = True
         self.ws_port = 0
 
@@ -1086,6 +1095,11 @@ class LocalBinanceServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # With keep-alive the reply leaves in one write, so Nagle's algorithm never holds it back.
+            protocol_version = "HTTP/1.1" if server.keep_alive else "HTTP/1.0"
+            disable_nagle_algorithm = True
+            wbufsize = 1 << 16
+
             def do_GET(self) -> None:
                 self._dispatch("GET")
 
@@ -1109,6 +1123,8 @@ class LocalBinanceServer:
                     server.requests.append((method, parts.path))
                 headers: dict[str, str] = {}
                 status, payload = server._route(method, parts.path, parts.query, body, self.headers, headers)
+                if server.latency:
+                    time.sleep(server.latency)  # this connection's thread only: others are answered meanwhile
                 if status == _DROP:  # executed, but the client never hears about it
                     self.close_connection = True
                     return

@@ -24,6 +24,7 @@ from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import Trade, TradeStatus
 from winiswin_pipelines.marketdata.feed import BookEvent, ReplayFeed
 from winiswin_pipelines.settings import PROJECT_DIR
+from winiswin_pipelines.trading.orders import client_order_id
 from winiswin_pipelines.trading.runner import run_session
 from winiswin_pipelines_tests.binance_server import LocalBinanceServer
 from winiswin_pipelines_tests.test_trading_orders import T0, book
@@ -134,7 +135,10 @@ def test_an_expired_stop_is_placed_again_while_the_position_is_open(db, monkeypa
     assert ("protect", "protection lost (stop_loss expired): placing it again") in actions
     assert ("protect", "protection placed again") in actions
     assert protection == ["STOP_MARKET", "TAKE_PROFIT_MARKET"] and len(stops_sent) == 2
-    assert [p.symbol for p in result.open_positions] == ["BTCUSDT"]
+    [position] = result.open_positions
+    stop_ids = [r["clientAlgoId"] for r in stops_sent]  # a new id per attempt, each the trade's own
+    assert stop_ids == [client_order_id(position.trade_uid, "stop_loss", n) for n in (0, 1)]
+    assert len([r for r in server.algo_requests if r["type"] == "TAKE_PROFIT_MARKET"]) == 1  # kept, not doubled
 
 
 def test_a_missing_stop_found_by_reconciliation_is_placed_again_with_back_off(db, monkeypatch):

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import re
 from dataclasses import replace
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
@@ -14,9 +15,9 @@ from sqlalchemy import select
 from winiswin_pipelines.db.models import OrderIntent, Trade, TradeStatus
 from winiswin_pipelines.marketdata.binance import BinanceAPIError, BinanceRestClient
 from winiswin_pipelines.marketdata.feed import BookEvent, ReplayFeed
-from winiswin_pipelines.trading.execution import LiveExecutor, OrderRejected
+from winiswin_pipelines.trading.execution import LiveExecutor, OrderRejected, close_parts, paper_filters
 from winiswin_pipelines.trading.journal import OrderIntents
-from winiswin_pipelines.trading.orders import client_order_id
+from winiswin_pipelines.trading.orders import belongs_to, client_order_id, id_number, stem_of
 from winiswin_pipelines.trading.risk import Position
 from winiswin_pipelines.trading.runner import run_session
 from winiswin_pipelines_tests.binance_server import LocalBinanceServer
@@ -60,6 +61,77 @@ def test_client_ids_are_derived_from_the_trade_within_binance_rules():
     assert all(re.fullmatch(r"[.A-Z:/a-z0-9_-]{1,36}", value) for value in ids.values())
     assert client_order_id("live-2024-07-19-a1-BTCUSDT-0001", "entry") == ids["entry"]  # the same every time
     assert client_order_id("live-2024-07-19-a1-BTCUSDT-0002", "entry") != ids["entry"]
+
+
+def test_numbered_ids_of_a_trade_are_distinct_within_binance_rules_and_recognised_as_its_own():
+    uid = "live-2024-07-19-a1-BTCUSDT-0001"
+    attempts = [client_order_id(uid, "stop_loss", n) for n in (0, 1, 2, 999_999)]
+    assert len(set(attempts)) == 4 and attempts[0] == client_order_id(uid, "stop_loss")
+    assert all(re.fullmatch(r"[.A-Z:/a-z0-9_-]{1,36}", value) for value in attempts)
+    assert all(belongs_to(value, uid, "stop_loss") for value in attempts)
+    assert [id_number(value) for value in attempts] == [0, 1, 2, 999_999]
+    assert {stem_of(value) for value in attempts} == {attempts[0][:29]} and stem_of("by-hand-1") is None
+    assert not any(belongs_to(value, uid, "take_profit") or belongs_to(value, uid + "0", "stop_loss")
+                   for value in attempts)
+    with pytest.raises(ValueError):
+        client_order_id(uid, "stop_loss", 1_000_000)  # would pass Binance's 36 characters
+
+
+def test_a_close_above_the_market_maximum_is_cut_into_parts_within_it():
+    filters = paper_filters(None, "BTCUSDT")  # MARKET_LOT_SIZE maxQty 120, step 0.001
+    assert close_parts(filters, 100.0, 60_000.0) == [Decimal("100.000")]
+    parts = close_parts(filters, 250.0, 60_000.0)
+    assert parts == [Decimal("83.333"), Decimal("83.333"), Decimal("83.334")] and sum(parts) == 250
+    with pytest.raises(OrderRejected, match="refused before sending"):
+        close_parts(filters, 0.0004, 60_000.0)  # below the minimum quantity
+
+
+async def test_a_large_close_goes_as_reduce_only_parts_each_with_its_own_client_id(server):
+    server.set_account(wallet=10_000_000.0)
+    executor = await executor_for(server)
+    position = Position("t-big", "ETHUSDT", "LONG", 300.0, 3_000.0, T0, 2_900.0, 3_100.0)
+    try:
+        for n in range(3):  # 300 ETH: more than one MARKET order (120) may hold
+            await executor.open("ETHUSDT", "LONG", 100.0, 3_000.0, T0, client_id=f"wnen-big-{n}")
+        await executor.protect(position)
+        fill = await executor.close(position, 3_000.0, T0)
+    finally:
+        await executor.shutdown()
+    closes = [o for o in server.orders if o["newClientOrderId"].startswith("wnex")]
+    assert [(o["newClientOrderId"], float(o["quantity"]), str(o.get("reduceOnly")).lower()) for o in closes] == [
+        (client_order_id("t-big", "exit", n), 100.0, "true") for n in range(3)]
+    assert (fill.quantity, fill.price) == (300.0, 3_000.0)
+    assert server.position_amount("ETHUSDT") == 0.0 and server.open_algo_orders() == []
+
+
+async def test_a_close_refused_before_sending_keeps_its_protection(server):
+    executor = await executor_for(server)
+    position = Position("t-dust", "BTCUSDT", "LONG", 0.0004, 60_000.0, T0, 59_000.0, 61_000.0)
+    try:
+        await executor.open("BTCUSDT", "LONG", 0.01, 60_000.0, T0, client_id="wnen-dust")
+        await executor.protect(position)
+        with pytest.raises(OrderRejected, match="refused before sending"):
+            await executor.close(position, 60_000.0, T0)  # 0.0004 is below the minimum quantity
+    finally:
+        await executor.shutdown()
+    assert len(server.open_algo_orders("BTCUSDT")) == 2 and server.count_requests("/fapi/v1/algoOrder") == 2
+
+
+async def test_startup_keeps_a_later_attempts_protection_and_cancels_it_with_the_close(server):
+    executor = await executor_for(server)
+    position = Position("t-again", "BTCUSDT", "LONG", 0.01, 60_000.0, T0, 59_000.0, 61_000.0)
+    try:
+        await executor.open("BTCUSDT", "LONG", 0.01, 60_000.0, T0, client_id=client_order_id("t-again", "entry"))
+        await executor.client.new_algo_order("BTCUSDT", "SELL", "STOP_MARKET", trigger_price="59000",
+                                             client_algo_id=client_order_id("t-again", "stop_loss", 3))
+        await executor.client.new_algo_order("BTCUSDT", "SELL", "TAKE_PROFIT_MARKET", trigger_price="61000",
+                                             client_algo_id=client_order_id("t-again", "take_profit"))
+        cancelled, lacking = await executor.tidy_protection([position])
+        await executor.close(position, 60_000.0, T0)
+    finally:
+        await executor.shutdown()
+    assert (cancelled, lacking) == ([], [])
+    assert server.open_algo_orders() == [] and server.position_amount("BTCUSDT") == 0.0
 
 
 async def test_an_order_whose_reply_was_lost_is_found_by_its_client_id_not_sent_twice(server):

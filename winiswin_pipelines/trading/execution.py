@@ -26,7 +26,11 @@ Binance has nothing left to reduce, the exit is the fill of whichever order clos
 (the session's own earlier close, or a stop or take profit that fired). `tidy_protection`
 (session start) keeps the protective orders that are right and cancels ours that protect nothing
 (`GET /fapi/v1/openAlgoOrders`), then the session places what is missing; orders without our
-prefix are left alone.
+prefix are left alone. A stop or take profit placed again (`renew_protection`: it expired, was
+rejected or went missing) goes under a new `clientAlgoId` per attempt (Binance wants it unique among
+open orders; a new one keeps lookups by id unambiguous), and every attempt's id counts as the trade's.
+A close above `MARKET_LOT_SIZE` goes as several reduce-only MARKET orders (`close_parts`), part n under
+the trade's exit id number n; a close the filters refuse is refused before its protection is cancelled.
 
 `account_state` is what reconciliation reads (positions, balance, open orders and algo orders:
 `/fapi/v3/positionRisk`, `/fapi/v3/balance`, `/fapi/v1/openOrders`, `/fapi/v1/openAlgoOrders`), and
@@ -52,18 +56,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time as clock
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_UP, Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from winiswin_pipelines.marketdata.binance import BinanceAPIError, BinanceRestClient
 from winiswin_pipelines.times import from_epoch_ms
-from winiswin_pipelines.trading.orders import client_order_id, is_ours
+from winiswin_pipelines.trading.orders import belongs_to, client_order_id, id_number, is_ours
 from winiswin_pipelines.trading.risk import Position, direction
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LIVE_OPT_IN_VAR = "WINISWIN_LIVE_TRADING"
 API_KEY_VAR = "BINANCE_API_KEY"
@@ -75,6 +81,7 @@ WOULD_TRIGGER_NOW = -2021  # a conditional order already on the wrong side of th
 DUPLICATED_CLIENT_ID = -4116
 NO_NEED_TO_CHANGE_MARGIN_TYPE = -4046
 PROTECTION = (("stop_loss", "STOP_MARKET"), ("take_profit", "TAKE_PROFIT_MARKET"))
+CONCURRENT_REQUESTS = 16  # requests in flight at once (start-up: 200 positions' protection); the weight window paces them
 _OPEN = ("NEW", "PARTIALLY_FILLED")
 
 
@@ -159,6 +166,8 @@ class Executor(Protocol):
 
     async def protect(self, position: Position) -> None: ...
 
+    async def renew_protection(self, position: Position) -> None: ...
+
     async def tidy_protection(self, positions: Sequence[Position]) -> tuple[list[str], list[Position]]: ...
 
     async def find_entry(self, symbol: str, client_id: str) -> Fill | None: ...
@@ -187,10 +196,9 @@ class PaperExecutor:
     def filters(self, symbol: str) -> SymbolFilters:
         return paper_filters(self.exchange_info, symbol)
 
-    def _fill(self, symbol: str, order_sign: int, quantity: float, reference_price: float, time: dt.datetime,
-              book: BookSide | None, *, reduce_only: bool) -> Fill:
+    def _fill(self, symbol: str, order_sign: int, size: float, reference_price: float, time: dt.datetime,
+              book: BookSide | None) -> Fill:
         filters = self.filters(symbol)
-        size = float(checked_quantity(filters, quantity, reference_price, reduce_only=reduce_only))
         price = walk_book(book, size, self.slippage_bps) if book is not None else None
         if price is None:
             price = reference_price * (1 + order_sign * self.slippage_bps / 10_000)
@@ -200,15 +208,19 @@ class PaperExecutor:
 
     async def open(self, symbol: str, side: str, quantity: float, reference_price: float, time: dt.datetime,
                    client_id: str = "", book: BookSide | None = None) -> Fill:
-        return self._fill(symbol, direction(side), quantity, reference_price, time, book, reduce_only=False)
+        size = checked_quantity(self.filters(symbol), quantity, reference_price, reduce_only=False)
+        return self._fill(symbol, direction(side), float(size), reference_price, time, book)
 
     async def close(self, position: Position, reference_price: float, time: dt.datetime,
                     book: BookSide | None = None) -> Fill:
-        return self._fill(position.symbol, -direction(position.side), position.quantity, reference_price, time,
-                          book, reduce_only=True)
+        parts = close_parts(self.filters(position.symbol), position.quantity, reference_price)  # as live sends it
+        return self._fill(position.symbol, -direction(position.side), float(sum(parts)), reference_price, time, book)
 
     async def protect(self, position: Position) -> None:
         """Paper positions are protected by the session's own price checks."""
+
+    async def renew_protection(self, position: Position) -> None:
+        """Nothing on an exchange to renew."""
 
     async def tidy_protection(self, positions: Sequence[Position]) -> tuple[list[str], list[Position]]:
         return [], []
@@ -325,6 +337,24 @@ def checked_quantity(filters: SymbolFilters, quantity: float, price: float, *, r
     return rounded
 
 
+def close_parts(filters: SymbolFilters, quantity: float, price: float) -> list[Decimal]:
+    """A reduce-only close of `quantity` as MARKET orders each within `MARKET_LOT_SIZE`: one order, or as few
+    near-equal parts on the step grid as fit. `OrderRejected` when a part would be refused (before anything
+    is sent or cancelled)."""
+    total = filters.round_quantity(quantity)
+    count = 1 if filters.max_qty is None else max(1, math.ceil(total / filters.max_qty))
+    while True:
+        part = (total / count / filters.step_size).to_integral_value(ROUND_DOWN) * filters.step_size
+        parts = [part] * (count - 1) + [total - part * (count - 1)]  # the last takes the rounding's rest
+        if filters.max_qty is None or parts[-1] <= filters.max_qty:
+            break
+        count += 1
+    for part in parts:
+        if problem := filters.order_problem(part, price, reduce_only=True):
+            raise OrderRejected(filters.symbol, f"close refused before sending: {problem}")
+    return parts
+
+
 def walk_book(book: BookSide, quantity: float, beyond_bps: float) -> float | None:
     """The average price of taking `quantity` from `book`'s levels, best first; what they cannot fill goes at
     the last level moved `beyond_bps` further. None without levels."""
@@ -368,6 +398,8 @@ class LiveExecutor:
         self._filters: dict[str, SymbolFilters] = {}
         self.symbols = list(symbols)
         self.fill_timeout, self.lookups = fill_timeout, lookups
+        self._attempts: dict[tuple[str, str], int] = {}  # (trade, role) -> number of its protective order's id
+        self._slots = asyncio.Semaphore(CONCURRENT_REQUESTS)
         for symbol in symbols:
             self.filters(symbol)  # unknown symbols fail here, before any order
 
@@ -417,18 +449,37 @@ class LiveExecutor:
 
     async def close(self, position: Position, reference_price: float, time: dt.datetime,
                     book: BookSide | None = None) -> Fill:
-        """Cancel the position's protection, then close it reduce-only; when Binance holds nothing to
-        reduce any more, the exit is the fill of the order that closed it."""
+        """Cancel the position's protection, then close it reduce-only (in parts above `MARKET_LOT_SIZE`); when
+        Binance holds nothing to reduce any more, the exit is the fill of the order that closed it. A close
+        the filters refuse is refused before its protection is touched."""
+        parts = close_parts(self.filters(position.symbol), position.quantity, reference_price)
         await self.cancel_protection(position)
         order_side = "SELL" if direction(position.side) > 0 else "BUY"
-        client_id = client_order_id(position.trade_uid, "exit")
         try:
-            return await self._market(position.symbol, order_side, position.quantity, reference_price, client_id,
-                                      reduce_only=True)
+            if len(parts) == 1:
+                return await self._market(position.symbol, order_side, parts[0], reference_price,
+                                          client_order_id(position.trade_uid, "exit"), reduce_only=True)
+            return await self._close_in_parts(position, order_side, parts, reference_price)
         except OrderRejected as rejected:
             if rejected.code != REDUCE_ONLY_REJECTED or (fill := await self.exit_on_exchange(position)) is None:
                 raise
             return fill
+
+    async def _close_in_parts(self, position: Position, order_side: str, parts: list[Decimal],
+                              reference_price: float) -> Fill:
+        """Part n goes under the trade's exit id number n; a part an earlier attempt of this close already
+        filled is looked up and kept, never sent again."""
+        symbol, fills = position.symbol, []
+        for number, part in enumerate(parts):
+            client_id = client_order_id(position.trade_uid, "exit", number)
+            earlier = await self._lookup(symbol, client_id)
+            if earlier is not None:
+                earlier = await self._until_final(symbol, client_id, earlier)
+            if earlier is not None and float(earlier.get("executedQty") or 0) > 0:
+                fills.append(await self.real_fill(symbol, _fill_of(earlier, self.taker_rate(symbol))))
+                continue
+            fills.append(await self._market(symbol, order_side, part, reference_price, client_id, reduce_only=True))
+        return combined_fill(fills)
 
     async def find_entry(self, symbol: str, client_id: str) -> Fill | None:
         """The fill of an entry sent earlier (None: Binance never got it, or nothing of it filled)."""
@@ -476,9 +527,10 @@ class LiveExecutor:
         take profit, a liquidation, the session's own close, or by hand."""
         since = int(position.entry_time.timestamp() * 1000)
         for role, _ in PROTECTION:
-            algo = await self._lookup_algo(position.symbol, client_order_id(position.trade_uid, role))
-            if algo is not None and str(algo.get("actualOrderId") or "") in order_ids:
-                return role, False
+            for number in range(self._attempts.get((position.trade_uid, role), 0), -1, -1):  # the latest first
+                algo = await self._lookup_algo(position.symbol, client_order_id(position.trade_uid, role, number))
+                if algo is not None and str(algo.get("actualOrderId") or "") in order_ids:
+                    return role, False
         try:
             forced = await self._client.force_orders(position.symbol, start_time=since)
         except BinanceAPIError as error:
@@ -500,9 +552,9 @@ class LiveExecutor:
             return fill
         return replace(_fill_of_trades(trades, fill.reason), time=fill.time, order_id=fill.order_id) if trades else fill
 
-    async def _market(self, symbol: str, order_side: str, quantity: float, reference_price: float, client_id: str,
-                      *, reduce_only: bool) -> Fill:
-        rounded = checked_quantity(self.filters(symbol), quantity, reference_price, reduce_only=reduce_only)
+    async def _market(self, symbol: str, order_side: str, quantity: float | Decimal, reference_price: float,
+                      client_id: str, *, reduce_only: bool) -> Fill:
+        rounded = checked_quantity(self.filters(symbol), float(quantity), reference_price, reduce_only=reduce_only)
 
         def send() -> Awaitable[dict[str, Any]]:
             return self._client.new_order(symbol, order_side, "MARKET", quantity=format(rounded, "f"),
@@ -574,12 +626,31 @@ class LiveExecutor:
     # -- protection on the exchange ----------------------------------------------------------------
 
     async def protect(self, position: Position) -> None:
-        """Place the stop loss and take profit of `position` (each once: an existing one is kept)."""
-        for role, order_type in PROTECTION:
-            await self._place_protection(position, role, order_type)
+        """Place the stop loss and take profit of `position` together (each once: an existing one is kept);
+        when one fails, the first failure (stop loss before take profit) is raised."""
+        await self._place_all(position, [role for role, _ in PROTECTION])
+
+    async def renew_protection(self, position: Position) -> None:
+        """Place again what `position` lacks on the exchange (expired, rejected, missing), each under a new
+        attempt's id; what is still there, whatever its attempt, is kept."""
+        held = [order.get("clientAlgoId") for order in await self._open_algo_orders(position.symbol)]
+        lacking = [role for role, _ in PROTECTION
+                   if not any(belongs_to(client_id, position.trade_uid, role) for client_id in held)]
+        for role in lacking:
+            self._attempts[(position.trade_uid, role)] = self._attempts.get((position.trade_uid, role), 0) + 1
+        await self._place_all(position, lacking)
+
+    async def _place_all(self, position: Position, roles: list[str]) -> None:
+        types = dict(PROTECTION)
+        outcomes = await asyncio.gather(*(self._place_protection(position, role, types[role]) for role in roles),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _place_protection(self, position: Position, role: str, order_type: str) -> None:
-        symbol, client_id = position.symbol, client_order_id(position.trade_uid, role)
+        symbol = position.symbol
+        client_id = client_order_id(position.trade_uid, role, self._attempts.get((position.trade_uid, role), 0))
         level = position.stop_loss if role == "stop_loss" else position.take_profit
         trigger = format(self.filters(symbol).round_price(level), "f")
         order_side = "SELL" if direction(position.side) > 0 else "BUY"
@@ -594,7 +665,8 @@ class LiveExecutor:
                 return found  # already there (an earlier attempt whose reply was lost)
 
         try:
-            order = await self._send_once(symbol, client_id, send, lambda: self._lookup_algo(symbol, client_id))
+            order = await self._bounded(self._send_once(symbol, client_id, send,
+                                                        lambda: self._lookup_algo(symbol, client_id)))
         except OrderRejected as rejected:  # say which of the two it was
             raise OrderRejected(symbol, f"{role}: {rejected.message}", rejected.code,
                                 uncertain=rejected.uncertain) from None
@@ -604,7 +676,8 @@ class LiveExecutor:
     async def cancel_protection(self, position: Position) -> None:
         """Cancel the position's stop loss and take profit; ones already gone (fired, cancelled) are fine."""
         for role, _ in PROTECTION:
-            await self._cancel_algo(position.symbol, client_id=client_order_id(position.trade_uid, role))
+            number = self._attempts.get((position.trade_uid, role), 0)
+            await self._cancel_algo(position.symbol, client_id=client_order_id(position.trade_uid, role, number))
 
     async def _cancel_algo(self, symbol: str, *, client_id: str | None = None, algo_id: int | None = None) -> None:
         try:
@@ -616,25 +689,34 @@ class LiveExecutor:
 
     async def tidy_protection(self, positions: Sequence[Position]) -> tuple[list[str], list[Position]]:
         """Session start: keep our protective orders that are right, cancel ours that protect nothing or
-        sit at other levels (orders without our prefix are left alone). Returns what was cancelled, one
-        line each, and the positions that lack a stop loss or a take profit (for `protect`)."""
-        wanted = {client_order_id(p.trade_uid, role): (p, role, order_type)
-                  for p in positions for role, order_type in PROTECTION}
+        sit at other levels (orders without our prefix are left alone). Every attempt's id of a position's
+        order counts as its own, and the one kept becomes its current attempt. Returns what was cancelled, one
+        line each, and the positions that lack a stop loss or a take profit (for `renew_protection`)."""
+        wanted = {(p.symbol, role): (p, role, order_type) for p in positions for role, order_type in PROTECTION}
         symbols = sorted({*self.symbols, *(p.symbol for p in positions)})
-        kept, cancelled = set(), []
-        for symbol in symbols:
-            for order in await self._open_algo_orders(symbol):
+        held = await asyncio.gather(*(self._bounded(self._open_algo_orders(symbol)) for symbol in symbols))
+        kept: set[tuple[str, str]] = set()
+        cancelled = []
+        for symbol, orders in zip(symbols, held, strict=True):
+            for order in orders:
                 client_id = order.get("clientAlgoId")
                 if not is_ours(client_id):
                     continue  # placed by someone else: not ours to touch
-                target = wanted.get(client_id)
-                if target is not None and client_id not in kept and self._matches(order, *target):
-                    kept.add(client_id)
+                target = next((wanted[(symbol, role)] for role, _ in PROTECTION if (symbol, role) in wanted
+                               and belongs_to(client_id, wanted[(symbol, role)][0].trade_uid, role)), None)
+                if target is not None and (symbol, target[1]) not in kept and self._matches(order, *target):
+                    kept.add((symbol, target[1]))
+                    self._attempts[(target[0].trade_uid, target[1])] = id_number(client_id)
                     continue
                 await self._cancel_algo(symbol, algo_id=order["algoId"])
                 cancelled.append(f"{symbol}: cancelled {order['orderType']} {client_id} at {order['triggerPrice']}")
-        lacking = {p.trade_uid: p for client_id, (p, _, _) in wanted.items() if client_id not in kept}
+        lacking = {p.trade_uid: p for key, (p, _, _) in wanted.items() if key not in kept}
         return cancelled, list(lacking.values())
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        """`call` once one of the `CONCURRENT_REQUESTS` slots is free."""
+        async with self._slots:
+            return await call
 
     async def _open_algo_orders(self, symbol: str) -> list[dict[str, Any]]:
         try:
@@ -658,6 +740,15 @@ def _fill_of(order: dict[str, Any], taker_rate: float = TAKER_FEE_RATE, reason: 
     price, quantity = float(order["avgPrice"]), float(order["executedQty"])
     return Fill(price, quantity, price * quantity * taker_rate, from_epoch_ms(int(order["updateTime"])),
                 str(order["orderId"]), reason)
+
+
+def combined_fill(fills: Sequence[Fill]) -> Fill:
+    """One fill of several (the parts of a close): quantity-weighted price, summed fees, PnL and slippage."""
+    quantity = sum(fill.quantity for fill in fills)
+    pnls = [fill.realized_pnl for fill in fills]
+    return Fill(sum(fill.price * fill.quantity for fill in fills) / quantity, quantity, sum(f.fees for f in fills),
+                max(fill.time for fill in fills), fills[-1].order_id, next((f.reason for f in fills if f.reason), None),
+                None if None in pnls else sum(pnls), any(f.liquidated for f in fills), sum(f.slippage for f in fills))
 
 
 def _exchange_position(row: dict[str, Any]) -> ExchangePosition:

@@ -41,7 +41,9 @@ and realised PnL (`rp`); `ALGO_UPDATE` says which protective order fired or expi
 After the stream reconnects (events may have been missed) the session reconciles at once.
 Protection stays while a position is open: a stop or take profit the exchange expired or rejected
 (`ALGO_UPDATE`), or that a reconciliation finds missing, is placed again, with back-off while that
-fails (`protection_retry_seconds`). Live entries are never larger than one MARKET order may be
+fails (`protection_retry_seconds`), each attempt under its own `clientAlgoId` (`orders.client_order_id`
+numbered), only what is missing. Start-up places the protection of many positions concurrently
+(the executor bounds the requests in flight). Live entries are never larger than one MARKET order may be
 (`MARKET_LOT_SIZE`). Halts (`trading.halts`, in PostgreSQL, read at every heartbeat) stop live entries
 while in force; the daily loss limit records one until 00:00 UTC, and a drawdown of
 `RiskConfig.max_drawdown` from the peak equity records an open-ended one, closes every position and
@@ -92,7 +94,7 @@ from winiswin_pipelines.trading.funding import FundingEvent, FundingSchedule, fu
 from winiswin_pipelines.trading.halts import DAILY_LOSS_LIMIT, MAX_DRAWDOWN, Halt, next_utc_midnight
 from winiswin_pipelines.trading.journal import Decision, OrderIntents, SessionJournal
 from winiswin_pipelines.trading.model_gate import ModelChoice, ModelGate
-from winiswin_pipelines.trading.orders import ROLES, client_order_id, is_ours
+from winiswin_pipelines.trading.orders import ROLES, belongs_to, client_order_id, is_ours, stem_of
 from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.risk import (
     Position,
@@ -638,10 +640,11 @@ class TradingSession:
         if self.executor.protects_on_exchange:  # the real fee, now the position is protected
             position.entry_fees = (await self.executor.real_fill(symbol, fill)).fees
 
-    async def _protect(self, position: Position, now: dt.datetime) -> None:
-        """Stop loss and take profit on the exchange; a position that cannot be protected is closed."""
+    async def _protect(self, position: Position, now: dt.datetime, *, renew: bool = False) -> None:
+        """Stop loss and take profit on the exchange (`renew`: what it lacks, under new ids); a position that
+        cannot be protected is closed."""
         try:
-            await self.executor.protect(position)
+            await (self.executor.renew_protection(position) if renew else self.executor.protect(position))
         except OrderRejected as rejected:
             self._rejected(now, position.symbol, "protection", rejected, position.entry_price, position.trade_uid)
             # Already beyond a level (-2021): that exit is due now. Otherwise it would stay unprotected.
@@ -766,7 +769,7 @@ class TradingSession:
         if state is None:
             return
         changes: list[str] = []
-        protected = {order.get("clientAlgoId") for order in state.open_algo_orders}
+        protected = {stem_of(order.get("clientAlgoId")) for order in state.open_algo_orders}
         for position in list(self.positions.values()):
             held = state.positions.get(position.symbol)
             if held is None or held.side != position.side:
@@ -779,9 +782,9 @@ class TradingSession:
                 changes.append(f"{position.symbol}: the exchange holds {abs(held.amount):g}, the trade {position.quantity:g}")
                 self._decide(now, position.symbol, "reconcile", changes[-1], held.entry_price, position.trade_uid,
                              {"exchange_amount": held.amount, "trade_quantity": position.quantity})
-        for symbol, held in state.positions.items():
-            if symbol not in self.positions:
-                changes += await self._adopt(held, now)
+        adopting = [held for symbol, held in state.positions.items() if symbol not in self.positions]
+        for adopted in await asyncio.gather(*(self._adopt(held, now) for held in adopting)):
+            changes += adopted  # protected concurrently: the executor bounds the orders in flight
         self.wallet_balance = state.wallet_balance
         self._reconciliation = _describe_state(state, now, changes)
         await self._check_drawdown(state, now)
@@ -872,7 +875,7 @@ class TradingSession:
         status = order.get("X")
         if status in ("TRIGGERED", "FINISHED", "EXPIRED", "REJECTED"):
             position = self.positions.get(order["s"])
-            mine = position is not None and client_order_id(position.trade_uid, role) == client_id
+            mine = position is not None and belongs_to(client_id, position.trade_uid, role)
             self._decide(now, order["s"], "protect", f"{role} {status.lower()}", float(order.get("tp") or 0) or None,
                          position.trade_uid if mine else None, {"algo_id": order.get("aid"), "order_id": order.get("ai")})
             if mine and status in ("EXPIRED", "REJECTED"):  # the position is open and lost that protection
@@ -927,7 +930,7 @@ class TradingSession:
             self._decide(now, change.split(":")[0], "protect", change)
         for position in lacking:
             self._decide(now, position.symbol, "protect", "placing the missing protection", None, position.trade_uid)
-            await self._protect(position, now)
+        await asyncio.gather(*(self._protect(position, now, renew=True) for position in lacking))
 
     # -- protection that stays, halts -------------------------------------------------------------
 
@@ -949,7 +952,7 @@ class TradingSession:
                 continue
             now = dt.datetime.now(dt.UTC)
             try:
-                await self.executor.protect(position)
+                await self.executor.renew_protection(position)  # a new id per attempt
             except OrderRejected as rejected:
                 self._rejected(now, symbol, "protection", rejected, None, position.trade_uid)
                 if rejected.code == WOULD_TRIGGER_NOW:  # beyond a level already: that exit is due now
@@ -1024,9 +1027,10 @@ class TradingSession:
         }
 
 
-def _missing_protection(position: Position, open_algo_ids: set[str | None]) -> list[str]:
+def _missing_protection(position: Position, open_stems: set[str | None]) -> list[str]:
+    """The roles of `position` none of whose ids (any attempt) is among the open algo orders' `stem_of`."""
     return [role for role in ("stop_loss", "take_profit")
-            if client_order_id(position.trade_uid, role) not in open_algo_ids]
+            if stem_of(client_order_id(position.trade_uid, role)) not in open_stems]
 
 
 def _describe_state(state: AccountState, now: dt.datetime, changes: list[str]) -> dict[str, Any]:
