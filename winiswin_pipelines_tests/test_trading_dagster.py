@@ -21,7 +21,7 @@ from winiswin_pipelines.defs.trading import (
 )
 from winiswin_pipelines.marketdata.klines import KLINE_COLUMNS, read_kline_csv
 from winiswin_pipelines.marketdata.samples import BTCUSDT_5M_2023_04_CSV
-from winiswin_pipelines.resources import ColdStorageResource, PostgresResource
+from winiswin_pipelines.resources import ColdStorageResource, ModelRegistryResource, PostgresResource
 from winiswin_pipelines.supervision import IN_FLIGHT, LANE_TAG
 
 
@@ -107,7 +107,9 @@ def test_supervisor_starts_a_new_session_each_day(dagster_instance, monkeypatch)
 def _run_job(dagster_instance, database_url: str, **config) -> dg.ExecuteInProcessResult:
     return trading_session_job.execute_in_process(
         run_config=dg.RunConfig(ops={"trading_session": TradingSessionConfig(**config)}),
-        resources={"postgres": PostgresResource(database_url=database_url)},
+        resources={"postgres": PostgresResource(database_url=database_url),
+                   "model_registry": ModelRegistryResource(postgres=PostgresResource(database_url=database_url),
+                                                           cold_storage=ColdStorageResource())},
         instance=dagster_instance, raise_on_error=False,
     )
 
@@ -157,8 +159,9 @@ def april_klines(db):
 
 
 def test_backtest_asset_materialises_with_metadata(db, database_url, dagster_instance, april_klines, tmp_path):
-    resources = {"postgres": PostgresResource(database_url=database_url),
-                 "cold_storage": ColdStorageResource(local_dir=str(tmp_path / "cold"))}
+    postgres, cold_storage = PostgresResource(database_url=database_url), ColdStorageResource(local_dir=str(tmp_path / "cold"))
+    resources = {"postgres": postgres, "cold_storage": cold_storage,
+                 "model_registry": ModelRegistryResource(postgres=postgres, cold_storage=cold_storage)}
     metadata = []
     for _ in range(2):  # re-materialising the day gives the same rows, not more
         result = dg.materialize([backtest, backtest_trades_closed_in_their_day], partition_key="2023-04-05",

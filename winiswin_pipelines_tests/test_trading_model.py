@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import select
 
 from winiswin_pipelines.db.models import Trade
-from winiswin_pipelines.defs.trading import BacktestConfig, gating_model
+from winiswin_pipelines.defs.trading import BacktestConfig, TradingSessionConfig, gating_model, trading_session_job
 from winiswin_pipelines.features.microstructure import book_arrays_from_frame, compute_features
 from winiswin_pipelines.marketdata.feed import BookEvent, ReplayFeed
+from winiswin_pipelines.resources import PostgresResource
 from winiswin_pipelines.trading.comparison import comparison_table, daily_sharpe, variant
 from winiswin_pipelines.trading.execution import TAKER_FEE_RATE
 from winiswin_pipelines.trading.model_gate import BookWindow
@@ -120,6 +121,21 @@ def test_a_model_trained_on_the_replayed_days_is_refused(registry_resource, trai
     later = [DAYS[-1] + dt.timedelta(days=2), DAYS[-1] + dt.timedelta(days=3)]
     assert gating_model(registry_resource, parameters, later).version == 1
     assert gating_model(registry_resource, BacktestConfig(model="")) is None  # rules only
+
+
+def test_the_trading_session_op_gates_its_entries_with_the_model_its_config_names(
+        db, database_url, dagster_instance, registry_resource, trained):  # noqa: F811
+    _registered(registry_resource, trained)
+    config = TradingSessionConfig(session_id="op-gated", strategy_profile="short_horizon", model="champion",
+                                  min_win_probability=0.0, symbols=["BTCUSDT", "ETHUSDT"])
+    result = trading_session_job.execute_in_process(
+        run_config=dg.RunConfig(ops={"trading_session": config}), instance=dagster_instance,
+        resources={"postgres": PostgresResource(database_url=database_url), "model_registry": registry_resource})
+    assert result.success
+    trades = _trades(db, "op-gated")
+    assert trades and all(0 < t.win_probability < 1 and t.confidence == t.win_probability for t in trades)
+    logs = [e.user_message for e in dagster_instance.all_logs(result.run_id) if e.user_message]
+    assert any("gated by signal_model version 1 ('champion')" in line for line in logs)
 
 
 def test_default_profile_keeps_its_stops_several_round_trips_away():

@@ -141,17 +141,20 @@ class TradingSessionConfig(TradingParameters, SimulatedCosts):
 
 @dg.op(description="One trading session: feed -> strategy -> risk -> execution -> recorder, "
        "until bounded or terminated.")
-def trading_session(context: dg.OpExecutionContext, config: TradingSessionConfig, postgres: PostgresResource) -> None:
+def trading_session(context: dg.OpExecutionContext, config: TradingSessionConfig, postgres: PostgresResource,
+                    model_registry: ModelRegistryResource) -> None:
     check_mode(config.mode)  # live without keys AND opt-in fails here, before anything starts
     if config.mode == "live" and config.feed != "binance":
         raise dg.Failure(f"live trading takes its prices from the binance feed, not {config.feed!r}")
     session_id = config.session_id or f"manual-{context.run_id[:8]}"
+    model = gating_model(model_registry, config)  # loaded once, before the session starts
     session_config = config.session_config(
         interval=config.interval, max_events=config.max_events or None,
         max_duration=dt.timedelta(seconds=config.max_duration_seconds),
-        flatten_on_end=config.flatten_on_end and config.feed == "replay",
+        flatten_on_end=config.flatten_on_end and config.feed == "replay", model=model,
     )
-    context.log.info(f"session {session_id}: {config.mode} trading on the {config.feed} feed")
+    gate = f", entries gated by {MODEL_NAME} version {model.version} ({model.reference!r})" if model else ""
+    context.log.info(f"session {session_id}: {config.mode} trading on the {config.feed} feed{gate}")
     result = run_session_in_thread(
         postgres.manager, session_id=session_id, mode=config.mode, feed=config.build_feed(),
         config=session_config, symbols=config.symbols, run_id=context.run_id, rest_url=config.rest_url,
@@ -408,11 +411,11 @@ class BacktestConfig(TradingParameters, SimulatedCosts):
 )
 def backtest(
     context: dg.AssetExecutionContext, config: BacktestConfig, postgres: PostgresResource,
-    cold_storage: ColdStorageResource,
+    cold_storage: ColdStorageResource, model_registry: ModelRegistryResource,
 ) -> dg.MaterializeResult:
     days = [start.date() for start in partition_days(context.partition_time_window)]
     cold = cold_storage.store()
-    model = gating_model(ModelRegistryResource(postgres=postgres, cold_storage=cold_storage), config, days)
+    model = gating_model(model_registry, config, days)
     session_config = config.session_config(model=model)
     # Rules only first: each day's replay replaces the day's rows, so the variant asked for stays recorded.
     rules_only = _rules_only_trades(context, postgres, cold, config, session_config, days) if model else None
