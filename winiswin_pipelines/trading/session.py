@@ -1041,6 +1041,7 @@ def _describe_state(state: AccountState, now: dt.datetime, changes: list[str]) -
         protection = [{"type": o.get("orderType"), "trigger_price": float(o.get("triggerPrice") or 0),
                        "ours": is_ours(o.get("clientAlgoId"))}
                       for o in state.open_algo_orders if o.get("symbol") == symbol]
+        protection.sort(key=lambda order: str(order["type"]))  # placed together: the exchange's order varies
         details[symbol] = {"amount": held.amount, "entry_price": held.entry_price, "mark_price": held.mark_price,
                            "unrealised_pnl": (held.mark_price - held.entry_price) * held.amount,
                            "protection": protection}
