@@ -25,8 +25,10 @@ from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.url import normalize_database_url
 from winiswin_pipelines.definitions import defs
 from winiswin_pipelines.demo.runner import DemoRunner
+from winiswin_pipelines.marketdata.feed import ReplayFeed
 from winiswin_pipelines.resources import PostgresResource
 from winiswin_pipelines.settings import PROJECT_DIR
+from winiswin_pipelines_tests.binance_server import LocalBinanceServer
 
 # The code location, loaded once before any test makes (and disposes of) a Dagster instance: the
 # defs-folder loader reads the current instance's state storage, which a torn-down test instance
@@ -163,3 +165,18 @@ def demo_runner(db: DatabaseManager, database_url: str, dagster_instance: dg.Dag
 def code_location() -> dg.Definitions:
     """The code location's definitions (`winiswin_pipelines.definitions`), with its resources."""
     return CODE_LOCATION
+
+
+@pytest.fixture(scope="module")
+def capture_events() -> list:
+    """The bundled BTCUSDT + ETHUSDT capture (2024-07-18/19), loaded once per module."""
+    return ReplayFeed().load()
+
+
+@pytest.fixture
+def server() -> Iterator[LocalBinanceServer]:
+    """The local Binance server with BTCUSDT and ETHUSDT, their mark prices set (60,000 and 3,000)."""
+    with LocalBinanceServer(("BTCUSDT", "ETHUSDT")) as running:
+        running.set_mark_price("BTCUSDT", 60_000.0)
+        running.set_mark_price("ETHUSDT", 3_000.0)
+        yield running

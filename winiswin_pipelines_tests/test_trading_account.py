@@ -4,31 +4,14 @@ the daily loss limit (counted from PostgreSQL, so it survives restarts)."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 from dataclasses import replace
 
 import pytest
 
-from winiswin_pipelines.marketdata.feed import ReplayFeed
-from winiswin_pipelines.trading.events import TradeClosed, TradeOpened
 from winiswin_pipelines.trading.execution import AccountRefused
-from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.risk import RiskConfig
 from winiswin_pipelines.trading.runner import run_session
-from winiswin_pipelines_tests.binance_server import LocalBinanceServer
-from winiswin_pipelines_tests.test_trading_session import REPLAY, SYMBOLS, MarkFeed, live_env
-
-
-@pytest.fixture(scope="module")
-def capture_events():
-    return ReplayFeed().load()
-
-
-@pytest.fixture
-def server():
-    with LocalBinanceServer(tuple(SYMBOLS)) as running:
-        yield running
+from winiswin_pipelines_tests.trading_helpers import REPLAY, SYMBOLS, MarkFeed, live_env, lost_today
 
 
 @pytest.mark.parametrize(("setting", "named"), [({"hedge_mode": True}, "hedge mode"),
@@ -76,19 +59,7 @@ def test_notional_caps_limit_each_entry(db, server, capture_events, monkeypatch)
 
 def test_the_daily_loss_limit_counts_the_trades_closed_today_and_stops_entries(db, server, capture_events,
                                                                               monkeypatch):
-    async def lost_today() -> None:  # an earlier session of the day lost 600 USDT
-        recorder = UnifiedTradeRecorder(db, source="live")
-        await recorder.start()
-        now = dt.datetime.now(dt.UTC)
-        await recorder.record_entry(TradeOpened(trade_uid="earlier-BTCUSDT-0001", symbol="BTCUSDT", side="LONG",
-                                                entry_time=now - dt.timedelta(minutes=5), entry_price=60_000.0,
-                                                quantity=0.1))
-        await recorder.record_exit(TradeClosed(trade_uid="earlier-BTCUSDT-0001", symbol="BTCUSDT", exit_time=now,
-                                               exit_price=54_000.0, pnl=-600.0, pnl_pct=-0.1))
-        await recorder.close()
-        await db.async_engine.dispose()
-
-    asyncio.run(lost_today())
+    lost_today(db)  # an earlier session of the day lost 600 USDT
     live_env(monkeypatch, server)
     config = replace(REPLAY, risk=RiskConfig(daily_loss_limit=500.0))
     result = run_session(db, session_id="limited", mode="live", feed=MarkFeed(capture_events, server),

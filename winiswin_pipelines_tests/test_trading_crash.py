@@ -18,27 +18,29 @@ import time
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import select
 
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.db.models import Trade, TradeStatus
+from winiswin_pipelines.db.models import TradeStatus
 from winiswin_pipelines.marketdata.feed import BookEvent, ReplayFeed
 from winiswin_pipelines.settings import PROJECT_DIR
 from winiswin_pipelines.trading.orders import client_order_id
 from winiswin_pipelines.trading.runner import run_session
 from winiswin_pipelines_tests.binance_server import LocalBinanceServer
-from winiswin_pipelines_tests.test_trading_orders import T0, book
-from winiswin_pipelines_tests.test_trading_reconcile import by_hand, quiet
-from winiswin_pipelines_tests.test_trading_session import REPLAY, SYMBOLS, ListFeed, MarkFeed, live_env
-from winiswin_pipelines_tests.test_trading_user_stream import session_actions
+from winiswin_pipelines_tests.trading_helpers import (
+    KEEP_OPEN,
+    SYMBOLS,
+    T0,
+    ListFeed,
+    MarkFeed,
+    book,
+    by_hand,
+    live_env,
+    live_trades,
+    quiet,
+    session_actions,
+)
 
-KEEP_OPEN = replace(REPLAY, flatten_on_end=False)
 ALGO_ORDER = "/fapi/v1/algoOrder"
-
-
-@pytest.fixture(scope="module")
-def capture_events():
-    return ReplayFeed().load()
 
 
 def first_mids(events) -> dict[str, float]:
@@ -48,11 +50,6 @@ def first_mids(events) -> dict[str, float]:
         if isinstance(event, BookEvent) and event.best_bid and event.symbol not in mids:
             mids[event.symbol] = round((event.best_bid + event.best_ask) / 2, 1)
     return mids
-
-
-def live_trades(db) -> list[Trade]:
-    with db.session() as session:
-        return session.scalars(select(Trade).where(Trade.source == "live").order_by(Trade.trade_uid)).all()
 
 
 def wait_for(condition, timeout: float) -> bool:

@@ -4,51 +4,31 @@ the local Binance server and a real PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from dataclasses import replace
 
 import dagster as dg
 import pytest
-from sqlalchemy import select
 
-from winiswin_pipelines.db.models import Trade, TradeStatus
-from winiswin_pipelines.defs.trading import clear_trading_halt, flatten_and_halt_job, trading_session_supervisor
-from winiswin_pipelines.marketdata.feed import ReplayFeed
+from winiswin_pipelines.db.models import TradeStatus
+from winiswin_pipelines.defs.trading import clear_trading_halt, flatten_and_halt_job
 from winiswin_pipelines.resources import PostgresResource
 from winiswin_pipelines.trading import halts
-from winiswin_pipelines.trading.events import TradeClosed, TradeOpened
-from winiswin_pipelines.trading.recorder import UnifiedTradeRecorder
 from winiswin_pipelines.trading.risk import RiskConfig
 from winiswin_pipelines.trading.runner import run_session
-from winiswin_pipelines_tests.binance_server import MARKET_MAX_QTY, LocalBinanceServer
-from winiswin_pipelines_tests.test_trading_reconcile import by_hand, quiet
-from winiswin_pipelines_tests.test_trading_session import REPLAY, SYMBOLS, MarkFeed, live_env
-
-KEEP_OPEN = replace(REPLAY, flatten_on_end=False)
-
-
-@pytest.fixture(scope="module")
-def capture_events():
-    return ReplayFeed().load()
-
-
-@pytest.fixture
-def server():
-    with LocalBinanceServer(tuple(SYMBOLS)) as running:
-        running.set_mark_price("BTCUSDT", 60_000.0)
-        running.set_mark_price("ETHUSDT", 3_000.0)
-        yield running
-
-
-def supervisor_tick(instance: dg.DagsterInstance):
-    with dg.build_sensor_context(instance=instance, cursor=None) as context:
-        return trading_session_supervisor(context)
-
-
-def live_trades(db) -> list[Trade]:
-    with db.session() as session:
-        return session.scalars(select(Trade).where(Trade.source == "live").order_by(Trade.trade_uid)).all()
+from winiswin_pipelines_tests.binance_server import MARKET_MAX_QTY
+from winiswin_pipelines_tests.trading_helpers import (
+    KEEP_OPEN,
+    REPLAY,
+    SYMBOLS,
+    MarkFeed,
+    by_hand,
+    live_env,
+    live_trades,
+    lost_today,
+    quiet,
+    supervisor_tick,
+)
 
 
 def test_a_halt_is_in_force_until_cleared_or_its_end(db):
@@ -118,19 +98,7 @@ def test_max_drawdown_closes_everything_and_halts_across_restarts(db, server, mo
 
 def test_the_daily_loss_limit_is_a_halt_until_midnight(db, database_url, server, capture_events, dagster_instance,
                                                        monkeypatch):
-    async def lost_today() -> None:
-        recorder = UnifiedTradeRecorder(db, source="live")
-        await recorder.start()
-        now = dt.datetime.now(dt.UTC)
-        await recorder.record_entry(TradeOpened(trade_uid="earlier-BTCUSDT-0001", symbol="BTCUSDT", side="LONG",
-                                                entry_time=now - dt.timedelta(minutes=5), entry_price=60_000.0,
-                                                quantity=0.1))
-        await recorder.record_exit(TradeClosed(trade_uid="earlier-BTCUSDT-0001", symbol="BTCUSDT", exit_time=now,
-                                               exit_price=54_000.0, pnl=-600.0, pnl_pct=-0.1))
-        await recorder.close()
-        await db.async_engine.dispose()
-
-    asyncio.run(lost_today())
+    lost_today(db)
     live_env(monkeypatch, server)
     monkeypatch.setenv("DATABASE_URL", database_url)
     config = replace(REPLAY, risk=RiskConfig(daily_loss_limit=500.0))

@@ -6,52 +6,29 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
 
-from winiswin_pipelines.db.models import OrderIntent, Trade, TradeStatus
+from winiswin_pipelines.db.models import OrderIntent, TradeStatus
 from winiswin_pipelines.marketdata.binance import BinanceAPIError, BinanceRestClient
-from winiswin_pipelines.marketdata.feed import BookEvent, ReplayFeed
-from winiswin_pipelines.trading.execution import LiveExecutor, OrderRejected, close_parts, paper_filters
+from winiswin_pipelines.trading.execution import OrderRejected, close_parts, paper_filters
 from winiswin_pipelines.trading.journal import OrderIntents
 from winiswin_pipelines.trading.orders import belongs_to, client_order_id, id_number, stem_of
 from winiswin_pipelines.trading.risk import Position
 from winiswin_pipelines.trading.runner import run_session
-from winiswin_pipelines_tests.binance_server import LocalBinanceServer
-from winiswin_pipelines_tests.test_trading_session import REPLAY, SYMBOLS, MarkFeed, live_env
-
-T0 = dt.datetime(2024, 7, 19, tzinfo=dt.UTC)
-KEEP_OPEN = replace(REPLAY, flatten_on_end=False)
-
-
-@pytest.fixture(scope="module")
-def capture_events():
-    return ReplayFeed().load()
-
-
-@pytest.fixture
-def server():
-    with LocalBinanceServer(tuple(SYMBOLS)) as running:
-        running.set_mark_price("BTCUSDT", 60_000.0)
-        running.set_mark_price("ETHUSDT", 3_000.0)
-        yield running
-
-
-async def executor_for(server: LocalBinanceServer, **kwargs) -> LiveExecutor:
-    client = BinanceRestClient(server.rest_url, server.api_key, server.api_secret)
-    return LiveExecutor(client, await client.exchange_info(), SYMBOLS, **kwargs)
-
-
-def book(symbol: str, price: float, at: dt.datetime) -> BookEvent:
-    return BookEvent(symbol, at, None, 1, price - 0.05, 1.0, price + 0.05, 1.0, [price], [1.0], [price], [1.0])
-
-
-def trades(db, prefix: str) -> list[Trade]:
-    with db.session() as session:
-        return session.scalars(select(Trade).where(Trade.trade_uid.startswith(prefix)).order_by(Trade.trade_uid)).all()
+from winiswin_pipelines_tests.trading_helpers import (
+    KEEP_OPEN,
+    REPLAY,
+    SYMBOLS,
+    T0,
+    MarkFeed,
+    book,
+    executor_for,
+    live_env,
+    trades,
+)
 
 
 def test_client_ids_are_derived_from_the_trade_within_binance_rules():

@@ -4,7 +4,6 @@ Retry-After, an order refused with 429 is not sent again blindly, failing depth 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 
 import pytest
@@ -13,8 +12,7 @@ from winiswin_pipelines.marketdata.binance import BinanceAPIError, BinanceRestCl
 from winiswin_pipelines.marketdata.feed import BinanceFeed
 from winiswin_pipelines.trading.execution import LiveExecutor, OrderRejected
 from winiswin_pipelines_tests.binance_server import LocalBinanceServer
-
-T0 = dt.datetime(2024, 7, 19, tzinfo=dt.UTC)
+from winiswin_pipelines_tests.trading_helpers import T0
 
 
 @pytest.fixture

@@ -3,40 +3,24 @@ Binance server (positions, balance, open orders and algo orders; exits from /fap
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
 
 from winiswin_pipelines.db.models import Trade, TradeStatus
-from winiswin_pipelines.marketdata.binance import BinanceRestClient
 from winiswin_pipelines.trading.runner import run_session
-from winiswin_pipelines_tests.binance_server import LocalBinanceServer
-from winiswin_pipelines_tests.test_trading_orders import KEEP_OPEN, T0, book, trades
-from winiswin_pipelines_tests.test_trading_session import SYMBOLS, ListFeed, MarkFeed, live_env
-
-
-@pytest.fixture
-def server():
-    with LocalBinanceServer(tuple(SYMBOLS)) as running:
-        running.set_mark_price("BTCUSDT", 60_000.0)
-        running.set_mark_price("ETHUSDT", 3_000.0)
-        yield running
-
-
-async def send_by_hand(server: LocalBinanceServer, symbol: str, side: str, quantity: str, name: str = "") -> None:
-    async with BinanceRestClient(server.rest_url, server.api_key, server.api_secret) as client:
-        await client.new_order(symbol, side, "MARKET", quantity=quantity, client_order_id=f"by-hand-{side}{name}")
-
-
-def by_hand(server: LocalBinanceServer, symbol: str, side: str, quantity: str) -> None:
-    asyncio.run(send_by_hand(server, symbol, side, quantity))
-
-
-def quiet(symbol: str = "BTCUSDT", price: float = 60_000.0, seconds: int = 1) -> list:
-    return [book(symbol, price, T0 + dt.timedelta(seconds=seconds))]
+from winiswin_pipelines_tests.trading_helpers import (
+    KEEP_OPEN,
+    SYMBOLS,
+    ListFeed,
+    MarkFeed,
+    by_hand,
+    live_env,
+    quiet,
+    send_by_hand,
+    trades,
+)
 
 
 def test_a_position_no_trade_explains_is_adopted_and_protected(db, server, monkeypatch):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import _thread
 import asyncio
 import datetime as dt
-import inspect
 import signal
 import time
 import uuid
@@ -18,46 +17,14 @@ from sqlalchemy import select
 from winiswin_pipelines.db.embedded import ensure_database_exists
 from winiswin_pipelines.db.entry_times import get_all_entry_times, upsert_entry_time
 from winiswin_pipelines.db.manager import DatabaseManager
-from winiswin_pipelines.db.models import Trade, TradeStatus, TradingDecision, TradingSession
+from winiswin_pipelines.db.models import TradeStatus, TradingDecision, TradingSession
 from winiswin_pipelines.marketdata.feed import BinanceFeed, BookEvent, ReplayFeed
 from winiswin_pipelines.trading.execution import LiveTradingRefused
 from winiswin_pipelines.trading.repository import session_trades
 from winiswin_pipelines.trading.runner import run_session, run_session_in_thread
-from winiswin_pipelines.trading.session import SessionConfig
-from winiswin_pipelines.trading.strategy import StrategyConfig
 from winiswin_pipelines_tests.binance_server import LocalBinanceServer
-
-SYMBOLS = ["BTCUSDT", "ETHUSDT"]
-# The bundled captures are 8 minutes long: the short-horizon profile trades them.
-REPLAY = SessionConfig(strategy=StrategyConfig.short_horizon(), interval="1m", flatten_on_end=True)
-
-
-class ListFeed:
-    """Recorded events, in order, with `actions[i]` run (and awaited if it returns an awaitable) before
-    event i (len(events): after the last); with `then_wait` it then stays silent, as a live feed with
-    nothing to say (for a minute at most, so a test that expects an interrupt fails instead of hanging)."""
-
-    def __init__(self, events, *, actions=None, then_wait=False):
-        self._events, self._actions, self._then_wait = events, actions or {}, then_wait
-
-    async def events(self):
-        for number, event in enumerate([*self._events, None]):
-            if number in self._actions and inspect.isawaitable(outcome := self._actions[number]()):
-                await outcome
-            if event is not None:
-                yield event
-        if self._then_wait:
-            await asyncio.sleep(60)
-
-
-@pytest.fixture(scope="module")
-def capture_events():
-    return ReplayFeed().load()
-
-
-def _trades(db, prefix: str) -> list[Trade]:
-    with db.session() as session:
-        return session.scalars(select(Trade).where(Trade.trade_uid.startswith(prefix)).order_by(Trade.trade_uid)).all()
+from winiswin_pipelines_tests.trading_helpers import REPLAY, SYMBOLS, ListFeed, MarkFeed, live_env
+from winiswin_pipelines_tests.trading_helpers import trades as read_trades
 
 
 def _without_session(uid: str | None, session_id: str) -> str | None:
@@ -81,7 +48,7 @@ def test_replay_session_is_deterministic(db):
     # What PostgreSQL holds is the same for both runs too, and matches what the session did.
     rows = []
     for result in results:
-        trades = _trades(db, f"{result.session_id}-")
+        trades = read_trades(db, f"{result.session_id}-")
         assert len(trades) == len(result.closed) and {t.status for t in trades} == {TradeStatus.CLOSED}
         assert {t.source for t in trades} == {"paper"} and all(t.is_virtual for t in trades)
         rows.append([(t.symbol, t.side, t.entry_time, t.entry_price, t.quantity, t.exit_time, t.exit_price, t.pnl,
@@ -107,7 +74,7 @@ def test_time_stop_fires_after_restart(db, capture_events):
     with db.engine.begin() as conn:
         assert get_all_entry_times(conn) == {}  # paper keeps its fill times on its own trades
         upsert_entry_time(conn, "BTCUSDT", live_fill)  # a live position's: the paper stop must not follow it
-    assert {t.status for t in _trades(db, "before-restart-")} == {TradeStatus.OPEN}
+    assert {t.status for t in read_trades(db, "before-restart-")} == {TradeStatus.OPEN}
 
     def book(symbol: str, after: dt.timedelta) -> BookEvent:
         price = fills[symbol].entry_price  # between the stop loss and the take profit
@@ -124,7 +91,7 @@ def test_time_stop_fires_after_restart(db, capture_events):
         ("BTCUSDT", "time_stop", dt.timedelta(hours=2, seconds=1)),
         ("ETHUSDT", "time_stop", dt.timedelta(hours=2, seconds=1)),
     ]
-    trades = _trades(db, "before-restart-")
+    trades = read_trades(db, "before-restart-")
     assert [(t.status, t.exit_reason) for t in trades] == [(TradeStatus.CLOSED, "time_stop")] * 2
     with db.engine.connect() as conn:
         assert get_all_entry_times(conn) == {"BTCUSDT": live_fill}  # the live row untouched
@@ -151,7 +118,7 @@ def test_terminate_flushes_and_leaves_positions_recorded(db, capture_events, pyt
                                   .where(TradingDecision.session_id == "terminated")).all()
     assert heartbeat.status == "terminated" and heartbeat.ticks == len(capture_events)
     assert actions.count("enter") == 2 and "exit" not in actions  # terminated: not flattened
-    trades = _trades(db, "terminated-")
+    trades = read_trades(db, "terminated-")
     assert [(t.symbol, t.status) for t in trades] == [("BTCUSDT", TradeStatus.OPEN), ("ETHUSDT", TradeStatus.OPEN)]
     with db.engine.connect() as conn:
         assert get_all_entry_times(conn) == {}  # paper: the fill times are on the trades only
@@ -172,27 +139,6 @@ def test_live_refuses_without_keys_and_opt_in(db, capture_events, monkeypatch):
         assert server.orders == [] and server.count_requests("/fapi/v1/exchangeInfo") == 0
         with db.session() as session:
             assert session.get(TradingSession, "live-refused") is None
-
-
-class MarkFeed(ListFeed):
-    """Recorded events, and before each book event the server's mark price moves to its mid: the
-    exchange fills and triggers where the recorded market was."""
-
-    def __init__(self, events, server, **kwargs):
-        super().__init__(events, **kwargs)
-        self._server = server
-
-    async def events(self):
-        async for event in super().events():
-            if isinstance(event, BookEvent) and event.best_bid and event.best_ask:
-                self._server.set_mark_price(event.symbol, round((event.best_bid + event.best_ask) / 2, 1))
-            yield event
-
-
-def live_env(monkeypatch, server) -> None:
-    monkeypatch.setenv("BINANCE_API_KEY", server.api_key)
-    monkeypatch.setenv("BINANCE_API_SECRET", server.api_secret)
-    monkeypatch.setenv("WINISWIN_LIVE_TRADING", "1")
 
 
 def test_live_orders_respect_exchange_filters(db, capture_events, monkeypatch):
@@ -220,7 +166,7 @@ def test_live_orders_respect_exchange_filters(db, capture_events, monkeypatch):
         ("BTCUSDT", "BUY", "STOP_MARKET", "true", "MARK_PRICE"), ("BTCUSDT", "BUY", "TAKE_PROFIT_MARKET", "true", "MARK_PRICE"),
         ("ETHUSDT", "BUY", "STOP_MARKET", "true", "MARK_PRICE"), ("ETHUSDT", "BUY", "TAKE_PROFIT_MARKET", "true", "MARK_PRICE")]
     assert still_open == [] and positions == [0.0, 0.0]
-    trades = _trades(db, "live-")
+    trades = read_trades(db, "live-")
     assert [(t.source, t.is_virtual, t.status) for t in trades] == [("live", False, TradeStatus.CLOSED)] * 2
     assert [t.quantity for t in trades] == [float(o["quantity"]) for o in orders[:2]]
     # The stops sit where the exchange was asked to put them (on the 0.1 tick).
@@ -242,7 +188,7 @@ def test_paper_session_on_the_live_feed(db):
         heartbeat = session.get(TradingSession, "paper-on-live")
     assert (heartbeat.status, heartbeat.ticks) == ("max_events", 1500)
     assert heartbeat.details["warm_up_bars"] == result.warm_up_bars
-    assert len(_trades(db, "paper-on-live-")) == sum(d.action == "enter" for d in result.decisions)
+    assert len(read_trades(db, "paper-on-live-")) == sum(d.action == "enter" for d in result.decisions)
 
 
 def test_session_rides_out_a_postgres_outage(own_server, capture_events):  # noqa: F811
@@ -264,7 +210,7 @@ def test_session_rides_out_a_postgres_outage(own_server, capture_events):  # noq
             stored = session.scalars(select(TradingDecision).where(TradingDecision.session_id == "outage")
                                      .order_by(TradingDecision.decision_uid)).all()
             heartbeat = session.get(TradingSession, "outage")
-        trades = _trades(manager, "outage-")
+        trades = read_trades(manager, "outage-")
     finally:
         manager.dispose()
     assert result.status == "completed" and len(result.closed) == 2

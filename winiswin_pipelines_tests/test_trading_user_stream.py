@@ -5,7 +5,6 @@ liquidation)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 
 import pytest
@@ -15,20 +14,19 @@ from winiswin_pipelines.db.models import TradePartialExit, TradeStatus
 from winiswin_pipelines.marketdata.binance import BinanceRestClient
 from winiswin_pipelines.marketdata.user_stream import CONNECTED, UserDataStream
 from winiswin_pipelines.trading.runner import run_session
-from winiswin_pipelines_tests.binance_server import LocalBinanceServer
-from winiswin_pipelines_tests.test_trading_orders import KEEP_OPEN, trades
-from winiswin_pipelines_tests.test_trading_reconcile import by_hand, quiet, send_by_hand
-from winiswin_pipelines_tests.test_trading_session import SYMBOLS, ListFeed, live_env
+from winiswin_pipelines_tests.trading_helpers import (
+    KEEP_OPEN,
+    SYMBOLS,
+    ListFeed,
+    by_hand,
+    live_env,
+    quiet,
+    send_by_hand,
+    session_actions,
+    trades,
+)
 
 NO_MINUTE_RECONCILE = replace(KEEP_OPEN, reconcile_seconds=3_600.0)  # only the stream can tell
-
-
-@pytest.fixture
-def server():
-    with LocalBinanceServer(tuple(SYMBOLS)) as running:
-        running.set_mark_price("BTCUSDT", 60_000.0)
-        running.set_mark_price("ETHUSDT", 3_000.0)
-        yield running
 
 
 async def next_event(events, kind: str | None = None) -> dict:
@@ -65,21 +63,6 @@ async def test_the_stream_is_kept_alive_and_renewed_when_its_key_expires_or_the_
         assert (await next_event(events))["e"] == CONNECTED
         assert stream.connections == 3
         await events.aclose()
-
-
-def session_actions(server: LocalBinanceServer, *steps):
-    """An action for ListFeed: wait for the session's user stream, run `steps` (awaitable or not),
-    leave the session a second to take the events."""
-    async def act() -> None:
-        deadline = time.monotonic() + 5
-        while server.user_connections_opened < 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        for step in steps:
-            outcome = step()
-            if asyncio.iscoroutine(outcome):
-                await outcome
-        await asyncio.sleep(1.0)
-    return act
 
 
 def test_a_session_follows_the_stream_partial_close_funding_and_a_stop_that_fires(db, server, monkeypatch):

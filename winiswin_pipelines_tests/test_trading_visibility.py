@@ -8,7 +8,6 @@ import datetime as dt
 from dataclasses import replace
 
 import dagster as dg
-import pytest
 from sqlalchemy import update
 
 from winiswin_pipelines.db.models import TradingSession
@@ -22,18 +21,7 @@ from winiswin_pipelines.defs.trading import (
 )
 from winiswin_pipelines.resources import PostgresResource
 from winiswin_pipelines.trading.runner import run_session
-from winiswin_pipelines_tests.binance_server import LocalBinanceServer
-from winiswin_pipelines_tests.test_trading_orders import KEEP_OPEN
-from winiswin_pipelines_tests.test_trading_reconcile import by_hand, quiet
-from winiswin_pipelines_tests.test_trading_session import SYMBOLS, MarkFeed, live_env
-
-
-@pytest.fixture
-def server():
-    with LocalBinanceServer(tuple(SYMBOLS)) as running:
-        running.set_mark_price("BTCUSDT", 60_000.0)
-        running.set_mark_price("ETHUSDT", 3_000.0)
-        yield running
+from winiswin_pipelines_tests.trading_helpers import KEEP_OPEN, SYMBOLS, MarkFeed, by_hand, live_env, quiet
 
 
 def observe(instance: dg.DagsterInstance, database_url: str) -> tuple[dict, dg.AssetCheckEvaluation]:
