@@ -15,7 +15,8 @@ import datetime as dt
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from winiswin_pipelines import settings
 from winiswin_pipelines.db.manager import DatabaseManager
@@ -38,6 +39,7 @@ from winiswin_pipelines.trading.session import SessionConfig, SessionResult, Tra
 
 MODES = ("paper", "live", "backtest")
 STOP_GRACE_SECONDS = 120.0
+DEADLINE_GRACE_SECONDS = 5.0  # after max_duration, for a session to reach its next stop check
 log = logging.getLogger(__name__)
 
 
@@ -78,24 +80,64 @@ async def run_session_async(
     """One session of `mode` ("paper", "live", "backtest"); trades are recorded with that source. Live
     entries are committed to `order_intents` before they are sent; with `ws_url`, a live session follows
     the account's user-data stream there. Paper and backtest sessions fill through `paper` (default
-    `PaperExecutor()`: the regular-tier taker fee) and are charged funding from `funding`."""
+    `PaperExecutor()`: the regular-tier taker fee) and are charged funding from `funding`. With
+    `config.max_duration` the session ends on time, even while the exchange holds its calls."""
     check_mode(mode)
+    stop = stop or threading.Event()
     try:
-        executor = await _executor(mode, symbols, rest_url, math.ceil(config.risk.max_leverage), paper)
-        session = TradingSession(
-            session_id=session_id, feed=feed, executor=executor,
-            recorder=UnifiedTradeRecorder(manager, source=mode),
-            journal=SessionJournal(manager, session_id, mode, run_id), config=config, stop=stop,
-            funding=funding if mode != "live" else None,  # live: the exchange charges it
-            intents=OrderIntents(manager, mode, session_id),
-            user_stream=UserDataStream(executor.client, ws_url) if ws_url and isinstance(executor, LiveExecutor)
-            else None,
-            market_max_quantity=await _market_max_quantities(executor),
-        )
-        return await session.run()
+        return await _within_max_duration(_start_and_run(
+            manager, session_id=session_id, mode=mode, feed=feed, config=config, symbols=symbols, run_id=run_id,
+            stop=stop, rest_url=rest_url, ws_url=ws_url, paper=paper, funding=funding,
+        ), stop, config.max_duration)
     finally:
         # The async pool belongs to this event loop; the next session runs on another one.
         await manager.async_engine.dispose()
+
+
+async def _start_and_run(
+    manager: DatabaseManager, *, session_id: str, mode: str, feed: MarketFeed, config: SessionConfig,
+    symbols: list[str], run_id: str | None, stop: threading.Event, rest_url: str, ws_url: str | None,
+    paper: PaperExecutor | None, funding: FundingSchedule | None,
+) -> SessionResult:
+    executor = await _executor(mode, symbols, rest_url, math.ceil(config.risk.max_leverage), paper)
+    session = TradingSession(
+        session_id=session_id, feed=feed, executor=executor,
+        recorder=UnifiedTradeRecorder(manager, source=mode),
+        journal=SessionJournal(manager, session_id, mode, run_id), config=config, stop=stop,
+        funding=funding if mode != "live" else None,  # live: the exchange charges it
+        intents=OrderIntents(manager, mode, session_id),
+        user_stream=UserDataStream(executor.client, ws_url) if ws_url and isinstance(executor, LiveExecutor)
+        else None,
+        market_max_quantity=await _market_max_quantities(executor),
+    )
+    return await session.run()
+
+
+async def _within_max_duration(
+    run_session: Coroutine[Any, Any, SessionResult], stop: threading.Event, max_duration: dt.timedelta | None,
+) -> SessionResult:
+    """The session's start and run, ended on time: at `max_duration` it is asked to stop (it ends at its
+    next check, its last heartbeat written); one still held `DEADLINE_GRACE_SECONDS` later (a call the
+    exchange keeps waiting, e.g. Retry-After during a ban, at start or later) is cancelled and reported.
+    Nothing is lost by that: live entries are written ahead to `order_intents` and looked up at the
+    next start, and the protection of open positions lives on the exchange."""
+    run = asyncio.ensure_future(run_session)
+    if max_duration is None:
+        return await run
+    done, _ = await asyncio.wait({run}, timeout=max_duration.total_seconds())
+    if not done:
+        stop.set()
+        done, _ = await asyncio.wait({run}, timeout=DEADLINE_GRACE_SECONDS)
+    if not done:
+        run.cancel()  # its clean-up gets the same grace: it may wait on the exchange too
+        await asyncio.wait({run}, timeout=DEADLINE_GRACE_SECONDS)
+        raise SessionOverran(f"the session did not end within max_duration {max_duration} plus "
+                             f"{DEADLINE_GRACE_SECONDS:g} s (the exchange held its calls); it was cancelled")
+    return run.result()
+
+
+class SessionOverran(RuntimeError):
+    """A bounded session that could not stop by itself in time (the exchange held its calls) was cancelled."""
 
 
 def run_session(manager: DatabaseManager, **kwargs) -> SessionResult:
