@@ -176,7 +176,11 @@ def test_live_orders_respect_exchange_filters(db, capture_events, monkeypatch):
 def test_paper_session_on_the_live_feed(db):
     """Paper trading on the live Binance feed (the local server): REST warm-up, then the stream."""
     with LocalBinanceServer(tuple(SYMBOLS)) as server:
-        time.sleep(1.0)  # the simulated exchange closes a 1m bar every 0.3 s: some history to warm up on
+        # The simulated exchange closes a 1m bar every 0.3 s: some history to warm up on (waited for,
+        # not slept: on a loaded machine the server's clock runs late).
+        deadline = time.monotonic() + 30
+        while any(len(server.closed_bars(s, "1m")) < 3 for s in SYMBOLS) and time.monotonic() < deadline:
+            time.sleep(0.05)
         feed = BinanceFeed(SYMBOLS, ws_url=server.ws_url, rest_url=server.rest_url)
         result = run_session(db, session_id="paper-on-live", mode="paper", feed=feed,
                              config=replace(REPLAY, flatten_on_end=False, max_events=1500), symbols=SYMBOLS)
