@@ -66,10 +66,6 @@ class RegistryLocation:
     artifact_root: str
     s3: S3Access | None = None
 
-    @property
-    def masked_uri(self) -> str:
-        return mask_url(self.tracking_uri)
-
 
 @dataclass(frozen=True)
 class ModelVersion:

@@ -31,7 +31,6 @@ from winiswin_pipelines.db.entry_times import async_delete_entry_time, async_ups
 from winiswin_pipelines.db.manager import DatabaseManager
 from winiswin_pipelines.db.models import (
     FundingRate,
-    Kline,
     OrderIntent,
     Trade,
     TradeStatus,
@@ -394,15 +393,6 @@ def open_trade_symbols(manager: DatabaseManager, source: str) -> list[str]:
 
 
 # -- backtests ---------------------------------------------------------------------------------------
-
-
-def stored_bar_counts(manager: DatabaseManager, start: dt.datetime, end: dt.datetime) -> list[tuple[str, str, int]]:
-    """(symbol, interval, stored klines) with open times in [start, end)."""
-    query = (select(Kline.symbol, Kline.interval, func.count())
-             .where(Kline.open_time >= start, Kline.open_time < end)
-             .group_by(Kline.symbol, Kline.interval))
-    with manager.engine.connect() as conn:
-        return [(symbol, interval, count) for symbol, interval, count in conn.execute(query)]
 
 
 def delete_sessions(manager: DatabaseManager, *, source: str, prefix: str) -> None:
